@@ -1,0 +1,130 @@
+"""The `exo-actor` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import ExoError
+
+log = logging.getLogger("exo_actor")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .generation import generate
+    from .local import load_local
+    from .sampling import SamplingParams
+    from .tokenizer import chat_prompt_ids
+
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+        stop=tuple(args.stop or ()),
+    )
+    files, pipeline = load_local(args.model, engine=args.engine, shards=args.shards)
+    tok = files.tokenizer
+    if args.raw:
+        ids = tok.encode(args.prompt)
+    else:
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": args.prompt}
+        ]
+        ids = chat_prompt_ids(tok, messages)
+    out = sys.stdout
+    for delta in generate(pipeline, tok, ids, params, files.args.max_position_embeddings):
+        if delta.text:
+            out.write(delta.text)
+            out.flush()
+        if delta.stats is not None:
+            s = delta.stats
+            out.write("\n")
+            print(
+                f"prompt tokens: {s.prompt_tokens}, completion tokens: {s.completion_tokens}, "
+                f"time to first token: {s.time_to_first_token:.3f} s, "
+                f"decode: {s.decode_tokens_per_second:.1f} tok/s, finish: {delta.finish_reason}",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .registry import load_registry, local_path
+
+    rows = [("NAME", "ARCH", "LAYERS", "HUGGING FACE REPO", "LOCAL")]
+    for e in load_registry().values():
+        path = local_path(e)
+        rows.append((e.name, e.architecture, str(e.layers), e.hf_repo, str(path) if path else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="exo-actor", description="Run one LLM across the devices you own.")
+    p.add_argument("--version", action="version", version=f"exo-actor {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress (and tracebacks on errors)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="generate a completion locally", description="Generate a completion for one prompt.")
+    run.add_argument("model", help="registry name (see `exo-actor models`), a .gguf file or a Hugging Face folder")
+    run.add_argument("--prompt", required=True, help="the user message (or raw text with --raw)")
+    run.add_argument("--system", help="a system message")
+    run.add_argument("--raw", action="store_true", help="send the prompt as plain text, without the chat template")
+    run.add_argument("--max-tokens", type=_positive_int, default=256, help="tokens to generate at most (256)")
+    run.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    run.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    run.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    run.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability")
+    run.add_argument("--seed", type=int, help="random seed: the same seed gives the same output")
+    run.add_argument("--stop", action="append", help="stop when this text appears (repeatable)")
+    run.add_argument("--engine", default="numpy", help="compute engine (numpy)")
+    run.add_argument("--shards", type=_positive_int, default=1, help="split the model into K chained shards")
+    run.set_defaults(func=_cmd_run)
+
+    models = sub.add_parser("models", help="list the registry and what is available locally")
+    models.set_defaults(func=_cmd_models)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except ExoError as exc:
+        if args.verbose:
+            log.exception("failed")
+        print(f"exo-actor: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("exo-actor: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("exo-actor: error: out of memory (try a smaller model or more shards across devices)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The engine protocol: what every engine (numpy, MLX, tinygrad) offers the actors."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from ..weights import ModelFiles
+
+
+class ShardRunner(Protocol):
+    """Layers [start, end) of a model on one engine, with one KV cache per request."""
+
+    start: int
+    end: int
+    is_first: bool
+    is_last: bool
+
+    def forward(self, request_id: str, x: np.ndarray, start_pos: int, num_logits: int = 1) -> np.ndarray:
+        """Positions [start_pos, start_pos + T) of a request.
+
+        x: token ids [T] on the first shard, float32 hidden states [T, D] elsewhere. Returns float32
+        hidden states [T, D], or on the last shard logits [num_logits, V] for the last positions.
+        Writing at start_pos below the cached length rolls the request's cache back to start_pos.
+        """
+        ...
+
+    def cached_length(self, request_id: str) -> int:
+        """Positions cached for a request (0 if unknown)."""
+        ...
+
+    def truncate(self, request_id: str, length: int) -> None:
+        """Forget a request's positions >= length."""
+        ...
+
+    def free(self, request_id: str) -> None:
+        """Drop a request's KV cache."""
+        ...
+
+    @property
+    def weight_bytes(self) -> int: ...
+
+
+class Engine(Protocol):
+    name: str
+
+    def load_shard(self, model: ModelFiles, start: int, end: int) -> ShardRunner:
+        """Load layers [start, end) of a model (only those layers' weights are read)."""
+        ...

@@ -1,0 +1,1 @@
+"""Model architectures: pure array compute, no sockets, no asyncio."""

@@ -1,0 +1,78 @@
+"""ModelArgs: the hyper-parameters of a Llama-family model, read from HF config.json or GGUF metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UnsupportedModelError
+
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """Hyper-parameters of a Llama-family decoder (Llama 2/3.x, SmolLM, Qwen2)."""
+
+    architecture: str
+    hidden_size: int
+    num_hidden_layers: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    max_position_embeddings: int = 2048
+    head_dim: int | None = None
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # q/k/v projection bias (Qwen2)
+    rope_freq_factors: tuple[float, ...] | None = None  # GGUF `rope_freqs` (Llama 3.x scaling)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in SUPPORTED_ARCHITECTURES:
+            raise UnsupportedModelError(
+                f"architecture {self.architecture!r} is not supported "
+                f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise UnsupportedModelError(
+                f"num_attention_heads ({self.num_attention_heads}) is not a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+
+    @property
+    def dim_head(self) -> int:
+        assert self.head_dim is not None
+        return self.head_dim
+
+    @classmethod
+    def from_hf_dict(cls, cfg: dict[str, Any]) -> ModelArgs:
+        """Build from a Hugging Face config.json dict; unknown keys are kept in `extra`."""
+        model_type = cfg.get("model_type", "")
+        arch = {"llama": "llama", "qwen2": "qwen2", "mistral": "llama"}.get(model_type)
+        if arch is None:
+            raise UnsupportedModelError(
+                f"config.json model_type {model_type!r} is not supported "
+                f"(supported: llama, qwen2)"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in cfg.items() if k in names and k != "extra"}
+        kwargs["architecture"] = arch
+        rope = cfg.get("rope_parameters")  # transformers >= 5 nests theta and scaling here
+        if isinstance(rope, dict):
+            kwargs.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
+            if rope.get("rope_type", "default") != "default":
+                kwargs.setdefault("rope_scaling", rope)
+        kwargs.setdefault("num_key_value_heads", cfg.get("num_attention_heads"))
+        if arch == "qwen2":
+            kwargs["attention_bias"] = True
+        try:
+            return cls(**kwargs, extra={k: v for k, v in cfg.items() if k not in names})
+        except TypeError as exc:  # a required key is missing
+            raise UnsupportedModelError(f"config.json is incomplete: {exc}") from None

@@ -1,0 +1,176 @@
+"""Llama-family decoder shard in numpy (Llama 2/3.x, SmolLM, Qwen2 with q/k/v bias).
+
+A shard is the contiguous layer range [start, end) of a model. The first shard owns the token
+embedding and takes token ids; the last owns the final norm and LM head and returns logits; any
+other shard maps hidden states to hidden states. Everything is float32: numpy 2 promotes float32
+arrays combined with float64 scalars, so every constant here is a np.float32.
+
+Weight layout is [in, out] ("x @ W"), which is the fastest matrix-vector path for OpenBLAS on the
+thin matrices of small models; q/k/v and gate/up are fused so a layer makes four matmuls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import ModelArgs
+from .kv_cache import KVCache
+from .rope import apply_rope, inv_frequencies, rope_tables
+
+F32 = np.float32
+
+
+@dataclass
+class LayerWeights:
+    """Weights of one decoder layer, already fused and laid out [in, out]."""
+
+    attn_norm: np.ndarray  # [D]
+    wqkv: np.ndarray  # [D, (H + 2*KV) * hd]
+    bqkv: np.ndarray | None  # [(H + 2*KV) * hd] (Qwen2)
+    wo: np.ndarray  # [H * hd, D]
+    ffn_norm: np.ndarray  # [D]
+    w_gate_up: np.ndarray  # [D, 2F]
+    w_down: np.ndarray  # [F, D]
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.attn_norm, self.wqkv, self.bqkv, self.wo, self.ffn_norm, self.w_gate_up, self.w_down)
+        return sum(a.nbytes for a in arrays if a is not None)
+
+
+@dataclass
+class ShardWeights:
+    """What one shard holds: its layers plus, at the ends of the model, embedding / norm / head."""
+
+    layers: list[LayerWeights]
+    embed: np.ndarray | None = None  # [V, D]; first shard (unless lm_head_t can serve lookups)
+    final_norm: np.ndarray | None = None  # [D]; last shard
+    lm_head_t: np.ndarray | None = None  # [D, V]; last shard
+
+    @property
+    def nbytes(self) -> int:
+        extras = (self.embed, self.final_norm, self.lm_head_t)
+        return sum(l.nbytes for l in self.layers) + sum(a.nbytes for a in extras if a is not None)
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: np.float32) -> np.ndarray:
+    """RMSNorm over the last axis, in float32."""
+    ms = np.mean(np.square(x), axis=-1, keepdims=True)
+    return x * (F32(1.0) / np.sqrt(ms + eps)) * weight
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (F32(1.0) + np.exp(-x))
+
+
+class LlamaShard:
+    """Layers [start, end) of a Llama-family model; pure compute over a caller-owned KVCache."""
+
+    def __init__(self, args: ModelArgs, start: int, end: int, weights: ShardWeights) -> None:
+        if not 0 <= start < end <= args.num_hidden_layers:
+            raise ValueError(f"invalid layer range [{start}, {end}) for {args.num_hidden_layers} layers")
+        if len(weights.layers) != end - start:
+            raise ValueError(f"shard [{start}, {end}) got {len(weights.layers)} layers of weights")
+        self.args, self.start, self.end, self.w = args, start, end, weights
+        self.is_first, self.is_last = start == 0, end == args.num_hidden_layers
+        if self.is_first and weights.embed is None and weights.lm_head_t is None:
+            raise ValueError("the first shard needs the token embedding")
+        if self.is_last and (weights.final_norm is None or weights.lm_head_t is None):
+            raise ValueError("the last shard needs the final norm and the LM head")
+        self.n_heads, self.n_kv = args.num_attention_heads, args.num_key_value_heads
+        self.hd = args.dim_head
+        self.eps = F32(args.rms_norm_eps)
+        self.scale = F32(1.0 / np.sqrt(self.hd))
+        self.inv_freq = inv_frequencies(
+            self.hd, args.rope_theta, args.rope_scaling, args.rope_freq_factors
+        )
+
+    @property
+    def n_layers(self) -> int:
+        return self.end - self.start
+
+    def new_cache(self) -> KVCache:
+        """An empty KV cache sized for this shard's layers."""
+        return KVCache(self.n_layers, self.n_kv, self.hd, self.args.max_position_embeddings)
+
+    def embed(self, tokens: np.ndarray) -> np.ndarray:
+        """Token ids [T] -> embeddings [T, D]."""
+        if self.w.embed is not None:
+            return self.w.embed[tokens]
+        assert self.w.lm_head_t is not None  # tied embeddings: look up columns of the head
+        return np.ascontiguousarray(self.w.lm_head_t[:, tokens].T)
+
+    def forward(self, x: np.ndarray, cache: KVCache, start_pos: int, num_logits: int = 1) -> np.ndarray:
+        """Run the shard over positions [start_pos, start_pos + T).
+
+        x is token ids [T] (first shard) or hidden states [T, D]. Returns hidden states [T, D], or
+        for the last shard logits [num_logits, V] of the last num_logits positions.
+        """
+        h = self.embed(np.asarray(x, dtype=np.int64)) if self.is_first else np.asarray(x, dtype=F32)
+        T = h.shape[0]
+        cache.begin(start_pos, T)
+        cos, sin = rope_tables(self.inv_freq, np.arange(start_pos, start_pos + T))
+        mask = _causal_mask(start_pos, T) if T > 1 else None
+        for i, layer in enumerate(self.w.layers):
+            h = self._layer(h, layer, cache, i, start_pos, cos, sin, mask)
+        cache.commit(start_pos + T)
+        if not self.is_last:
+            assert h.dtype == F32, h.dtype
+            return h
+        assert self.w.final_norm is not None and self.w.lm_head_t is not None
+        h = rms_norm(h[T - num_logits :], self.w.final_norm, self.eps)
+        logits = h @ self.w.lm_head_t
+        assert logits.dtype == F32, logits.dtype  # a float64 here means a silent 2x slowdown
+        return logits
+
+    def _layer(
+        self,
+        h: np.ndarray,
+        w: LayerWeights,
+        cache: KVCache,
+        i: int,
+        start: int,
+        cos: np.ndarray,
+        sin: np.ndarray,
+        mask: np.ndarray | None,
+    ) -> np.ndarray:
+        T, H, KV, hd = h.shape[0], self.n_heads, self.n_kv, self.hd
+        qkv = rms_norm(h, w.attn_norm, self.eps) @ w.wqkv  # [T, (H + 2KV) * hd]
+        if w.bqkv is not None:
+            qkv += w.bqkv
+        qkv = qkv.reshape(T, H + 2 * KV, hd).transpose(1, 0, 2)  # [H + 2KV, T, hd]
+        q = apply_rope(qkv[:H], cos, sin) * self.scale
+        k = apply_rope(qkv[H : H + KV], cos, sin)
+        keys, values = cache.write(i, start, k, qkv[H + KV :])  # [KV, L, hd]
+        attn = _attention(q, keys, values, mask)  # [T, H * hd]
+        h = h + attn @ w.wo
+        gate_up = rms_norm(h, w.ffn_norm, self.eps) @ w.w_gate_up  # [T, 2F]
+        F = gate_up.shape[1] // 2
+        return h + (silu(gate_up[:, :F]) * gate_up[:, F:]) @ w.w_down
+
+
+def _causal_mask(start: int, T: int) -> np.ndarray:
+    """Additive mask [T, start + T]: query t sees keys 0 .. start + t."""
+    keys = np.arange(start + T)[None, :]
+    queries = np.arange(start, start + T)[:, None]
+    return np.where(keys <= queries, F32(0.0), F32(-np.inf)).astype(F32)
+
+
+def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Grouped-query attention. q [H, T, hd] (pre-scaled), k/v [KV, L, hd] -> [T, H * hd]."""
+    H, T, hd = q.shape
+    KV, L = k.shape[0], k.shape[1]
+    G = H // KV
+    qg = q.reshape(KV, G * T, hd)  # heads of one kv group share its keys
+    scores = qg @ k.transpose(0, 2, 1)  # [KV, G*T, L]
+    if mask is not None:
+        scores = scores.reshape(KV, G, T, L)
+        scores += mask
+        scores = scores.reshape(KV, G * T, L)
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = scores @ v  # [KV, G*T, hd]
+    return out.reshape(H, T, hd).transpose(1, 0, 2).reshape(T, H * hd)

@@ -1,0 +1,68 @@
+"""Rotary position embeddings (RoPE), including Llama 3.x and linear frequency scaling.
+
+Layout is Hugging Face's "rotate_half": the head dimension is split into two halves that rotate as
+pairs (x[i], x[i + d/2]). GGUF files converted from Llama checkpoints store q/k weights permuted for
+llama.cpp's interleaved layout; the GGUF loader undoes that, so this module has a single layout.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+def inv_frequencies(
+    head_dim: int,
+    theta: float,
+    scaling: dict[str, Any] | None = None,
+    freq_factors: tuple[float, ...] | None = None,
+) -> np.ndarray:
+    """Inverse rotation frequencies [head_dim // 2] (float64), after any scaling."""
+    inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    if freq_factors is not None:  # GGUF rope_freqs tensor: per-frequency divisors
+        return inv / np.asarray(freq_factors, dtype=np.float64)
+    if not scaling:
+        return inv
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv
+    if kind == "linear":
+        return inv / float(scaling["factor"])
+    if kind == "llama3":
+        return _llama3_scale(inv, scaling)
+    from ..errors import UnsupportedModelError
+
+    raise UnsupportedModelError(f"rope scaling type {kind!r} is not supported (linear, llama3)")
+
+
+def _llama3_scale(inv: np.ndarray, s: dict[str, Any]) -> np.ndarray:
+    # Llama 3.1 rule: long wavelengths are slowed by `factor`, short ones kept, and the band in
+    # between interpolated smoothly (Meta's reference implementation, llama3_1 "apply_scaling").
+    factor = float(s["factor"])
+    low, high = float(s.get("low_freq_factor", 1.0)), float(s.get("high_freq_factor", 4.0))
+    old_ctx = float(s.get("original_max_position_embeddings", 8192))
+    wavelen = 2 * math.pi / inv
+    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+    scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(medium, smoothed, scaled)
+
+
+def rope_tables(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin tables [T, head_dim] (float32) for the given absolute positions."""
+    angles = positions.astype(np.float64)[:, None] * inv_freq[None, :]  # [T, d/2]
+    angles = np.concatenate([angles, angles], axis=-1)  # [T, d]
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate x [heads, T, head_dim] by the tables [T, head_dim]; returns a new float32 array."""
+    half = x.shape[-1] // 2
+    rotated = np.empty_like(x)
+    rotated[..., :half] = -x[..., half:]
+    rotated[..., half:] = x[..., :half]
+    return x * cos + rotated * sin

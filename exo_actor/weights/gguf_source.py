@@ -1,0 +1,162 @@
+"""GGUF files through the `gguf` package: metadata -> ModelArgs, tensors -> float32 in HF naming."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFReader
+from gguf.quants import dequantize
+
+from ..errors import UnsupportedModelError, WeightsError
+from ..models.config import ModelArgs
+
+log = logging.getLogger(__name__)
+
+# GGUF tensor name suffix -> Hugging Face name suffix (per layer), and the global tensors.
+_LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_LAYER_RE = re.compile(r"blk\.(\d+)\.(.+)")
+
+# Types this loader reads (those the gguf package can dequantize and llama models use).
+SUPPORTED_TYPES = frozenset(
+    GGMLQuantizationType[n]
+    for n in ("F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K".split())
+)
+
+
+def hf_name(gguf_name: str) -> str | None:
+    """Hugging Face name of a GGUF tensor, or None for tensors the model does not use."""
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    m = _LAYER_RE.fullmatch(gguf_name)
+    if m and m.group(2) in _LAYER_NAMES:
+        return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
+    return None
+
+
+def open_reader(path: Path) -> GGUFReader:
+    """Open a GGUF file, turning the library's parse errors into one WeightsError."""
+    try:
+        return GGUFReader(path, "r")
+    except (ValueError, IndexError, KeyError, OSError, TypeError) as exc:
+        raise WeightsError(f"{path} is not a valid GGUF file (truncated or corrupt?): {exc}") from None
+
+
+def field(reader: GGUFReader, key: str, default: Any = None) -> Any:
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    try:
+        return f.contents()
+    except Exception as exc:  # noqa: BLE001 - the library raises assorted types on bad fields
+        raise WeightsError(f"GGUF metadata field {key} is unreadable: {exc}") from None
+
+
+def args_from_gguf(reader: GGUFReader) -> ModelArgs:
+    """ModelArgs from GGUF metadata (`{arch}.block_count`, `{arch}.embedding_length`, ...)."""
+    arch = field(reader, "general.architecture")
+    if arch not in ("llama", "qwen2"):
+        raise UnsupportedModelError(f"GGUF architecture {arch!r} is not supported (llama, qwen2)")
+
+    def req(key: str) -> Any:
+        v = field(reader, f"{arch}.{key}")
+        if v is None:
+            raise WeightsError(f"GGUF metadata lacks {arch}.{key}")
+        return v
+
+    n_heads = int(req("attention.head_count"))
+    dim = int(req("embedding_length"))
+    tensor_names = {t.name for t in reader.tensors}
+    vocab = field(reader, f"{arch}.vocab_size")
+    if vocab is None:
+        vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+    freq_factors = None
+    if "rope_freqs.weight" in tensor_names:
+        t = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
+        freq_factors = tuple(float(x) for x in np.asarray(t.data, dtype=np.float32).ravel())
+    scaling = None
+    if field(reader, f"{arch}.rope.scaling.type") == "linear":
+        scaling = {"rope_type": "linear", "factor": float(req("rope.scaling.factor"))}
+    return ModelArgs(
+        architecture=arch,
+        hidden_size=dim,
+        num_hidden_layers=int(req("block_count")),
+        intermediate_size=int(req("feed_forward_length")),
+        num_attention_heads=n_heads,
+        num_key_value_heads=int(field(reader, f"{arch}.attention.head_count_kv", n_heads)),
+        vocab_size=int(vocab),
+        rms_norm_eps=float(req("attention.layer_norm_rms_epsilon")),
+        rope_theta=float(field(reader, f"{arch}.rope.freq_base", 10000.0)),
+        rope_scaling=scaling,
+        max_position_embeddings=int(req("context_length")),
+        head_dim=int(field(reader, f"{arch}.attention.key_length", dim // n_heads)),
+        tie_word_embeddings="output.weight" not in tensor_names,
+        attention_bias=arch == "qwen2",
+        rope_freq_factors=freq_factors,
+    )
+
+
+def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    # llama.cpp's converter reorders each head's rows from HF's half-split RoPE layout into
+    # interleaved pairs: rows (j, j + hd/2) become (2j, 2j + 1). Undo it to get HF's order back.
+    rows = w.shape[0]
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+class GGUFSource:
+    """Reads a GGUF file's tensors by Hugging Face name, dequantized to float32 on demand."""
+
+    def __init__(self, path: Path, reader: GGUFReader | None = None) -> None:
+        self.path = path
+        self.reader = reader or open_reader(path)
+        self.args = args_from_gguf(self.reader)
+        self._tensors = {}
+        for t in self.reader.tensors:
+            name = hf_name(t.name)
+            if name is not None:
+                self._tensors[name] = t
+
+    def has(self, name: str) -> bool:
+        return name in self._tensors
+
+    def get(self, name: str) -> np.ndarray:
+        t = self._tensors[name]
+        if t.tensor_type not in SUPPORTED_TYPES:
+            raise UnsupportedModelError(
+                f"{self.path.name}: tensor {t.name} uses quantization {t.tensor_type.name}, "
+                f"which is not supported (supported: {', '.join(sorted(q.name for q in SUPPORTED_TYPES))})"
+            )
+        try:
+            w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+        except (ValueError, NotImplementedError) as exc:
+            raise WeightsError(f"{self.path.name}: cannot decode tensor {t.name}: {exc}") from None
+        expected = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dims innermost first
+        if w.shape != expected:
+            raise WeightsError(f"{self.path.name}: tensor {t.name} decodes to {w.shape}, header says {expected}")
+        if self.args.architecture == "llama":  # qwen2 GGUFs keep HF's layout
+            if name.endswith("q_proj.weight") or name.endswith("q_proj.bias"):
+                w = _unpermute(w, self.args.num_attention_heads)
+            elif name.endswith("k_proj.weight") or name.endswith("k_proj.bias"):
+                w = _unpermute(w, self.args.num_key_value_heads)
+        return w

@@ -1,0 +1,69 @@
+"""open_model: a GGUF file or a Hugging Face folder -> config, tokenizer and a tensor source."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ModelNotFoundError, WeightsError
+from ..models.config import ModelArgs
+from ..models.llama import ShardWeights
+from ..tokenizer import TextTokenizer, tokenizer_from_gguf, tokenizer_from_hf_folder
+from .base import TensorSource, load_shard_weights
+from .gguf_source import GGUFSource, field, open_reader
+from .safetensors_source import SafetensorsSource
+
+
+@dataclass
+class ModelFiles:
+    """A model on disk: its hyper-parameters, tokenizer and a way to read any shard's weights."""
+
+    path: Path
+    args: ModelArgs
+    tokenizer: TextTokenizer
+    open_source: Callable[[], TensorSource]
+
+    def shard_weights(self, start: int, end: int) -> ShardWeights:
+        """Float32 weights of layers [start, end): reads only those layers' tensors."""
+        return load_shard_weights(self.args, self.open_source(), start, end)
+
+
+def _open_gguf(path: Path) -> ModelFiles:
+    reader = open_reader(path)
+    src = GGUFSource(path, reader)
+    keys = [k for k in reader.fields if k.startswith("tokenizer.")]
+    tokenizer = tokenizer_from_gguf({k: field(reader, k) for k in keys})
+    return ModelFiles(path=path, args=src.args, tokenizer=tokenizer, open_source=lambda: src)
+
+
+def _open_hf_folder(path: Path) -> ModelFiles:
+    cfg_path = path / "config.json"
+    if not cfg_path.exists():
+        raise ModelNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{cfg_path} is not valid JSON: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise WeightsError(f"{cfg_path} does not hold a JSON object")
+    args = ModelArgs.from_hf_dict(cfg)
+    tokenizer = tokenizer_from_hf_folder(path)
+    src = SafetensorsSource(path)  # validates the index / headers now, reads tensors on demand
+    return ModelFiles(path=path, args=args, tokenizer=tokenizer, open_source=lambda: src)
+
+
+def open_model(path: str | Path) -> ModelFiles:
+    """Open a `.gguf` file or a Hugging Face model folder (config.json, tokenizer.json, safetensors)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelNotFoundError(f"{p}: no such file or folder")
+    if p.is_dir():
+        ggufs = sorted(p.glob("*.gguf"))
+        if not (p / "config.json").exists() and len(ggufs) == 1:
+            return _open_gguf(ggufs[0])
+        return _open_hf_folder(p)
+    if p.suffix.lower() != ".gguf":
+        raise ModelNotFoundError(f"{p} is neither a .gguf file nor a Hugging Face model folder")
+    return _open_gguf(p)
