@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (and tracebacks on errors)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="generate a completion locally", description="Generate a completion for one prompt.")
+    run = sub.add_parser(
+        "run", help="generate a completion locally", description="Generate a completion for one prompt."
+    )
     run.add_argument("model", help="registry name (see `exo-actor models`), a .gguf file or a Hugging Face folder")
     run.add_argument("--prompt", required=True, help="the user message (or raw text with --raw)")
     run.add_argument("--system", help="a system message")

@@ -35,8 +35,7 @@ class ModelArgs:
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(
-                f"architecture {self.architecture!r} is not supported "
-                f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+                f"architecture {self.architecture!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
             )
         if self.num_attention_heads % self.num_key_value_heads:
             raise UnsupportedModelError(
@@ -58,8 +57,7 @@ class ModelArgs:
         arch = {"llama": "llama", "qwen2": "qwen2", "mistral": "llama"}.get(model_type)
         if arch is None:
             raise UnsupportedModelError(
-                f"config.json model_type {model_type!r} is not supported "
-                f"(supported: llama, qwen2)"
+                f"config.json model_type {model_type!r} is not supported (supported: llama, qwen2)"
             )
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in cfg.items() if k in names and k != "extra"}

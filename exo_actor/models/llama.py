@@ -83,9 +83,7 @@ class LlamaShard:
         self.hd = args.dim_head
         self.eps = F32(args.rms_norm_eps)
         self.scale = F32(1.0 / np.sqrt(self.hd))
-        self.inv_freq = inv_frequencies(
-            self.hd, args.rope_theta, args.rope_scaling, args.rope_freq_factors
-        )
+        self.inv_freq = inv_frequencies(self.hd, args.rope_theta, args.rope_scaling, args.rope_freq_factors)
 
     @property
     def n_layers(self) -> int:

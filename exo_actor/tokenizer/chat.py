@@ -53,7 +53,5 @@ def render_chat(
 
 def chat_prompt_ids(tokenizer: TextTokenizer, messages: list[dict[str, Any]]) -> list[int]:
     """Token ids of a conversation rendered through the model's chat template, ready to generate."""
-    text = render_chat(
-        tokenizer.chat_template, messages, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token
-    )
+    text = render_chat(tokenizer.chat_template, messages, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token)
     return tokenizer.encode(text, add_bos=False)  # the template writes BOS itself if it wants one

@@ -28,6 +28,18 @@ def _get(src: TensorSource, name: str, shape: tuple[int, ...]) -> np.ndarray:
     return t.astype(np.float32, copy=False)
 
 
+def as_in_out(w: np.ndarray) -> np.ndarray:
+    """An [out, in] weight as an [in, out] operand for `x @ w`, stored in the faster orientation.
+
+    OpenBLAS's matrix-vector kernels stream a wide matrix (out >= in) fastest stored [in, out] and a
+    tall one (out < in, e.g. down_proj) fastest stored [out, in] and used transposed (measured on
+    SmolLM2's shapes: down_proj 4.7 vs 7.5 ms per token, gate_up 8.9 vs 12.0 ms).
+    """
+    if w.shape[0] >= w.shape[1]:
+        return np.ascontiguousarray(w.T)
+    return np.ascontiguousarray(w).T
+
+
 def load_shard_weights(args: ModelArgs, src: TensorSource, start: int, end: int) -> ShardWeights:
     """Read only the tensors of layers [start, end) (plus embedding / head at the ends)."""
     D, F, V, hd = args.hidden_size, args.intermediate_size, args.vocab_size, args.dim_head
@@ -48,12 +60,12 @@ def load_shard_weights(args: ModelArgs, src: TensorSource, start: int, end: int)
         layers.append(
             LayerWeights(
                 attn_norm=_get(src, p + "input_layernorm.weight", (D,)),
-                wqkv=np.ascontiguousarray(np.concatenate([q, k, v]).T),
+                wqkv=as_in_out(np.concatenate([q, k, v])),
                 bqkv=bias,
-                wo=np.ascontiguousarray(_get(src, p + "self_attn.o_proj.weight", (D, H * hd)).T),
+                wo=as_in_out(_get(src, p + "self_attn.o_proj.weight", (D, H * hd))),
                 ffn_norm=_get(src, p + "post_attention_layernorm.weight", (D,)),
-                w_gate_up=np.ascontiguousarray(np.concatenate([gate, up]).T),
-                w_down=np.ascontiguousarray(_get(src, p + "mlp.down_proj.weight", (D, F)).T),
+                w_gate_up=as_in_out(np.concatenate([gate, up])),
+                w_down=as_in_out(_get(src, p + "mlp.down_proj.weight", (D, F))),
             )
         )
     weights = ShardWeights(layers=layers)

@@ -40,8 +40,7 @@ _LAYER_RE = re.compile(r"blk\.(\d+)\.(.+)")
 
 # Types this loader reads (those the gguf package can dequantize and llama models use).
 SUPPORTED_TYPES = frozenset(
-    GGMLQuantizationType[n]
-    for n in ("F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K".split())
+    GGMLQuantizationType[n] for n in ("F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K".split())
 )
 
 
