@@ -1,0 +1,277 @@
+"""Tiny random-weight Llama-family models, written as Hugging Face folders or GGUF files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType as Q
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from exo_actor.models.rope import inv_frequencies
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. Paris is the capital of France.",
+    "Hello world! Numbers 1234567890 and symbols #$%&*() ok? ünïcödé 日本語 emoji 🙂",
+    "def main():\n    return 42\n",
+] * 20
+
+
+def tiny_tokenizer(vocab_size: int = 320) -> Tokenizer:
+    """A byte-level BPE trained on a few sentences, with chat special tokens at ids 0-2."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    return tok
+
+
+@dataclass
+class TinySpec:
+    """A tiny model's shape; defaults are dim 64, 4 layers, 4 heads over 2 kv heads."""
+
+    architecture: str = "llama"
+    hidden_size: int = 64
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 96
+    tied: bool = True
+    rope_scaling: dict[str, Any] | None = None
+    rope_theta: float = 10000.0
+    context: int = 128
+    seed: int = 0
+    extra_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.heads
+
+
+def make_weights(spec: TinySpec, vocab: int) -> dict[str, np.ndarray]:
+    """Random float32 weights in Hugging Face naming and [out, in] layout."""
+    rng = np.random.default_rng(spec.seed)
+    D, F, hd = spec.hidden_size, spec.intermediate, spec.head_dim
+
+    def w(*shape: int, scale: float = 0.08) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    t = {"model.embed_tokens.weight": w(vocab, D, scale=0.5), "model.norm.weight": 1 + w(D, scale=0.1)}
+    if not spec.tied:
+        t["lm_head.weight"] = w(vocab, D)
+    for i in range(spec.layers):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = 1 + w(D, scale=0.1)
+        t[p + "post_attention_layernorm.weight"] = 1 + w(D, scale=0.1)
+        t[p + "self_attn.q_proj.weight"] = w(spec.heads * hd, D)
+        t[p + "self_attn.k_proj.weight"] = w(spec.kv_heads * hd, D)
+        t[p + "self_attn.v_proj.weight"] = w(spec.kv_heads * hd, D)
+        t[p + "self_attn.o_proj.weight"] = w(D, spec.heads * hd)
+        t[p + "mlp.gate_proj.weight"] = w(F, D)
+        t[p + "mlp.up_proj.weight"] = w(F, D)
+        t[p + "mlp.down_proj.weight"] = w(D, F)
+        if spec.architecture == "qwen2":
+            for n, m in (("q", spec.heads), ("k", spec.kv_heads), ("v", spec.kv_heads)):
+                t[p + f"self_attn.{n}_proj.bias"] = w(m * hd, scale=0.2)
+    return t
+
+
+def hf_config(spec: TinySpec, vocab: int) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "architectures": ["LlamaForCausalLM" if spec.architecture == "llama" else "Qwen2ForCausalLM"],
+        "model_type": spec.architecture,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate,
+        "num_hidden_layers": spec.layers,
+        "num_attention_heads": spec.heads,
+        "num_key_value_heads": spec.kv_heads,
+        "vocab_size": vocab,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": spec.rope_theta,
+        "max_position_embeddings": spec.context,
+        "tie_word_embeddings": spec.tied,
+        "hidden_act": "silu",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": "float32",
+    }
+    if spec.rope_scaling:
+        cfg["rope_scaling"] = spec.rope_scaling
+    cfg.update(spec.extra_config)
+    return cfg
+
+
+def write_hf_folder(
+    path: Path, spec: TinySpec, *, dtype: str = "F32", index_files: int = 0
+) -> dict[str, np.ndarray]:
+    """Write config.json, tokenizer files and safetensors; returns the float32 weights."""
+    from safetensors.numpy import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    tok = tiny_tokenizer()
+    vocab = tok.get_vocab_size()
+    weights = make_weights(spec, vocab)
+    if dtype == "BF16":  # round to bfloat16 so the float32 reference equals what is stored
+        weights = {k: ((v.view(np.uint32) + 0x8000) & 0xFFFF0000).view(np.float32) for k, v in weights.items()}
+    (path / "config.json").write_text(json.dumps(hf_config(spec, vocab)))
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "chat_template": CHAT_TEMPLATE})
+    )
+    stored = {k: _encode(v, dtype) for k, v in weights.items()}
+    if index_files:
+        names = sorted(stored)
+        groups = [names[i::index_files] for i in range(index_files)]
+        weight_map = {}
+        for i, group in enumerate(groups):
+            fname = f"model-{i + 1:05d}-of-{index_files:05d}.safetensors"
+            _save(save_file, {k: stored[k] for k in group}, path / fname, dtype)
+            weight_map.update({k: fname for k in group})
+        (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    else:
+        _save(save_file, stored, path / "model.safetensors", dtype)
+    return weights
+
+
+def _encode(v: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "F16":
+        return v.astype(np.float16)
+    if dtype == "BF16":
+        return (v.view(np.uint32) >> 16).astype(np.uint16)
+    return v
+
+
+def _save(save_file: Any, tensors: dict[str, np.ndarray], path: Path, dtype: str) -> None:
+    save_file(tensors, str(path))
+    if dtype == "BF16":  # numpy has no bfloat16: saved as U16, then relabel the header
+        raw = path.read_bytes()
+        n = int.from_bytes(raw[:8], "little")
+        header = raw[8 : 8 + n].replace(b'"U16"', b'"BF16"')
+        path.write_bytes(raw[:8] + header + raw[8 + n :])
+
+
+def _permute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """What llama.cpp's converter does to Llama q/k weights (HF half-split -> interleaved pairs)."""
+    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+_GGUF_LAYER = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+
+
+def gguf_name(hf: str) -> str:
+    glob = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    if hf in glob:
+        return glob[hf]
+    if hf == "lm_head.weight":
+        return "output.weight"
+    _, _, i, rest = hf.split(".", 3)
+    return f"blk.{i}.{_GGUF_LAYER[rest]}"
+
+
+def write_gguf(
+    path: Path,
+    spec: TinySpec,
+    *,
+    qtype: Q = Q.F32,
+    raw_override: dict[str, tuple[np.ndarray, Q]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Write a GGUF like llama.cpp's converter would; returns the float32 weights the file decodes to."""
+    tok = tiny_tokenizer()
+    vocab = tok.get_vocab_size()
+    weights = make_weights(spec, vocab)
+    arch = spec.architecture
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(spec.layers)
+    w.add_context_length(spec.context)
+    w.add_embedding_length(spec.hidden_size)
+    w.add_feed_forward_length(spec.intermediate)
+    w.add_head_count(spec.heads)
+    w.add_head_count_kv(spec.kv_heads)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(spec.rope_theta)
+    w.add_vocab_size(vocab)
+    model = json.loads(tok.to_str())["model"]
+    tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
+    w.add_chat_template(CHAT_TEMPLATE)
+    decoded: dict[str, np.ndarray] = {}
+    if spec.rope_scaling and spec.rope_scaling.get("rope_type") == "llama3":
+        base = inv_frequencies(spec.head_dim, spec.rope_theta)
+        scaled = inv_frequencies(spec.head_dim, spec.rope_theta, spec.rope_scaling)
+        w.add_tensor("rope_freqs.weight", (base / scaled).astype(np.float32))
+    elif spec.rope_scaling and spec.rope_scaling.get("rope_type") == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(spec.rope_scaling["factor"]))
+    for name, t in weights.items():
+        if arch == "llama" and ".q_proj." in name:
+            t = _permute(t, spec.heads)
+        elif arch == "llama" and ".k_proj." in name:
+            t = _permute(t, spec.kv_heads)
+        gname = gguf_name(name)
+        if raw_override and gname in raw_override:
+            raw, rq = raw_override[gname]
+            w.add_tensor(gname, raw, raw_shape=t.shape, raw_dtype=rq)
+            continue
+        q = qtype if t.ndim == 2 else Q.F32  # norms and biases stay float32, as in real files
+        if q == Q.F32:
+            w.add_tensor(gname, t)
+            stored = t
+        elif q == Q.F16:
+            w.add_tensor(gname, t.astype(np.float16))
+            stored = t.astype(np.float16).astype(np.float32)
+        else:
+            packed = gguf.quants.quantize(t, q)
+            w.add_tensor(gname, packed, raw_shape=packed.shape, raw_dtype=q)
+            stored = gguf.quants.dequantize(packed, q)
+        decoded[name] = stored
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    # the returned weights are in HF layout (un-permuted), as the loader must produce them
+    for name in decoded:
+        if arch == "llama" and ".q_proj." in name:
+            decoded[name] = _unpermute_ref(decoded[name], spec.heads)
+        elif arch == "llama" and ".k_proj." in name:
+            decoded[name] = _unpermute_ref(decoded[name], spec.kv_heads)
+    return decoded
+
+
+def _unpermute_ref(w: np.ndarray, n_heads: int) -> np.ndarray:
+    return w.reshape(n_heads, w.shape[0] // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
