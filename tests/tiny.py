@@ -161,8 +161,9 @@ def _save(save_file: Any, tensors: dict[str, np.ndarray], path: Path, dtype: str
     if dtype == "BF16":  # numpy has no bfloat16: saved as U16, then relabel the header
         raw = path.read_bytes()
         n = int.from_bytes(raw[:8], "little")
-        header = raw[8 : 8 + n].replace(b'"U16"', b'"BF16"')
-        path.write_bytes(raw[:8] + header + raw[8 + n :])
+        header = raw[8 : 8 + n].rstrip().replace(b'"U16"', b'"BF16"')
+        header += b" " * (-len(header) % 8)  # keep the data 8-byte aligned
+        path.write_bytes(len(header).to_bytes(8, "little") + header + raw[8 + n :])
 
 
 def _permute(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -246,7 +247,7 @@ def write_gguf(
         gname = gguf_name(name)
         if raw_override and gname in raw_override:
             raw, rq = raw_override[gname]
-            w.add_tensor(gname, raw, raw_shape=t.shape, raw_dtype=rq)
+            w.add_tensor(gname, raw, raw_shape=raw.shape, raw_dtype=rq)
             continue
         q = qtype if t.ndim == 2 else Q.F32  # norms and biases stay float32, as in real files
         if q == Q.F32:
