@@ -15,8 +15,8 @@ pytestmark = pytest.mark.slow
 
 STORY = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
 # Both sides dequantize the same GGUF blocks to float32; what differs is summation order in BLAS vs
-# torch kernels. Measured max |difference| is ~1e-4 on logits of magnitude ~20.
-LOGITS_ATOL = 2e-3
+# torch kernels. Measured max |difference|: 5.4e-5 over 40 positions, on logits up to 38.
+LOGITS_ATOL = 5e-4
 
 
 @pytest.fixture(scope="module")
