@@ -24,7 +24,8 @@ def test_stream_of_any_text_reassembles_exactly(text):
     ids = TOK.encode(text, add_bos=False)
     parts = _stream(ids)
     assert "".join(parts) == TOK.decode(ids) == text
-    assert not any("\ufffd" in p for p in parts)
+    if "\ufffd" not in text:  # no replacement character unless the text really has one
+        assert not any("\ufffd" in p for p in parts)
 
 
 @settings(max_examples=300, deadline=None)
