@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
 from .errors import ExoError
@@ -77,11 +78,18 @@ def _positive_int(text: str) -> int:
     return v
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that point at --help instead of dumping the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"exo-actor: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="exo-actor", description="Run one LLM across the devices you own.")
+    p = _Parser(prog="exo-actor", description="Run one LLM across the devices you own.")
     p.add_argument("--version", action="version", version=f"exo-actor {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (and tracebacks on errors)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     run = sub.add_parser(
         "run", help="generate a completion locally", description="Generate a completion for one prompt."

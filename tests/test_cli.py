@@ -1,0 +1,123 @@
+"""The command line, run as a real subprocess: output, stats line, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as Q
+
+from tests.tiny import TinySpec, write_gguf, write_hf_folder
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "exo_actor.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "tiny.gguf"
+    write_gguf(path, TinySpec(context=48))
+    return path
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("exo-actor: error:"), lines[0]
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert proc.stdout == ""
+
+
+def test_help_everywhere():
+    for args in ([], ["run"], ["models"]):
+        proc = cli(*args, "--help")
+        assert proc.returncode == 0 and "usage: exo-actor" in proc.stdout
+
+
+def test_run_prints_completion_and_one_stats_line(tiny_gguf):
+    proc = cli("run", str(tiny_gguf), "--prompt", "Hello", "--max-tokens", "8", "--shards", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout  # a random model's text (often whitespace)
+    (stats,) = proc.stderr.strip().splitlines()
+    assert "completion tokens: 8," in stats and "prompt tokens:" in stats and "time to first token" in stats and "tok/s" in stats
+
+
+def test_models_lists_the_registry():
+    proc = cli("models")
+    assert proc.returncode == 0
+    for name in ("smollm2-135m", "llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b", "llama-3.1-70b", "qwen2.5-0.5b"):
+        assert name in proc.stdout
+
+
+def test_unknown_model():
+    assert_one_line_error(cli("run", "gpt-17", "--prompt", "x"), "unknown model", "smollm2-135m")
+
+
+def test_missing_file(tmp_path):
+    assert_one_line_error(cli("run", str(tmp_path / "nope.gguf"), "--prompt", "x"), "no such file")
+
+
+def test_registry_model_not_available_locally():
+    assert_one_line_error(cli("run", "llama-3.1-70b", "--prompt", "x"), "not available locally", "meta-llama/")
+
+
+def test_truncated_gguf(tmp_path, tiny_gguf):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(tiny_gguf.read_bytes()[:3000])
+    assert_one_line_error(cli("run", str(bad), "--prompt", "x"), "bad.gguf")
+
+
+def test_corrupt_safetensors(tmp_path):
+    write_hf_folder(tmp_path, TinySpec())
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 5)
+    assert_one_line_error(cli("run", str(tmp_path), "--prompt", "x"), "safetensors")
+
+
+def test_unsupported_quantization(tmp_path):
+    spec = TinySpec()
+    block, size = GGML_QUANT_SIZES[Q.Q8_1]
+    raw = np.zeros((spec.intermediate, spec.hidden_size // block * size), dtype=np.uint8)
+    write_gguf(tmp_path / "q.gguf", spec, raw_override={"blk.0.ffn_up.weight": (raw, Q.Q8_1)})
+    assert_one_line_error(cli("run", str(tmp_path / "q.gguf"), "--prompt", "x"), "Q8_1", "not supported")
+
+
+def test_prompt_longer_than_the_context(tiny_gguf):
+    assert_one_line_error(cli("run", str(tiny_gguf), "--prompt", "word " * 100), "context window is 48")
+
+
+@pytest.mark.parametrize(("flags", "needle"), [
+    (["--temperature", "-1"], "temperature"),
+    (["--temperature", "warm"], "temperature"),
+    (["--top-p", "0"], "top_p"),
+    (["--top-k", "-5"], "top_k"),
+    (["--min-p", "1.5"], "min_p"),
+    (["--max-tokens", "0"], "max-tokens"),
+    (["--seed", "-1"], "seed"),
+    (["--shards", "0"], "shards"),
+    (["--shards", "99"], "shards"),
+    (["--engine", "cuda"], "engine"),
+])
+def test_invalid_values(tiny_gguf, flags, needle):
+    assert_one_line_error(cli("run", str(tiny_gguf), "--prompt", "x", *flags), needle)
+
+
+def test_missing_prompt_and_unknown_command():
+    assert_one_line_error(cli("run", "smollm2-135m"), "--prompt")
+    assert_one_line_error(cli("fly"), "fly")
+
+
+def test_no_chat_template_suggests_raw(tmp_path):
+    write_hf_folder(tmp_path, TinySpec())
+    cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    del cfg["chat_template"]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert_one_line_error(cli("run", str(tmp_path), "--prompt", "x"), "--raw")
+    assert cli("run", str(tmp_path), "--prompt", "x", "--raw", "--max-tokens", "3").returncode == 0

@@ -1,0 +1,68 @@
+"""The generation loop on a tiny model: max tokens, EOS, stop strings, context limits, cleanup."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from exo_actor.errors import ContextLengthError
+from exo_actor.generation import LocalPipeline, generate
+from exo_actor.engines.numpy_engine import NumpyEngine
+from exo_actor.sampling import SamplingParams
+from exo_actor.weights import open_model
+from tests.tiny import TinySpec, write_gguf
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "m.gguf"
+    write_gguf(path, TinySpec(context=64))
+    files = open_model(path)
+    return files, LocalPipeline([NumpyEngine().load_shard(files, 0, 2), NumpyEngine().load_shard(files, 2, 4)])
+
+
+def _run(tiny, params, prompt=(5, 6, 7), tokenizer=None):
+    files, pipe = tiny
+    deltas = list(generate(pipe, tokenizer or files.tokenizer, list(prompt), params, files.args.max_position_embeddings))
+    return "".join(d.text for d in deltas), deltas[-1], [t for d in deltas for t in d.token_ids]
+
+
+def test_max_tokens_ends_with_length(tiny):
+    text, last, ids = _run(tiny, SamplingParams(max_tokens=12))
+    assert last.finish_reason == "length" and last.stats.completion_tokens == 12 and len(ids) == 12
+    assert text == tiny[0].tokenizer.decode(ids)
+
+
+def test_eos_ends_with_stop(tiny):
+    _, _, ids = _run(tiny, SamplingParams(max_tokens=12))
+    tok = dataclasses.replace(tiny[0].tokenizer, stop_ids=frozenset({ids[3]}))
+    text, last, got = _run(tiny, SamplingParams(max_tokens=12), tokenizer=tok)
+    assert last.finish_reason == "stop" and got == ids[: ids.index(ids[3])]
+
+
+def test_stop_string_cuts_the_text(tiny):
+    text, _, _ = _run(tiny, SamplingParams(max_tokens=20))
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    assert stop.strip()
+    cut, last, _ = _run(tiny, SamplingParams(max_tokens=20, stop=(stop,)))
+    assert last.finish_reason == "stop" and cut == text[: text.index(stop)]
+
+
+def test_context_window(tiny):
+    files, pipe = tiny
+    with pytest.raises(ContextLengthError, match="context window is 64"):
+        _run(tiny, SamplingParams(), prompt=[5] * 64)
+    _, last, ids = _run(tiny, SamplingParams(max_tokens=50), prompt=[5] * 60)
+    assert last.finish_reason == "length" and len(ids) == 4  # clipped to the window
+    with pytest.raises(ContextLengthError):
+        _run(tiny, SamplingParams(), prompt=[])
+
+
+def test_caches_are_freed_even_when_the_consumer_stops_early(tiny):
+    files, pipe = tiny
+    stream = generate(pipe, files.tokenizer, [5, 6], SamplingParams(max_tokens=30), 64, request_id="early")
+    next(stream)
+    assert pipe.shards[0].cached_length("early") > 0
+    stream.close()
+    assert all("early" not in s.caches for s in pipe.shards)
