@@ -1,0 +1,151 @@
+"""Engine benchmark: numpy engine vs HF transformers vs the memory-bandwidth bound, in one run.
+
+    python -m benchmarks.bench_engine [--out DIR] [--decode-tokens 128] [--prompt-tokens 400]
+
+Model: SmolLM2-135M-Instruct (the embedded GGUF, dequantized to float32 by both sides), 1 stream,
+greedy. The bound is weight bytes read per decoded token divided by the matrix-vector streaming
+bandwidth this run measures with numpy itself. OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are removed
+from this process's environment before numpy loads, so OpenBLAS picks its kernels for this CPU
+(the test suite keeps them).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # before numpy is imported (see docstring)
+    os.environ.pop(_var, None)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+from datetime import date  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from exo_actor.local import load_local  # noqa: E402
+from exo_actor.tokenizer import chat_prompt_ids  # noqa: E402
+
+log = logging.getLogger("bench_engine")
+PROMPT = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
+
+
+def streaming_bandwidth(total_bytes: int = 512 << 20, repeats: int = 5) -> float:
+    """Best GB/s of float32 matrix-vector products over matrices much larger than the caches."""
+    n = 4096
+    mats = [np.random.default_rng(i).standard_normal((n, n), dtype=np.float32) for i in range(total_bytes // (n * n * 4))]
+    x = np.ones((1, n), dtype=np.float32)
+    best = 0.0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for m in mats:
+            x @ m
+        best = max(best, sum(m.nbytes for m in mats) / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def bench_numpy(n_decode: int, n_prompt: int, repeats: int) -> dict[str, float]:
+    files, pipe = load_local("smollm2-135m")
+    (runner,) = pipe.shards
+    ids = chat_prompt_ids(files.tokenizer, PROMPT)
+    decode = prefill = 0.0
+    for r in range(repeats):
+        logits = pipe.forward("d", np.array(ids), 0)
+        t = time.perf_counter()
+        for i in range(n_decode):
+            logits = pipe.forward("d", np.array([int(np.argmax(logits[-1]))]), len(ids) + i)
+        decode = max(decode, n_decode / (time.perf_counter() - t))
+        pipe.free("d")
+        prompt = np.random.default_rng(r).integers(100, 40000, size=n_prompt)
+        t = time.perf_counter()
+        pipe.forward("p", prompt, 0)
+        prefill = max(prefill, n_prompt / (time.perf_counter() - t))
+        pipe.free("p")
+    return {"decode_tps": decode, "prefill_tps": prefill, "weight_bytes": float(runner.weight_bytes)}
+
+
+def bench_transformers(n_decode: int, n_prompt: int, repeats: int) -> dict[str, float] | None:
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        log.warning("transformers/torch not installed: skipping the transformers baseline")
+        return None
+    from exo_actor.registry import load_registry, local_path
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    path = local_path(load_registry()["smollm2-135m"])
+    assert path is not None
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    files, _ = load_local("smollm2-135m", shards=30)  # only for the tokenizer
+    ids = torch.tensor([chat_prompt_ids(files.tokenizer, PROMPT)])
+    decode = prefill = 0.0
+    with torch.no_grad():
+        for r in range(repeats):
+            out = model(ids, use_cache=True)
+            past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            t = time.perf_counter()
+            for _ in range(n_decode):
+                out = model(tok, past_key_values=past, use_cache=True)
+                past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            decode = max(decode, n_decode / (time.perf_counter() - t))
+            prompt = torch.tensor(np.random.default_rng(r).integers(100, 40000, size=(1, n_prompt)))
+            t = time.perf_counter()
+            model(prompt, use_cache=True, logits_to_keep=1)
+            prefill = max(prefill, n_prompt / (time.perf_counter() - t))
+    return {"decode_tps": decode, "prefill_tps": prefill, "torch": torch.__version__}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("bench-out"))
+    ap.add_argument("--decode-tokens", type=int, default=128)
+    ap.add_argument("--prompt-tokens", type=int, default=400)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    bw = streaming_bandwidth()
+    ours = bench_numpy(args.decode_tokens, args.prompt_tokens, args.repeats)
+    hf = bench_transformers(args.decode_tokens, args.prompt_tokens, args.repeats)
+    bound = bw * 1e9 / ours["weight_bytes"]
+    result = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, numpy {np.__version__}",
+        "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to float32)",
+        "bandwidth_gbps": bw,
+        "weight_mb_per_token": ours["weight_bytes"] / 1e6,
+        "bound_decode_tps": bound,
+        "numpy": ours,
+        "transformers": hf,
+    }
+    rows = [
+        ("memory-bandwidth bound (fp32)", f"{bound:.1f}", "-", "1.00"),
+        ("exo-actor numpy engine", f"{ours['decode_tps']:.1f}", f"{ours['prefill_tps']:.0f}", f"{ours['decode_tps'] / bound:.2f}"),
+    ]
+    if hf:
+        rows.append(("HF transformers fp32", f"{hf['decode_tps']:.1f}", f"{hf['prefill_tps']:.0f}", f"{hf['decode_tps'] / bound:.2f}"))
+    table = [
+        f"SmolLM2-135M, 1 stream, greedy; {args.decode_tokens} decoded tokens, {args.prompt_tokens}-token prefill; "
+        f"{result['machine']}; streaming bandwidth {bw:.1f} GB/s; {result['weight_mb_per_token']:.0f} MB of weights per token",
+        "",
+        "| engine | decode tok/s | prefill tok/s | decode / bound |",
+        "|---|---|---|---|",
+        *[f"| {' | '.join(r)} |" for r in rows],
+    ]
+    if hf:
+        table.append(
+            f"\nnumpy vs transformers: decode {ours['decode_tps'] / hf['decode_tps']:.2f}x, "
+            f"prefill {ours['prefill_tps'] / hf['prefill_tps']:.2f}x"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "engine.json").write_text(json.dumps(result, indent=2))
+    (args.out / "engine.md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()
