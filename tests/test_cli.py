@@ -15,7 +15,9 @@ from tests.tiny import TinySpec, write_gguf, write_hf_folder
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "exo_actor.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "exo_actor.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,12 @@ def test_run_prints_completion_and_one_stats_line(tiny_gguf):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout  # a random model's text (often whitespace)
     (stats,) = proc.stderr.strip().splitlines()
-    assert "completion tokens: 8," in stats and "prompt tokens:" in stats and "time to first token" in stats and "tok/s" in stats
+    assert (
+        "completion tokens: 8," in stats
+        and "prompt tokens:" in stats
+        and "time to first token" in stats
+        and "tok/s" in stats
+    )
 
 
 def test_models_lists_the_registry():
@@ -93,18 +100,21 @@ def test_prompt_longer_than_the_context(tiny_gguf):
     assert_one_line_error(cli("run", str(tiny_gguf), "--prompt", "word " * 100), "context window is 48")
 
 
-@pytest.mark.parametrize(("flags", "needle"), [
-    (["--temperature", "-1"], "temperature"),
-    (["--temperature", "warm"], "temperature"),
-    (["--top-p", "0"], "top_p"),
-    (["--top-k", "-5"], "top_k"),
-    (["--min-p", "1.5"], "min_p"),
-    (["--max-tokens", "0"], "max-tokens"),
-    (["--seed", "-1"], "seed"),
-    (["--shards", "0"], "shards"),
-    (["--shards", "99"], "shards"),
-    (["--engine", "cuda"], "engine"),
-])
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--temperature", "-1"], "temperature"),
+        (["--temperature", "warm"], "temperature"),
+        (["--top-p", "0"], "top_p"),
+        (["--top-k", "-5"], "top_k"),
+        (["--min-p", "1.5"], "min_p"),
+        (["--max-tokens", "0"], "max-tokens"),
+        (["--seed", "-1"], "seed"),
+        (["--shards", "0"], "shards"),
+        (["--shards", "99"], "shards"),
+        (["--engine", "cuda"], "engine"),
+    ],
+)
 def test_invalid_values(tiny_gguf, flags, needle):
     assert_one_line_error(cli("run", str(tiny_gguf), "--prompt", "x", *flags), needle)
 

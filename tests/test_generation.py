@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
+from exo_actor.engines.numpy_engine import NumpyEngine
 from exo_actor.errors import ContextLengthError
 from exo_actor.generation import LocalPipeline, generate
-from exo_actor.engines.numpy_engine import NumpyEngine
 from exo_actor.sampling import SamplingParams
 from exo_actor.weights import open_model
 from tests.tiny import TinySpec, write_gguf
@@ -24,7 +24,9 @@ def tiny(tmp_path_factory):
 
 def _run(tiny, params, prompt=(5, 6, 7), tokenizer=None):
     files, pipe = tiny
-    deltas = list(generate(pipe, tokenizer or files.tokenizer, list(prompt), params, files.args.max_position_embeddings))
+    deltas = list(
+        generate(pipe, tokenizer or files.tokenizer, list(prompt), params, files.args.max_position_embeddings)
+    )
     return "".join(d.text for d in deltas), deltas[-1], [t for d in deltas for t in d.token_ids]
 
 

@@ -51,11 +51,19 @@ def _greedy(pipe, ids, n):
 def test_tokenizer_and_chat_template_match_transformers(hf_model, local):
     hf_tok, _ = hf_model
     files, _ = local
-    texts = ["Hello, world!", "  leading spaces\tand tabs\n\nnewlines", "numbers 1234567 3.14159",
-             "ünïcödé 日本語 🙂 emoji", "<|im_start|>user\nhi<|im_end|>", "code: def f(x): return x**2"]
+    texts = [
+        "Hello, world!",
+        "  leading spaces\tand tabs\n\nnewlines",
+        "numbers 1234567 3.14159",
+        "ünïcödé 日本語 🙂 emoji",
+        "<|im_start|>user\nhi<|im_end|>",
+        "code: def f(x): return x**2",
+    ]
     for t in texts:
         assert files.tokenizer.encode(t, add_bos=False) == hf_tok.encode(t, add_special_tokens=False), t
-    hf_ids = list(hf_tok.apply_chat_template(STORY, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+    hf_ids = list(
+        hf_tok.apply_chat_template(STORY, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    )
     assert chat_prompt_ids(files.tokenizer, STORY) == hf_ids
 
 
@@ -67,7 +75,7 @@ def test_greedy_tokens_and_logits_match_transformers(hf_model, local):
     ids = chat_prompt_ids(files.tokenizer, STORY)
     with torch.no_grad():
         out = model.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False)
-    hf_new = out[0].tolist()[len(ids):]
+    hf_new = out[0].tolist()[len(ids) :]
     assert len(hf_new) >= 32
     ours, our_logits = _greedy(pipe, ids, len(hf_new))
     assert ours == hf_new

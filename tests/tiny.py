@@ -116,9 +116,7 @@ def hf_config(spec: TinySpec, vocab: int) -> dict[str, Any]:
     return cfg
 
 
-def write_hf_folder(
-    path: Path, spec: TinySpec, *, dtype: str = "F32", index_files: int = 0
-) -> dict[str, np.ndarray]:
+def write_hf_folder(path: Path, spec: TinySpec, *, dtype: str = "F32", index_files: int = 0) -> dict[str, np.ndarray]:
     """Write config.json, tokenizer files and safetensors; returns the float32 weights."""
     from safetensors.numpy import save_file
 

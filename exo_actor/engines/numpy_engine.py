@@ -52,6 +52,8 @@ class NumpyShardRunner:
 
 
 class NumpyEngine:
+    """float32 numpy; matrix products on OpenBLAS, which uses the process's threads."""
+
     name = "numpy"
 
     def load_shard(self, model: ModelFiles, start: int, end: int) -> NumpyShardRunner:

@@ -12,6 +12,7 @@ thin matrices of small models; q/k/v and gate/up are fused so a layer makes four
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -57,12 +58,25 @@ class ShardWeights:
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: np.float32) -> np.ndarray:
     """RMSNorm over the last axis, in float32."""
-    ms = np.mean(np.square(x), axis=-1, keepdims=True)
-    return x * (F32(1.0) / np.sqrt(ms + eps)) * weight
+    ms = np.einsum("td,td->t", x, x)[:, None]  # one pass, no temporary of x's size
+    ms *= F32(1.0 / x.shape[-1])
+    ms += eps
+    np.sqrt(ms, out=ms)
+    y = x / ms
+    y *= weight
+    return y
 
 
-def silu(x: np.ndarray) -> np.ndarray:
-    return x / (F32(1.0) + np.exp(-x))
+def swiglu(gate_up: np.ndarray) -> np.ndarray:
+    """silu(gate) * up for the fused [T, 2F] projection, with as few temporaries as possible."""
+    F = gate_up.shape[1] // 2
+    gate, up = gate_up[:, :F], gate_up[:, F:]
+    t = np.negative(gate)
+    np.exp(t, out=t)
+    t += F32(1.0)
+    np.divide(gate, t, out=t)
+    t *= up
+    return t
 
 
 class LlamaShard:
@@ -110,9 +124,8 @@ class LlamaShard:
         T = h.shape[0]
         cache.begin(start_pos, T)
         cos, sin = rope_tables(self.inv_freq, np.arange(start_pos, start_pos + T))
-        mask = _causal_mask(start_pos, T) if T > 1 else None
         for i, layer in enumerate(self.w.layers):
-            h = self._layer(h, layer, cache, i, start_pos, cos, sin, mask)
+            h = self._layer(h, layer, cache, i, start_pos, cos, sin)
         cache.commit(start_pos + T)
         if not self.is_last:
             assert h.dtype == F32, h.dtype
@@ -124,51 +137,54 @@ class LlamaShard:
         return logits
 
     def _layer(
-        self,
-        h: np.ndarray,
-        w: LayerWeights,
-        cache: KVCache,
-        i: int,
-        start: int,
-        cos: np.ndarray,
-        sin: np.ndarray,
-        mask: np.ndarray | None,
+        self, h: np.ndarray, w: LayerWeights, cache: KVCache, i: int, start: int, cos: np.ndarray, sin: np.ndarray
     ) -> np.ndarray:
         T, H, KV, hd = h.shape[0], self.n_heads, self.n_kv, self.hd
         qkv = rms_norm(h, w.attn_norm, self.eps) @ w.wqkv  # [T, (H + 2KV) * hd]
         if w.bqkv is not None:
             qkv += w.bqkv
-        qkv = qkv.reshape(T, H + 2 * KV, hd).transpose(1, 0, 2)  # [H + 2KV, T, hd]
-        q = apply_rope(qkv[:H], cos, sin) * self.scale
-        k = apply_rope(qkv[H : H + KV], cos, sin)
-        keys, values = cache.write(i, start, k, qkv[H + KV :])  # [KV, L, hd]
-        attn = _attention(q, keys, values, mask)  # [T, H * hd]
+        heads = qkv.reshape(T, H + 2 * KV, hd).transpose(1, 0, 2)  # [H + 2KV, T, hd]
+        qk = apply_rope(heads[: H + KV], cos, sin)  # q and k rotate together: one pass
+        qk[:H] *= self.scale
+        keys, values = cache.write(i, start, qk[H:], heads[H + KV :])  # [KV, L, hd]
+        attn = np.empty((T, H * hd), dtype=F32)
+        _attention(qk[:H], keys, values, start, 0, T, attn)
         h = h + attn @ w.wo
         gate_up = rms_norm(h, w.ffn_norm, self.eps) @ w.w_gate_up  # [T, 2F]
-        F = gate_up.shape[1] // 2
-        return h + (silu(gate_up[:, :F]) * gate_up[:, F:]) @ w.w_down
+        h += swiglu(gate_up) @ w.w_down
+        return h
 
 
-def _causal_mask(start: int, T: int) -> np.ndarray:
-    """Additive mask [T, start + T]: query t sees keys 0 .. start + t."""
-    keys = np.arange(start + T)[None, :]
-    queries = np.arange(start, start + T)[:, None]
-    return np.where(keys <= queries, F32(0.0), F32(-np.inf)).astype(F32)
+_ATTN_BLOCK = 64  # query rows per block: bounds the score matrix and skips masked-out keys
 
 
-def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Grouped-query attention. q [H, T, hd] (pre-scaled), k/v [KV, L, hd] -> [T, H * hd]."""
-    H, T, hd = q.shape
-    KV, L = k.shape[0], k.shape[1]
+@lru_cache(maxsize=8)
+def _triangle(b: int) -> np.ndarray:
+    """Additive causal mask for a block of b queries over its own b keys: [b, b]."""
+    return np.triu(np.full((b, b), -np.inf, dtype=F32), 1)
+
+
+def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, r0: int, r1: int, out: np.ndarray) -> None:
+    """Causal grouped-query attention of query rows [r0, r1) into out[r0:r1] ([T, H * hd]).
+
+    q [H, T, hd] (pre-scaled by 1/sqrt(hd)) for positions start + row; k, v [KV, start + T, hd].
+    Scores are kept transposed, [keys, queries], so the softmax reductions run across rows
+    (vectorized) rather than along many short rows. Each block of queries looks only at the keys it
+    may see, and only the block's own diagonal needs a mask.
+    """
+    H, _, hd = q.shape
+    KV = k.shape[0]
     G = H // KV
-    qg = q.reshape(KV, G * T, hd)  # heads of one kv group share its keys
-    scores = qg @ k.transpose(0, 2, 1)  # [KV, G*T, L]
-    if mask is not None:
-        scores = scores.reshape(KV, G, T, L)
-        scores += mask
-        scores = scores.reshape(KV, G * T, L)
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
-    out = scores @ v  # [KV, G*T, hd]
-    return out.reshape(H, T, hd).transpose(1, 0, 2).reshape(T, H * hd)
+    qg = q.reshape(KV, G, q.shape[1], hd)  # the G heads of a kv group share its keys
+    for t0 in range(r0, r1, _ATTN_BLOCK):
+        t1 = min(r1, t0 + _ATTN_BLOCK)
+        b, n = t1 - t0, start + t1
+        qb = qg[:, :, t0:t1].reshape(KV, G * b, hd)
+        scores = np.matmul(k[:, :n], qb.transpose(0, 2, 1))  # [KV, n, G*b]
+        if b > 1:
+            scores.reshape(KV, n, G, b)[:, n - b :] += _triangle(b).T[:, None, :]
+        scores -= np.maximum.reduce(scores, axis=1, keepdims=True)
+        np.exp(scores, out=scores)
+        o = np.matmul(v[:, :n].transpose(0, 2, 1), scores)  # [KV, hd, G*b]
+        o /= np.add.reduce(scores, axis=1, keepdims=True)
+        out[t0:t1] = o.reshape(KV, hd, G, b).transpose(3, 0, 2, 1).reshape(b, H * hd)

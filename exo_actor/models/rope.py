@@ -62,7 +62,7 @@ def rope_tables(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     """Rotate x [heads, T, head_dim] by the tables [T, head_dim]; returns a new float32 array."""
     half = x.shape[-1] // 2
-    rotated = np.empty_like(x)
-    rotated[..., :half] = -x[..., half:]
-    rotated[..., half:] = x[..., :half]
-    return x * cos + rotated * sin
+    out = x * cos  # x * cos + rotate_half(x) * sin, where rotate_half(x) = [-x2, x1]
+    out[..., :half] -= x[..., half:] * sin[:, :half]
+    out[..., half:] += x[..., :half] * sin[:, half:]
+    return out

@@ -12,8 +12,13 @@ from exo_actor.weights import open_model
 from tests.conftest import require
 from tests.tiny import TinySpec, write_hf_folder
 
-LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-          "original_max_position_embeddings": 16}
+LLAMA3 = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
 VARIANTS = {
     "llama-tied-gqa2": TinySpec(),
     "llama-untied-mha": TinySpec(tied=False, kv_heads=4),
@@ -31,7 +36,9 @@ ATOL = 2e-4
 def _pipeline(path, shards=1):
     files = open_model(path)
     eng = NumpyEngine()
-    return files, LocalPipeline([eng.load_shard(files, a, b) for a, b in even_ranges(files.args.num_hidden_layers, shards)])
+    return files, LocalPipeline(
+        [eng.load_shard(files, a, b) for a, b in even_ranges(files.args.num_hidden_layers, shards)]
+    )
 
 
 def _all_logits(pipe, ids, prefill):
@@ -55,6 +62,17 @@ def test_matches_transformers(tmp_path, name):
     got = _all_logits(pipe, ids, prefill=25)  # 25 > 16: rope scaling's long wavelengths matter
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=ATOL, rtol=1e-3)
+
+
+def test_long_prefill_in_attention_blocks_matches_transformers(tmp_path):
+    """A prefill longer than one attention block (several blocks, causal mask on each diagonal)."""
+    require("transformers")
+    from tests.reference import hf_logits
+
+    write_hf_folder(tmp_path, TinySpec(architecture="qwen2", tied=False, context=256))
+    ids = [int(i) for i in np.random.default_rng(4).integers(3, 300, size=150)]
+    _, pipe = _pipeline(tmp_path)
+    np.testing.assert_allclose(_all_logits(pipe, ids, prefill=140), hf_logits(tmp_path, ids), atol=ATOL, rtol=1e-3)
 
 
 @pytest.mark.parametrize("shards", [2, 3, 4])

@@ -11,11 +11,24 @@ from exo_actor.errors import InvalidRequestError
 from exo_actor.sampling import Sampler, SamplingParams, StopMatcher, filtered_probs
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"temperature": -0.1}, {"temperature": float("nan")}, {"temperature": "hot"}, {"top_p": 0.0},
-    {"top_p": 1.5}, {"top_k": -1}, {"min_p": 2.0}, {"max_tokens": 0}, {"seed": -3}, {"stop": ("",)},
-    {"top_k": 1.5}, {"max_tokens": True}, {"stop": tuple("x" * 20)},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"temperature": -0.1},
+        {"temperature": float("nan")},
+        {"temperature": "hot"},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"top_k": -1},
+        {"min_p": 2.0},
+        {"max_tokens": 0},
+        {"seed": -3},
+        {"stop": ("",)},
+        {"top_k": 1.5},
+        {"max_tokens": True},
+        {"stop": tuple("x" * 20)},
+    ],
+)
 def test_invalid_values_are_rejected(kwargs):
     with pytest.raises(InvalidRequestError):
         SamplingParams(**kwargs)

@@ -81,10 +81,13 @@ def _ref_q6_k(block: bytes) -> list[float]:
     return y
 
 
-@pytest.mark.parametrize(("qtype", "block_bytes", "ref", "d_offsets"), [
-    (Q.Q4_K, 144, _ref_q4_k, (0, 2)),
-    (Q.Q6_K, 210, _ref_q6_k, (208,)),
-])
+@pytest.mark.parametrize(
+    ("qtype", "block_bytes", "ref", "d_offsets"),
+    [
+        (Q.Q4_K, 144, _ref_q4_k, (0, 2)),
+        (Q.Q6_K, 210, _ref_q6_k, (208,)),
+    ],
+)
 def test_k_quants_match_an_independent_decoder(tmp_path, qtype, block_bytes, ref, d_offsets):
     spec = TinySpec(hidden_size=256, heads=4, kv_heads=2, intermediate=256, layers=1)
     rng = np.random.default_rng(3)

@@ -42,7 +42,9 @@ def test_truncated_file(tmp_path):
         open_model(tmp_path)
 
 
-@pytest.mark.parametrize("garbage", [b"", b"\x01\x02", b"\xff" * 8 + b"{}", b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!"])
+@pytest.mark.parametrize(
+    "garbage", [b"", b"\x01\x02", b"\xff" * 8 + b"{}", b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!"]
+)
 def test_corrupt_header(tmp_path, garbage):
     write_hf_folder(tmp_path, TinySpec())
     (tmp_path / "model.safetensors").write_bytes(garbage)
