@@ -167,7 +167,8 @@ def main() -> None:
         )
     table = [
         f"SmolLM2-135M, 1 stream, greedy; {args.decode_tokens} decoded tokens, {args.prompt_tokens}-token prefill; "
-        f"{result['machine']}; streaming bandwidth {bw:.1f} GB/s; {result['weight_mb_per_token']:.0f} MB of weights per token",
+        f"{result['machine']}; streaming bandwidth {bw:.1f} GB/s; "
+        f"{result['weight_mb_per_token']:.0f} MB of weights per token",
         "",
         "| engine | decode tok/s | prefill tok/s | decode / bound |",
         "|---|---|---|---|",
