@@ -11,6 +11,7 @@ thin matrices of small models; q/k/v and gate/up are fused so a layer makes four
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -58,6 +59,9 @@ class ShardWeights:
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: np.float32) -> np.ndarray:
     """RMSNorm over the last axis, in float32."""
+    if x.shape[0] == 1:  # decode: three small ops instead of six
+        v = x[0]
+        return x * (weight * F32(1.0 / math.sqrt(float(v @ v) / v.size + float(eps))))
     ms = np.einsum("td,td->t", x, x)[:, None]  # one pass, no temporary of x's size
     ms *= F32(1.0 / x.shape[-1])
     ms += eps
@@ -147,8 +151,7 @@ class LlamaShard:
         qk = apply_rope(heads[: H + KV], cos, sin)  # q and k rotate together: one pass
         qk[:H] *= self.scale
         keys, values = cache.write(i, start, qk[H:], heads[H + KV :])  # [KV, L, hd]
-        attn = np.empty((T, H * hd), dtype=F32)
-        _attention(qk[:H], keys, values, start, 0, T, attn)
+        attn = _attention(qk[:H], keys, values, start)  # [T, H * hd]
         h = h + attn @ w.wo
         gate_up = rms_norm(h, w.ffn_norm, self.eps) @ w.w_gate_up  # [T, 2F]
         h += swiglu(gate_up) @ w.w_down
@@ -164,20 +167,27 @@ def _triangle(b: int) -> np.ndarray:
     return np.triu(np.full((b, b), -np.inf, dtype=F32), 1)
 
 
-def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, r0: int, r1: int, out: np.ndarray) -> None:
-    """Causal grouped-query attention of query rows [r0, r1) into out[r0:r1] ([T, H * hd]).
+def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
+    """Causal grouped-query attention -> [T, H * hd].
 
     q [H, T, hd] (pre-scaled by 1/sqrt(hd)) for positions start + row; k, v [KV, start + T, hd].
     Scores are kept transposed, [keys, queries], so the softmax reductions run across rows
     (vectorized) rather than along many short rows. Each block of queries looks only at the keys it
     may see, and only the block's own diagonal needs a mask.
     """
-    H, _, hd = q.shape
+    H, T, hd = q.shape
     KV = k.shape[0]
     G = H // KV
-    qg = q.reshape(KV, G, q.shape[1], hd)  # the G heads of a kv group share its keys
-    for t0 in range(r0, r1, _ATTN_BLOCK):
-        t1 = min(r1, t0 + _ATTN_BLOCK)
+    if T == 1:  # decode: [KV, G, L] scores, reductions along the keys
+        scores = np.matmul(q.reshape(KV, G, hd), k.transpose(0, 2, 1))
+        scores -= np.maximum.reduce(scores, axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= np.add.reduce(scores, axis=-1, keepdims=True)
+        return np.matmul(scores, v).reshape(1, H * hd)
+    qg = q.reshape(KV, G, T, hd)  # the G heads of a kv group share its keys
+    out = np.empty((T, H * hd), dtype=F32)
+    for t0 in range(0, T, _ATTN_BLOCK):
+        t1 = min(T, t0 + _ATTN_BLOCK)
         b, n = t1 - t0, start + t1
         qb = qg[:, :, t0:t1].reshape(KV, G * b, hd)
         scores = np.matmul(k[:, :n], qb.transpose(0, 2, 1))  # [KV, n, G*b]
@@ -188,3 +198,4 @@ def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int, r0: int,
         o = np.matmul(v[:, :n].transpose(0, 2, 1), scores)  # [KV, hd, G*b]
         o /= np.add.reduce(scores, axis=1, keepdims=True)
         out[t0:t1] = o.reshape(KV, hd, G, b).transpose(3, 0, 2, 1).reshape(b, H * hd)
+    return out
