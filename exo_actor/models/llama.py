@@ -5,8 +5,9 @@ embedding and takes token ids; the last owns the final norm and LM head and retu
 other shard maps hidden states to hidden states. Everything is float32: numpy 2 promotes float32
 arrays combined with float64 scalars, so every constant here is a np.float32.
 
-Weight layout is [in, out] ("x @ W"), which is the fastest matrix-vector path for OpenBLAS on the
-thin matrices of small models; q/k/v and gate/up are fused so a layer makes four matmuls.
+Weights are [in, out] operands ("x @ W"; the loader stores each in the memory order OpenBLAS streams
+fastest, see weights.base.as_in_out), and q/k/v and gate/up are fused, so a layer makes four matrix
+products.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ F32 = np.float32
 
 @dataclass
 class LayerWeights:
-    """Weights of one decoder layer, already fused and laid out [in, out]."""
+    """Weights of one decoder layer, fused, as [in, out] operands."""
 
     attn_norm: np.ndarray  # [D]
     wqkv: np.ndarray  # [D, (H + 2*KV) * hd]
