@@ -68,6 +68,59 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_start(args: argparse.Namespace) -> int:
+    import os
+
+    from .api import GatewayConfig
+    from .node import NodeConfig
+    from .server import serve
+
+    key = args.api_key or os.environ.get("EXO_ACTOR_API_KEY") or None
+    gateway = None if args.no_api else GatewayConfig(api_key=key, max_body_bytes=args.max_body_bytes)
+    node = NodeConfig(model=args.model, engine=args.engine, max_concurrent=args.max_concurrent)
+    serve(node, gateway, args.api_host, args.api_port)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = args.api.rstrip("/") + "/v1/cluster"
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {args.api_key}"} if args.api_key else {})
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
+            info = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        raise ExoError(f"{url} answered HTTP {exc.code}{' (pass --api-key)' if exc.code == 401 else ''}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ExoError(f"cannot reach {url}: {getattr(exc, 'reason', exc)} (is `exo-actor start` running?)") from None
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    ring = info["ring"]
+    print(
+        f"model {info['model']}  state {info['state']}  layers {info['layers']}  "
+        f"in flight {ring['in_flight']}/{ring['max_concurrent']}  {ring['tokens_per_second']} tok/s"
+    )
+    rows = [("NODE", "ADDRESS", "ENGINE", "MEMORY", "LAYERS")]
+    for n in info["nodes"]:
+        ranges = ", ".join(f"{p['start']}-{p['end'] - 1}" for p in info["plan"] if p["node"] == n["id"]) or "-"
+        rows.append((n["id"], n["address"], n["engine"], f"{n['memory_bytes'] / 2**30:.1f} GiB", ranges))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def _port(text: str) -> int:
+    v = _positive_int(text) if text != "0" else 0
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {v}")
+    return v
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -108,6 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", default="numpy", help="compute engine (numpy)")
     run.add_argument("--shards", type=_positive_int, default=1, help="split the model into K chained shards")
     run.set_defaults(func=_cmd_run)
+
+    start = sub.add_parser("start", help="start this device's node and the OpenAI-compatible gateway")
+    start.add_argument("--model", default="smollm2-135m", help="model to serve (default smollm2-135m)")
+    start.add_argument("--engine", default="numpy", help="compute engine (numpy)")
+    start.add_argument("--api-host", default="0.0.0.0", help="address the gateway listens on (0.0.0.0)")
+    start.add_argument("--api-port", type=_port, default=52415, help="gateway port (52415; 0 picks a free one)")
+    start.add_argument("--no-api", action="store_true", help="run the node without the HTTP gateway")
+    start.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set EXO_ACTOR_API_KEY)")
+    start.add_argument("--max-concurrent", type=_positive_int, default=8, help="requests in flight (8); more get 429")
+    start.add_argument("--max-body-bytes", type=_positive_int, default=4 << 20, help="largest request body (4 MiB)")
+    start.set_defaults(func=_cmd_start)
+
+    status = sub.add_parser("status", help="show a running cluster's nodes, layer plan and model")
+    status.add_argument("--api", default="http://127.0.0.1:52415", help="gateway URL (http://127.0.0.1:52415)")
+    status.add_argument("--api-key", help="API key, if the gateway needs one")
+    status.add_argument("--json", action="store_true", help="print /v1/cluster as JSON")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the gateway")
+    status.set_defaults(func=_cmd_status)
 
     models = sub.add_parser("models", help="list the registry and what is available locally")
     models.set_defaults(func=_cmd_models)

@@ -65,6 +65,15 @@ class GenerationStats:
         return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability and the most likely alternatives at its position."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
 @dataclass
 class Delta:
     """A piece of generated text. The last one of a request has finish_reason set."""
@@ -73,6 +82,22 @@ class Delta:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" (EOS or stop string) or "length"
     stats: GenerationStats | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+def token_logprob(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+    """log softmax(logits)[token] and the `top` most likely tokens with theirs."""
+    z = logits.astype(np.float64)
+    logp = z - (z.max() + np.log(np.exp(z - z.max()).sum()))
+    best = np.argpartition(-logp, top)[:top] if 0 < top < logp.size else np.arange(min(top, logp.size))
+    best = best[np.argsort(-logp[best], kind="stable")]
+    return TokenLogprob(token, float(logp[token]), tuple((int(i), float(logp[i])) for i in best))
+
+
+def apply_penalties(logits: np.ndarray, counts: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """OpenAI's presence/frequency penalties over the tokens generated so far."""
+    penalty = params.frequency_penalty * counts + params.presence_penalty * (counts > 0)
+    return logits - penalty.astype(np.float32)
 
 
 def generate(
@@ -100,8 +125,13 @@ def generate(
         for start in range(0, len(prompt), PREFILL_CHUNK):
             logits = pipeline.forward(rid, prompt[start : start + PREFILL_CHUNK], start)
         pos, finish = len(prompt), "length"
+        counts = np.zeros(logits.shape[-1], dtype=np.float32) if params.penalized else None
         for step in range(max_new):
-            token = sampler.sample(logits[-1])
+            row = logits[-1] if counts is None else apply_penalties(logits[-1], counts, params)
+            token = sampler.sample(row)
+            if counts is not None:
+                counts[token] += 1
+            lp = [token_logprob(row, token, params.logprobs)] if params.logprobs is not None else []
             now = time.perf_counter()
             if step == 0:
                 stats.time_to_first_token = now - t0
@@ -112,10 +142,10 @@ def generate(
                 break
             text, stopped = stopper.feed(detok.add(token))
             if stopped:
-                yield Delta(text, [token])
+                yield Delta(text, [token], logprobs=lp)
                 finish = "stop"
                 break
-            yield Delta(text, [token])  # every token, even one that completes no character yet
+            yield Delta(text, [token], logprobs=lp)  # every token, even one that completes no character yet
             if step + 1 < max_new:
                 logits = pipeline.forward(rid, np.array([token], dtype=np.int64), pos)
                 pos += 1

@@ -8,6 +8,11 @@ from dataclasses import dataclass
 from ..errors import InvalidRequestError
 
 MAX_STOP_STRINGS = 16
+MAX_TOP_LOGPROBS = 20
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -21,18 +26,21 @@ class SamplingParams:
     seed: int | None = None
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per occurrence of a generated token
+    logprobs: int | None = None  # report the chosen token's logprob and this many alternatives
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
             raise InvalidRequestError(msg)
 
-        for name in ("temperature", "top_p", "min_p"):
+        for name in ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 bad(f"{name} must be a finite number, got {v!r}")
         for name in ("top_k", "max_tokens"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
+            if not _is_int(v):
                 bad(f"{name} must be an integer, got {v!r}")
         if not 0.0 <= self.temperature <= 100.0:
             bad(f"temperature must be between 0 and 100, got {self.temperature}")
@@ -42,9 +50,18 @@ class SamplingParams:
             bad(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0.0 <= self.min_p <= 1.0:
             bad(f"min_p must be in [0, 1], got {self.min_p}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                bad(f"{name} must be between -2 and 2, got {getattr(self, name)}")
+        if self.logprobs is not None and (
+            isinstance(self.logprobs, bool)
+            or not isinstance(self.logprobs, int)
+            or not 0 <= self.logprobs <= MAX_TOP_LOGPROBS
+        ):
+            bad(f"top_logprobs must be an integer between 0 and {MAX_TOP_LOGPROBS}, got {self.logprobs!r}")
         if self.max_tokens < 1:
             bad(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+        if self.seed is not None and not (_is_int(self.seed) and self.seed >= 0):
             bad(f"seed must be a non-negative integer, got {self.seed!r}")
         if len(self.stop) > MAX_STOP_STRINGS:
             bad(f"at most {MAX_STOP_STRINGS} stop strings are allowed, got {len(self.stop)}")
@@ -54,3 +71,7 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def penalized(self) -> bool:
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0

@@ -32,8 +32,8 @@ class IncrementalDetokenizer:
         return ""
 
     def flush(self) -> str:
-        """Whatever text is still held back (e.g. a dangling partial character) at the end."""
+        """Text still held back at the end; a character cut off by the end is dropped, not broken."""
         prefix = self.tok.decode(self.ids[self.prefix_offset : self.read_offset])
         full = self.tok.decode(self.ids[self.prefix_offset :])
         self.read_offset = len(self.ids)
-        return full[len(prefix) :] if len(full) > len(prefix) else ""
+        return full[len(prefix) :].rstrip("\ufffd") if len(full) > len(prefix) else ""

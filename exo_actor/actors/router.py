@@ -1,0 +1,177 @@
+"""RouterActor: drives generation for many concurrent requests over one pipeline.
+
+Compute runs on one worker thread so the asyncio event loop (HTTP, heartbeats) never waits on it.
+The worker interleaves requests: each turn advances every active request by one step (its prefill,
+or one decoded token), so simultaneous requests all progress. Results flow back to each request's
+asyncio queue. Cancelling a request (a client that went away) closes its generator at the worker's
+next turn, which frees its KV caches on every shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+from ..errors import ExoError
+from ..generation import Delta, Pipeline, generate
+from ..sampling import SamplingParams
+from ..tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+
+class OverloadedError(ExoError):
+    """More requests than --max-concurrent are in flight."""
+
+
+@dataclass
+class _Request:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[Delta | BaseException | None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class GenerationStream:
+    """The async side of one request: iterate it for Deltas; cancel() to stop early."""
+
+    def __init__(self, req: _Request, on_done: Callable[[str], None]) -> None:
+        self._req = req
+        self._on_done = on_done
+        self.request_id = req.request_id
+
+    def __aiter__(self) -> AsyncIterator[Delta]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Delta]:
+        try:
+            while True:
+                item = await self._req.out.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Stop generating (idempotent); the worker frees the request's caches."""
+        if not self._req.cancelled.is_set():
+            self._req.cancelled.set()
+            self._on_done(self.request_id)
+
+
+class RouterActor:
+    """Schedules requests onto a pipeline from a worker thread; see the module docstring."""
+
+    def __init__(
+        self, pipeline: Pipeline, tokenizer: TextTokenizer, context_length: int, max_concurrent: int = 8
+    ) -> None:
+        self.pipeline, self.tokenizer, self.context_length = pipeline, tokenizer, context_length
+        self.max_concurrent = max_concurrent
+        self._inbox: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._in_flight: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.tokens_generated = 0
+        self._recent: list[tuple[float, int]] = []  # (time, tokens) of the last seconds, for tok/s
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._in_flight)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="exo-router", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._inbox.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> GenerationStream:
+        """Queue a request; raises OverloadedError when max_concurrent requests are in flight."""
+        with self._lock:
+            if len(self._in_flight) >= self.max_concurrent:
+                raise OverloadedError(
+                    f"the server is busy: {self.max_concurrent} requests are in flight (--max-concurrent)"
+                )
+            rid = uuid.uuid4().hex
+            self._in_flight.add(rid)
+        req = _Request(rid, list(prompt_ids), params, asyncio.get_running_loop(), asyncio.Queue())
+        self._inbox.put(req)
+        return GenerationStream(req, self._done)
+
+    def tokens_per_second(self, window: float = 5.0) -> float:
+        """Generated tokens per second over the last `window` seconds."""
+        now = time.monotonic()
+        with self._lock:
+            self._recent = [(t, n) for t, n in self._recent if now - t <= window]
+            return sum(n for _, n in self._recent) / window
+
+    def _done(self, request_id: str) -> None:
+        with self._lock:
+            self._in_flight.discard(request_id)
+
+    def _deliver(self, req: _Request, item: Delta | BaseException | None) -> None:
+        try:
+            req.loop.call_soon_threadsafe(req.out.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (shutdown)
+            req.cancelled.set()
+
+    def _run(self) -> None:
+        active: dict[str, tuple[_Request, object]] = {}
+        while True:
+            try:  # block only when idle
+                while True:
+                    req = self._inbox.get(block=not active, timeout=None if not active else 0)
+                    if req is None:
+                        for r, gen in active.values():
+                            gen.close()  # type: ignore[attr-defined]
+                            self._deliver(r, None)
+                        return
+                    gen = generate(
+                        self.pipeline, self.tokenizer, req.prompt_ids, req.params, self.context_length, req.request_id
+                    )
+                    active[req.request_id] = (req, gen)
+            except queue.Empty:
+                pass
+            for rid, (req, gen) in list(active.items()):
+                if req.cancelled.is_set():
+                    gen.close()  # type: ignore[attr-defined]  # runs generate()'s finally: frees caches
+                    del active[rid]
+                    continue
+                try:
+                    delta = next(gen)  # type: ignore[call-overload]
+                except StopIteration:
+                    delta = None
+                except Exception as exc:  # noqa: BLE001 - reported to the request, the worker lives on
+                    if not isinstance(exc, ExoError):
+                        log.exception("request %s failed", rid)
+                    self._deliver(req, exc)
+                    del active[rid]
+                    self._done(rid)
+                    continue
+                if delta is not None and delta.token_ids:
+                    with self._lock:
+                        self.tokens_generated += len(delta.token_ids)
+                        self._recent.append((time.monotonic(), len(delta.token_ids)))
+                if delta is None or delta.finish_reason is not None:
+                    if delta is not None:
+                        self._deliver(req, delta)
+                    self._deliver(req, None)
+                    gen.close()  # type: ignore[attr-defined]  # frees the caches here, not in the GC
+                    del active[rid]
+                    self._done(rid)
+                else:
+                    self._deliver(req, delta)

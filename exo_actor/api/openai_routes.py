@@ -1,0 +1,209 @@
+"""POST /v1/chat/completions and /v1/completions: non-streaming and server-sent events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from ..actors.router import GenerationStream, RouterActor
+from ..errors import ExoError
+from ..generation import Delta, GenerationStats, TokenLogprob
+from ..tokenizer import TextTokenizer, chat_prompt_ids
+from . import responses as R
+from .errors import ApiError, invalid
+from .requests import parse_chat, parse_completion, parse_json
+
+log = logging.getLogger(__name__)
+
+
+def _sse(obj: dict[str, Any] | str) -> bytes:
+    return f"data: {obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)}\n\n".encode()
+
+
+def _check_context(ids: list[int], context_length: int) -> None:
+    if len(ids) >= context_length:
+        raise invalid(
+            f"the prompt has {len(ids)} tokens; this model's context length is {context_length}",
+            "messages",
+            "context_length_exceeded",
+        )
+
+
+class OpenAIRoutes:
+    """The OpenAI endpoints of one gateway; `gw` gives node, config, metrics and error mapping."""
+
+    def __init__(self, gw: Any) -> None:
+        self.gw = gw
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        return parse_json(await request.body())
+
+    def _ready(self) -> tuple[TextTokenizer, int, RouterActor]:
+        files, router = self.gw.node.ready_router()
+        return files.tokenizer, files.args.max_position_embeddings, router
+
+    def _record(self, stats: GenerationStats | None) -> None:
+        if stats is None:
+            return
+        m = self.gw.metrics
+        m.prompt_tokens.inc(stats.prompt_tokens)
+        m.completion_tokens.inc(stats.completion_tokens)
+        if stats.completion_tokens:
+            m.ttft.observe(stats.time_to_first_token)
+        if stats.decode_tokens_per_second:
+            m.decode_tps.observe(stats.decode_tokens_per_second)
+
+    async def _collect(
+        self, request: Request, stream: GenerationStream
+    ) -> tuple[str, str, GenerationStats | None, list[TokenLogprob]]:
+        """All of a request's deltas; cancels generation if the client goes away or time runs out."""
+        text, lps, last = [], [], None
+
+        async def consume() -> None:
+            nonlocal last
+            async for d in stream:
+                text.append(d.text)
+                lps.extend(d.logprobs)
+                last = d
+
+        async def disconnected() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        work, watch = asyncio.ensure_future(consume()), asyncio.ensure_future(disconnected())
+        try:
+            done, _ = await asyncio.wait(
+                {work, watch}, timeout=self.gw.config.request_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            watch.cancel()
+        if work not in done:
+            work.cancel()
+            stream.cancel()
+            if watch in done:
+                raise asyncio.CancelledError  # the client is gone: nobody to answer
+            raise ApiError(
+                504,
+                f"the request did not finish within {self.gw.config.request_timeout:g} s",
+                "timeout_error",
+                code="timeout",
+            )
+        work.result()  # re-raise a generation error
+        assert last is not None and last.finish_reason is not None
+        self._record(last.stats)
+        return "".join(text), last.finish_reason, last.stats, lps
+
+    async def chat(self, request: Request) -> Response:
+        body = await self._body(request)
+        tok, ctx, router = self._ready()
+        req = parse_chat(body, ctx)
+        self.gw.check_model(req.model)
+        try:
+            ids = chat_prompt_ids(tok, req.messages)
+        except ExoError as exc:
+            raise invalid(str(exc), "messages") from None
+        _check_context(ids, ctx)
+        stream = router.submit(ids, req.params)
+        cid = R.new_id("chatcmpl")
+        if req.stream:
+            return self._stream_response(
+                self._chat_events(cid, req.model, tok, stream, req.include_usage, req.logprobs)
+            )
+        text, finish, stats, lps = await self._collect(request, stream)
+        logprobs = R.chat_logprobs(tok, lps) if req.logprobs else None
+        return JSONResponse(R.chat_completion(cid, req.model, text, finish, stats, logprobs))
+
+    async def _chat_events(
+        self, cid: str, model: str, tok: TextTokenizer, stream: GenerationStream, include_usage: bool, logprobs: bool
+    ) -> AsyncIterator[bytes]:
+        created = int(time.time())
+        yield _sse(R.chat_chunk(cid, created, model, {"role": "assistant", "content": ""}))
+        last: Delta | None = None
+        async for d in stream:
+            last = d
+            lp = R.chat_logprobs(tok, d.logprobs) if logprobs and d.logprobs else None
+            if d.text or lp:
+                yield _sse(R.chat_chunk(cid, created, model, {"content": d.text}, logprobs=lp))
+            if d.finish_reason is not None:
+                yield _sse(R.chat_chunk(cid, created, model, {}, finish=d.finish_reason))
+        if last is not None:
+            self._record(last.stats)
+        if include_usage:
+            yield _sse(R.usage_chunk(cid, created, model, "chat.completion.chunk", last.stats if last else None))
+        yield _sse("[DONE]")
+
+    async def completions(self, request: Request) -> Response:
+        body = await self._body(request)
+        tok, ctx, router = self._ready()
+        req = parse_completion(body, ctx)
+        self.gw.check_model(req.model)
+        prompt_ids = [p if isinstance(p, list) else tok.encode(p) for p in req.prompts]
+        for ids in prompt_ids:
+            if any(not 0 <= t < tok.vocab_size for t in ids):
+                raise invalid(f"token ids in 'prompt' must be between 0 and {tok.vocab_size - 1}", "prompt")
+            if not ids:
+                raise invalid("'prompt' is empty", "prompt")
+            _check_context(ids, ctx)
+        if req.stream and len(prompt_ids) > 1:
+            raise invalid("streaming takes a single prompt", "prompt")
+        cid = R.new_id("cmpl")
+        if req.stream:
+            stream = router.submit(prompt_ids[0], req.params)
+            return self._stream_response(
+                self._completion_events(cid, req.model, tok, stream, req.include_usage, req.params.logprobs is not None)
+            )
+        streams = [router.submit(ids, req.params) for ids in prompt_ids]
+        try:
+            results = await asyncio.gather(*(self._collect(request, s) for s in streams))
+        finally:
+            for s in streams:
+                s.cancel()
+        choices, use = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        for i, (text, finish, stats, lps) in enumerate(results):
+            lp = R.completion_logprobs(tok, lps) if req.params.logprobs is not None else None
+            choices.append(R.completion_choice(i, text, finish, lp))
+            for k, v in R.usage(stats).items():
+                use[k] += v
+        return JSONResponse(R.text_completion(cid, int(time.time()), req.model, choices, use))
+
+    async def _completion_events(
+        self, cid: str, model: str, tok: TextTokenizer, stream: GenerationStream, include_usage: bool, logprobs: bool
+    ) -> AsyncIterator[bytes]:
+        created, last, offset = int(time.time()), None, 0
+        async for d in stream:
+            last = d
+            lp = R.completion_logprobs(tok, d.logprobs, offset) if logprobs and d.logprobs else None
+            offset += len(d.text)
+            if d.text or lp or d.finish_reason:
+                choice = R.completion_choice(0, d.text, d.finish_reason, lp)
+                yield _sse(R.text_completion(cid, created, model, [choice], None) | {"usage": None})
+        if last is not None:
+            self._record(last.stats)
+        if include_usage:
+            yield _sse(R.usage_chunk(cid, created, model, "text_completion", last.stats if last else None))
+        yield _sse("[DONE]")
+
+    def _stream_response(self, events: AsyncIterator[bytes]) -> StreamingResponse:
+        return StreamingResponse(
+            self._guard(events), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+    async def _guard(self, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Errors after the response started go to the client as an SSE error event, then [DONE]."""
+        try:
+            async for chunk in events:
+                yield chunk
+        except (ExoError, ApiError) as exc:
+            err = self.gw.to_api_error(exc)
+            self.gw.metrics.errors.labels(err.type).inc()
+            yield _sse(err.body())
+            yield _sse("[DONE]")
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]  # cancels generation on disconnect

@@ -1,0 +1,224 @@
+"""Parsing and validation of OpenAI request bodies into typed requests (400 on anything wrong)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidRequestError
+from ..sampling import SamplingParams
+from .errors import ApiError, invalid
+
+ROLES = ("system", "developer", "user", "assistant")
+MAX_STOP = 4  # OpenAI's limit
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str
+    messages: list[dict[str, str]]
+    params: SamplingParams
+    stream: bool
+    include_usage: bool
+    logprobs: bool
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    model: str
+    prompts: list[str | list[int]]
+    params: SamplingParams
+    stream: bool
+    include_usage: bool
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid("the request body is not valid UTF-8") from None
+    try:
+        body = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise invalid(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise invalid("the request body must be a JSON object")
+    return body
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _get(body: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+    v = body.get(key, default)
+    if v is None:
+        return default
+    numeric = kind in (int, float) or kind == (int, float)
+    if isinstance(v, bool) and kind is not bool:
+        raise invalid(f"'{key}' must be {_kind_name(kind)}, got a boolean", key)
+    if numeric and isinstance(v, float) and not math.isfinite(v):
+        raise invalid(f"'{key}' must be a finite number", key)
+    if not isinstance(v, kind):
+        raise invalid(f"'{key}' must be {_kind_name(kind)}, got {type(v).__name__}", key)
+    return v
+
+
+_KIND_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "a boolean",
+    list: "an array",
+    dict: "an object",
+}
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    if isinstance(kind, tuple):
+        return "a number" if float in kind else " or ".join(_KIND_NAMES[k] for k in kind)
+    return _KIND_NAMES.get(kind, kind.__name__)
+
+
+def _range(body: dict[str, Any], key: str, lo: float, hi: float, default: float) -> float:
+    v = float(_get(body, key, (int, float), default))
+    if not lo <= v <= hi:
+        raise invalid(f"'{key}' must be between {lo:g} and {hi:g}, got {v:g}", key)
+    return v
+
+
+def _sampling(body: dict[str, Any], context_length: int, logprobs: int | None) -> SamplingParams:
+    n = _get(body, "n", int, 1)
+    if n != 1:
+        raise invalid("only n=1 is supported; send several requests for several completions", "n")
+    max_tokens = _get(body, "max_completion_tokens", int, None)
+    key = "max_completion_tokens"
+    if max_tokens is None:
+        max_tokens, key = _get(body, "max_tokens", int, None), "max_tokens"
+    if max_tokens is None:
+        max_tokens = context_length
+    if not 1 <= max_tokens <= context_length:
+        raise invalid(f"'{key}' must be between 1 and the context length ({context_length}), got {max_tokens}", key)
+    stop = body.get("stop")
+    if stop is None:
+        stops: tuple[str, ...] = ()
+    elif isinstance(stop, str):
+        stops = (stop,)
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        stops = tuple(stop)
+    else:
+        raise invalid("'stop' must be a string or an array of strings", "stop")
+    if len(stops) > MAX_STOP or any(not s for s in stops):
+        raise invalid(f"'stop' takes at most {MAX_STOP} non-empty strings", "stop")
+    seed = _get(body, "seed", int, None)
+    if seed is not None and not 0 <= seed < 2**63:
+        raise invalid("'seed' must be a non-negative 64-bit integer", "seed")
+    top_k = _get(body, "top_k", int, 0)
+    if not 0 <= top_k <= 1_000_000:
+        raise invalid("'top_k' must be between 0 and 1000000", "top_k")
+    try:
+        return SamplingParams(
+            temperature=_range(body, "temperature", 0.0, 2.0, 1.0),
+            top_p=_range(body, "top_p", 0.0, 1.0, 1.0) or 1e-9,
+            top_k=top_k,
+            min_p=_range(body, "min_p", 0.0, 1.0, 0.0),
+            seed=seed,
+            max_tokens=max_tokens,
+            stop=stops,
+            presence_penalty=_range(body, "presence_penalty", -2.0, 2.0, 0.0),
+            frequency_penalty=_range(body, "frequency_penalty", -2.0, 2.0, 0.0),
+            logprobs=logprobs,
+        )
+    except InvalidRequestError as exc:
+        raise invalid(str(exc)) from None
+
+
+def _stream_options(body: dict[str, Any], stream: bool) -> bool:
+    opts = _get(body, "stream_options", dict, None)
+    if opts is None:
+        return False
+    if not stream:
+        raise invalid("'stream_options' is only allowed when 'stream' is true", "stream_options")
+    return bool(_get(opts, "include_usage", bool, False))
+
+
+def _message_text(content: Any, i: int) -> str:
+    param = f"messages[{i}].content"
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise invalid(
+                    f"{param}[{j}] must be a text part ({{'type': 'text', 'text': ...}}); this model reads text only",
+                    param,
+                )
+            parts.append(part["text"])
+        return "".join(parts)
+    raise invalid(f"'{param}' must be a string or an array of text parts", param)
+
+
+def parse_chat(body: dict[str, Any], context_length: int) -> ChatRequest:
+    model = _get(body, "model", str, None)
+    if not model:
+        raise invalid("'model' is required", "model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise invalid("'messages' must be a non-empty array", "messages")
+    parsed = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise invalid(f"messages[{i}] must be an object", f"messages[{i}]")
+        role = m.get("role")
+        if role not in ROLES:
+            raise invalid(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}", f"messages[{i}].role")
+        content = m.get("content")
+        if content is None and role == "assistant":
+            content = ""
+        parsed.append({"role": "system" if role == "developer" else role, "content": _message_text(content, i)})
+    stream = bool(_get(body, "stream", bool, False))
+    logprobs = bool(_get(body, "logprobs", bool, False))
+    top = _get(body, "top_logprobs", int, None)
+    if top is not None and not logprobs:
+        raise invalid("'top_logprobs' requires 'logprobs': true", "top_logprobs")
+    if top is not None and not 0 <= top <= 20:
+        raise invalid("'top_logprobs' must be between 0 and 20", "top_logprobs")
+    params = _sampling(body, context_length, (top or 0) if logprobs else None)
+    return ChatRequest(model, parsed, params, stream, _stream_options(body, stream), logprobs)
+
+
+def parse_completion(body: dict[str, Any], context_length: int) -> CompletionRequest:
+    model = _get(body, "model", str, None)
+    if not model:
+        raise invalid("'model' is required", "model")
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        prompts: list[str | list[int]] = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        prompts = list(prompt)
+    elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        prompts = [list(prompt)]
+    else:
+        raise invalid("'prompt' must be a string, an array of strings, or an array of token ids", "prompt")
+    if body.get("suffix") or body.get("echo") or (body.get("best_of") or 1) != 1:
+        raise invalid("'suffix', 'echo' and 'best_of' are not supported")
+    stream = bool(_get(body, "stream", bool, False))
+    lp = _get(body, "logprobs", int, None)
+    if lp is not None and not 0 <= lp <= 5:
+        raise invalid("'logprobs' must be between 0 and 5", "logprobs")
+    params = _sampling(body, context_length, lp)
+    return CompletionRequest(model, prompts, params, stream, _stream_options(body, stream))
+
+
+def check_model(requested: str, served: set[str], primary: str) -> None:
+    if requested not in served:
+        raise ApiError(
+            404,
+            f"the model '{requested}' does not exist on this cluster; it serves '{primary}' (see GET /v1/models)",
+            "invalid_request_error",
+            "model",
+            "model_not_found",
+        )

@@ -1,0 +1,123 @@
+"""OpenAI response objects: chat completions, stream chunks, text completions, logprobs, usage."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from ..generation import GenerationStats, TokenLogprob
+from ..tokenizer import TextTokenizer
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(stats: GenerationStats | None) -> dict[str, int]:
+    p = stats.prompt_tokens if stats else 0
+    c = stats.completion_tokens if stats else 0
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _token_text(tok: TextTokenizer, token_id: int) -> tuple[str, list[int]]:
+    """A token's text and raw bytes (byte-level BPE pieces may be partial UTF-8)."""
+    text = tok.decode([token_id])
+    piece = tok.tokenizer.id_to_token(token_id) or ""
+    if piece and all(c in _BYTE_DECODER for c in piece):
+        return text, [_BYTE_DECODER[c] for c in piece]
+    return text, list(text.encode("utf-8"))
+
+
+def _byte_decoder() -> dict[str, int]:
+    # GPT-2's printable remapping of bytes used by byte-level BPE vocabularies
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    table = {chr(b): b for b in printable}
+    table.update({chr(256 + i): b for i, b in enumerate(others)})
+    return table
+
+
+_BYTE_DECODER = _byte_decoder()
+
+
+def chat_logprobs(tok: TextTokenizer, lps: list[TokenLogprob]) -> dict[str, Any]:
+    def entry(token_id: int, logprob: float) -> dict[str, Any]:
+        text, raw = _token_text(tok, token_id)
+        return {"token": text, "logprob": logprob, "bytes": raw}
+
+    content = [{**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(i, v) for i, v in lp.top]} for lp in lps]
+    return {"content": content, "refusal": None}
+
+
+def completion_logprobs(tok: TextTokenizer, lps: list[TokenLogprob], start_offset: int = 0) -> dict[str, Any]:
+    tokens, offsets, offset = [], [], start_offset
+    for lp in lps:
+        text = _token_text(tok, lp.token_id)[0]
+        tokens.append(text)
+        offsets.append(offset)
+        offset += len(text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [lp.logprob for lp in lps],
+        "top_logprobs": [{_token_text(tok, i)[0]: v for i, v in lp.top} for lp in lps],
+        "text_offset": offsets,
+    }
+
+
+def chat_completion(
+    cid: str, model: str, text: str, finish: str, stats: GenerationStats | None, logprobs: dict[str, Any] | None
+) -> dict[str, Any]:
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": logprobs,
+                "finish_reason": finish,
+            }
+        ],
+        "usage": usage(stats),
+    }
+
+
+def chat_chunk(
+    cid: str,
+    created: int,
+    model: str,
+    delta: dict[str, Any],
+    finish: str | None = None,
+    logprobs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+    }
+
+
+def usage_chunk(cid: str, created: int, model: str, obj: str, stats: GenerationStats | None) -> dict[str, Any]:
+    return {"id": cid, "object": obj, "created": created, "model": model, "choices": [], "usage": usage(stats)}
+
+
+def completion_choice(index: int, text: str, finish: str | None, logprobs: dict[str, Any] | None) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+
+def text_completion(
+    cid: str, created: int, model: str, choices: list[dict[str, Any]], use: dict[str, int]
+) -> dict[str, Any]:
+    return {
+        "id": cid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "usage": use,
+    }

@@ -1,0 +1,132 @@
+"""A node: this device's model, pipeline and RouterActor, and what it reports about itself.
+
+Alone, a node is a cluster of one; the cluster issue makes several nodes share one ring.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from .actors.router import RouterActor
+from .errors import ExoError
+from .local import load_local
+from .registry import load_registry
+from .weights import ModelFiles
+
+log = logging.getLogger(__name__)
+
+
+def total_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+@dataclass
+class NodeConfig:
+    model: str = "smollm2-135m"
+    engine: str = "numpy"
+    max_concurrent: int = 8
+    address: str = ""
+
+
+class ModelLoadingError(ExoError):
+    """The model is not ready (still loading, or it failed to load)."""
+
+
+@dataclass
+class Node:
+    """One device: loads its model in the background, then serves it through a RouterActor."""
+
+    config: NodeConfig
+    node_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    state: str = "starting"  # starting -> loading -> ready | failed
+    error: str | None = None
+    files: ModelFiles | None = None
+    router: RouterActor | None = None
+    plan: list[tuple[int, int]] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def model_id(self) -> str:
+        return self.config.model
+
+    def model_aliases(self) -> set[str]:
+        """Names a client may use for the served model."""
+        names = {self.config.model}
+        entry = load_registry().get(self.config.model)
+        if entry is not None:
+            names.add(entry.hf_repo)
+        if self.files is not None:
+            names.add(self.files.path.name)
+        return names
+
+    def start(self) -> None:
+        """Load the model on a background thread (the API answers meanwhile)."""
+        self.state = "loading"
+        threading.Thread(target=self._load, name="exo-load", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            files, pipeline = load_local(self.config.model, engine=self.config.engine)
+            router = RouterActor(
+                pipeline, files.tokenizer, files.args.max_position_embeddings, self.config.max_concurrent
+            )
+            router.start()
+            self.files, self.router = files, router
+            self.plan = [(s.start, s.end) for s in pipeline.shards]
+            self.state = "ready"
+            log.info("model %s ready (%d layers)", self.config.model, files.args.num_hidden_layers)
+        except ExoError as exc:
+            self.state, self.error = "failed", str(exc)
+            log.error("cannot load %s: %s", self.config.model, exc)
+
+    def stop(self) -> None:
+        if self.router is not None:
+            self.router.stop()
+
+    def ready_router(self) -> tuple[ModelFiles, RouterActor]:
+        """The loaded model and router, or a ModelLoadingError saying why not."""
+        if self.state == "failed":
+            raise ModelLoadingError(f"the model failed to load: {self.error}")
+        if self.files is None or self.router is None:
+            raise ModelLoadingError(f"the model {self.config.model} is still loading; retry in a few seconds")
+        return self.files, self.router
+
+    def cluster_info(self) -> dict[str, Any]:
+        """The JSON of /v1/cluster: nodes, layer plan, ring state, loading progress."""
+        n_layers = self.files.args.num_hidden_layers if self.files else None
+        router = self.router
+        return {
+            "model": self.config.model,
+            "state": self.state,
+            "error": self.error,
+            "layers": n_layers,
+            "nodes": [
+                {
+                    "id": self.node_id,
+                    "address": self.config.address or socket.gethostname(),
+                    "engine": self.config.engine,
+                    "memory_bytes": total_memory_bytes(),
+                    "hostname": socket.gethostname(),
+                }
+            ],
+            "plan": [{"node": self.node_id, "start": a, "end": b} for a, b in self.plan],
+            "ring": {
+                "state": self.state,
+                "in_flight": router.in_flight if router else 0,
+                "max_concurrent": self.config.max_concurrent,
+                "tokens_per_second": round(router.tokens_per_second(), 2) if router else 0.0,
+                "tokens_generated": router.tokens_generated if router else 0,
+            },
+            "downloads": [],  # Hub downloads come with the downloads issue
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+        }

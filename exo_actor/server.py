@@ -1,0 +1,64 @@
+"""`exo-actor start`: this device's node plus, unless --no-api, the gateway served by uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+
+import uvicorn
+
+from .api import GatewayConfig, create_app
+from .errors import ExoError
+from .node import Node, NodeConfig
+
+log = logging.getLogger(__name__)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the API socket ourselves, so a busy port is one clear error (not a uvicorn exit)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ExoError(
+            f"cannot listen on {host}:{port}: {exc.strerror} (is another server running? try --api-port)"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(node_config: NodeConfig, gateway: GatewayConfig | None, host: str, port: int) -> None:
+    """Run until Ctrl-C / SIGTERM. gateway=None runs the node without the HTTP API."""
+    sock = bind_socket(host, port) if gateway is not None else None
+    if sock is not None:
+        node_config.address = f"{host}:{sock.getsockname()[1]}"
+    node = Node(node_config)
+    node.start()
+    try:
+        if sock is None:
+            asyncio.run(_wait_for_signal())
+            return
+        if not gateway.api_key:  # type: ignore[union-attr]
+            log.warning("no --api-key: anyone who can reach %s:%d can use this server", host, port)
+        app = create_app(node, gateway)
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5, access_log=False)
+        server = uvicorn.Server(config)
+        log.info("exo-actor gateway on http://%s:%d (OpenAI API at /v1, dashboard at /)", host, sock.getsockname()[1])
+        server.run(sockets=[sock])
+    finally:
+        node.stop()
+        log.info("stopped")
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
