@@ -1,0 +1,31 @@
+"""Validation against OpenAI's published response schemas (../shared/openai-api-schemas.json)."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCHEMAS = Path(__file__).resolve().parents[2].parent / "shared" / "openai-api-schemas.json"
+
+
+@lru_cache(maxsize=1)
+def _registry() -> Any:
+    from referencing import Registry, Resource
+
+    if not SCHEMAS.exists():
+        pytest.fail(f"{SCHEMAS} is missing: the project's shared/ folder must sit beside the repository")
+    schema = json.loads(SCHEMAS.read_text())
+    return Registry().with_resource(schema["$id"], Resource.from_contents(schema))
+
+
+def validate(obj: Any, name: str) -> None:
+    """Raise if obj does not match the named definition (e.g. CreateChatCompletionResponse)."""
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator({"$ref": f"urn:openai-api-subset#/$defs/{name}"}, registry=_registry())
+    errors = sorted(validator.iter_errors(obj), key=lambda e: e.path)
+    assert not errors, f"{name}: " + "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5])

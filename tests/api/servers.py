@@ -1,0 +1,94 @@
+"""Real gateway servers for the API tests: uvicorn in a thread, or `exo-actor start` as a process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from exo_actor.api import GatewayConfig, create_app
+from exo_actor.node import Node, NodeConfig
+from exo_actor.server import bind_socket
+
+
+@dataclass
+class RunningServer:
+    url: str
+    node: Node | None = None
+    process: subprocess.Popen[str] | None = None
+
+
+def wait_ready(url: str, timeout: float = 120.0, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            r = httpx.get(f"{url}/healthz", timeout=2)
+            if r.status_code == 200 and r.json()["state"] == "ready":
+                return
+            if r.status_code == 200 and r.json()["state"] == "failed":
+                raise RuntimeError(f"the model failed to load: {httpx.get(f'{url}/v1/cluster', headers=headers).text}")
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not become ready in {timeout} s")
+
+
+@contextlib.contextmanager
+def thread_server(model: str | Path, gateway: GatewayConfig | None = None, max_concurrent: int = 8,
+                  start_node: bool = True) -> Iterator[RunningServer]:
+    """uvicorn serving create_app(...) on a free loopback port, in a thread of this process."""
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    node = Node(NodeConfig(model=str(model), max_concurrent=max_concurrent, address=f"127.0.0.1:{port}"))
+    if start_node:
+        node.start()
+    server = uvicorn.Server(uvicorn.Config(create_app(node, gateway), log_level="warning"))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # not the main thread
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        if start_node:
+            wait_ready(url)
+        else:
+            while not server.started:
+                time.sleep(0.05)
+        yield RunningServer(url, node=node)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        node.stop()
+        sock.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def process_server(*args: str) -> Iterator[RunningServer]:
+    """`exo-actor start ARGS` as a separate process on a free loopback port."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "exo_actor.cli", "start", "--api-host", "127.0.0.1", "--api-port", str(port), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url)
+        yield RunningServer(url, process=proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
