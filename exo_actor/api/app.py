@@ -33,8 +33,8 @@ class GatewayConfig:
     request_timeout: float = 600.0
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
 
 
 class LimitsMiddleware:
@@ -63,7 +63,7 @@ class LimitsMiddleware:
         except ValueError:
             declared = 0
         if declared > limit:
-            await _too_large(limit)(scope, receive, send)
+            await _too_large(limit).response()(scope, receive, send)
             return
         seen = 0
 
@@ -73,17 +73,10 @@ class LimitsMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _BodyTooLarge
+                    raise _too_large(limit)  # becomes the 413 answer of the route reading the body
             return message
 
-        try:
-            await self.app(scope, counting_receive, send)
-        except _BodyTooLarge:
-            await _too_large(limit)(scope, receive, send)
-
-
-def _too_large(limit: int) -> Response:
-    return ApiError(413, f"the request body is larger than {limit} bytes", code="request_too_large").response()
+        await self.app(scope, counting_receive, send)
 
 
 class Gateway:
