@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -48,12 +50,28 @@ def serve(node_config: NodeConfig, gateway: GatewayConfig | None, host: str, por
             log.warning("no --api-key: anyone who can reach %s:%d can use this server", host, port)
         app = create_app(node, gateway)
         config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5, access_log=False)
-        server = uvicorn.Server(config)
+        server = _Server(config)
         log.info("exo-actor gateway on http://%s:%d (OpenAI API at /v1, dashboard at /)", host, sock.getsockname()[1])
-        server.run(sockets=[sock])
+        asyncio.run(_serve_until_signal(server, sock))
     finally:
         node.stop()
         log.info("stopped")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: ours stops it, and the process then exits 0
+    (uvicorn re-raises the signal after shutting down, which would skip our cleanup)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _serve_until_signal(server: uvicorn.Server, sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    await server.serve(sockets=[sock])
 
 
 async def _wait_for_signal() -> None:

@@ -1,0 +1,65 @@
+"""`exo-actor start` and `exo-actor status` as real processes: shutdown, busy port, status output."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.api.servers import process_server
+from tests.test_cli import assert_one_line_error, cli
+from tests.tiny import TinySpec, write_gguf
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("srv") / "tiny.gguf"
+    write_gguf(path, TinySpec())
+    return path
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_shuts_down_cleanly(tiny, sig):
+    with process_server("--model", str(tiny)) as srv:
+        srv.process.send_signal(sig)
+        out, _ = srv.process.communicate(timeout=20)
+        assert srv.process.returncode == 0, out
+        assert "Traceback" not in out
+
+
+def test_status_table_and_json(tiny):
+    with process_server("--model", str(tiny)) as srv:
+        table = cli("status", "--api", srv.url)
+        assert table.returncode == 0, table.stderr
+        assert "state ready" in table.stdout and "numpy" in table.stdout and "0-3" in table.stdout
+        info = json.loads(cli("status", "--api", srv.url, "--json").stdout)
+        assert info["plan"][0]["start"] == 0 and info["plan"][0]["end"] == 4
+
+
+def test_status_of_nothing_is_one_line(tiny):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert_one_line_error(cli("status", "--api", f"http://127.0.0.1:{port}", "--timeout", "2"), "cannot reach")
+
+
+def test_busy_port_is_one_line(tiny):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "exo_actor.cli", "start", "--model", str(tiny), "--api-host", "127.0.0.1",
+             "--api-port", str(port)], capture_output=True, text=True, timeout=60,
+        )
+    assert_one_line_error(proc, "cannot listen", str(port))
+
+
+def test_api_key_protects_status(tiny):
+    with process_server("--model", str(tiny), "--api-key", "k1") as srv:
+        assert_one_line_error(cli("status", "--api", srv.url), "401", "--api-key")
+        assert cli("status", "--api", srv.url, "--api-key", "k1").returncode == 0
