@@ -14,6 +14,7 @@ import uvicorn
 from .api import GatewayConfig, create_app
 from .errors import ExoError
 from .node import Node, NodeConfig
+from .registry import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def serve(node_config: NodeConfig, gateway: GatewayConfig | None, host: str, port: int) -> None:
     """Run until Ctrl-C / SIGTERM. gateway=None runs the node without the HTTP API."""
+    resolve_model(node_config.model)  # an unknown model is an error now, not a log line later
     sock = bind_socket(host, port) if gateway is not None else None
     if sock is not None:
         node_config.address = f"{host}:{sock.getsockname()[1]}"

@@ -53,8 +53,21 @@ def test_busy_port_is_one_line(tiny):
         s.listen()
         port = s.getsockname()[1]
         proc = subprocess.run(
-            [sys.executable, "-m", "exo_actor.cli", "start", "--model", str(tiny), "--api-host", "127.0.0.1",
-             "--api-port", str(port)], capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "exo_actor.cli",
+                "start",
+                "--model",
+                str(tiny),
+                "--api-host",
+                "127.0.0.1",
+                "--api-port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert_one_line_error(proc, "cannot listen", str(port))
 
@@ -63,3 +76,7 @@ def test_api_key_protects_status(tiny):
     with process_server("--model", str(tiny), "--api-key", "k1") as srv:
         assert_one_line_error(cli("status", "--api", srv.url), "401", "--api-key")
         assert cli("status", "--api", srv.url, "--api-key", "k1").returncode == 0
+
+
+def test_unknown_model_fails_fast():
+    assert_one_line_error(cli("start", "--model", "gpt-17", "--api-port", "0"), "unknown model")

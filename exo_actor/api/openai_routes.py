@@ -126,13 +126,16 @@ class OpenAIRoutes:
         created = int(time.time())
         yield _sse(R.chat_chunk(cid, created, model, {"role": "assistant", "content": ""}))
         last: Delta | None = None
-        async for d in stream:
-            last = d
-            lp = R.chat_logprobs(tok, d.logprobs) if logprobs and d.logprobs else None
-            if d.text or lp:
-                yield _sse(R.chat_chunk(cid, created, model, {"content": d.text}, logprobs=lp))
-            if d.finish_reason is not None:
-                yield _sse(R.chat_chunk(cid, created, model, {}, finish=d.finish_reason))
+        try:
+            async for d in stream:
+                last = d
+                lp = R.chat_logprobs(tok, d.logprobs) if logprobs and d.logprobs else None
+                if d.text or lp:
+                    yield _sse(R.chat_chunk(cid, created, model, {"content": d.text}, logprobs=lp))
+                if d.finish_reason is not None:
+                    yield _sse(R.chat_chunk(cid, created, model, {}, finish=d.finish_reason))
+        finally:
+            stream.cancel()  # a client that went away stops generation now, not when the GC runs
         if last is not None:
             self._record(last.stats)
         if include_usage:
@@ -177,13 +180,16 @@ class OpenAIRoutes:
         self, cid: str, model: str, tok: TextTokenizer, stream: GenerationStream, include_usage: bool, logprobs: bool
     ) -> AsyncIterator[bytes]:
         created, last, offset = int(time.time()), None, 0
-        async for d in stream:
-            last = d
-            lp = R.completion_logprobs(tok, d.logprobs, offset) if logprobs and d.logprobs else None
-            offset += len(d.text)
-            if d.text or lp or d.finish_reason:
-                choice = R.completion_choice(0, d.text, d.finish_reason, lp)
-                yield _sse(R.text_completion(cid, created, model, [choice], None) | {"usage": None})
+        try:
+            async for d in stream:
+                last = d
+                lp = R.completion_logprobs(tok, d.logprobs, offset) if logprobs and d.logprobs else None
+                offset += len(d.text)
+                if d.text or lp or d.finish_reason:
+                    choice = R.completion_choice(0, d.text, d.finish_reason, lp)
+                    yield _sse(R.text_completion(cid, created, model, [choice], None) | {"usage": None})
+        finally:
+            stream.cancel()
         if last is not None:
             self._record(last.stats)
         if include_usage:

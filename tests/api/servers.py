@@ -42,8 +42,9 @@ def wait_ready(url: str, timeout: float = 120.0, headers: dict[str, str] | None 
 
 
 @contextlib.contextmanager
-def thread_server(model: str | Path, gateway: GatewayConfig | None = None, max_concurrent: int = 8,
-                  start_node: bool = True) -> Iterator[RunningServer]:
+def thread_server(
+    model: str | Path, gateway: GatewayConfig | None = None, max_concurrent: int = 8, start_node: bool = True
+) -> Iterator[RunningServer]:
     """uvicorn serving create_app(...) on a free loopback port, in a thread of this process."""
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]

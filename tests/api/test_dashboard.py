@@ -21,8 +21,17 @@ def browser():
     profile = tempfile.mkdtemp(prefix="exo-chromium-")
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-                 "--disable-quic", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        "--disable-quic",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+    ):
         opts.add_argument(flag)
     drv = webdriver.Chrome(service=Service(executable_path=driver), options=opts)
     yield drv
@@ -52,5 +61,6 @@ def test_dashboard_shows_the_ring_and_streams_a_chat_reply(browser, smollm2_serv
     assert len(reply.text.strip()) > 5  # sampled (temperature 1, OpenAI's default): any real sentence
     assert int(reply.get_attribute("data-chunks")) > 3  # it arrived as a stream of pieces
     assert browser.find_element(By.CSS_SELECTOR, "#log .msg.user").text.endswith("capital of France?")
-    WebDriverWait(browser, 10).until(lambda d: float(d.find_element(By.ID, "tps").text) > 0 or
-                                     int(d.find_element(By.ID, "total").text) > 0)
+    WebDriverWait(browser, 10).until(
+        lambda d: float(d.find_element(By.ID, "tps").text) > 0 or int(d.find_element(By.ID, "total").text) > 0
+    )

@@ -30,13 +30,16 @@ def assert_error(r: httpx.Response, status: int, *, param: str | None = None, co
     return err
 
 
-@pytest.mark.parametrize(("content", "needle"), [
-    (b"{not json", "not valid JSON"),
-    (b"\xff\xfe{}", "UTF-8"),
-    (b"[1, 2]", "JSON object"),
-    (b'{"model": "m", "messages": [], "temperature": NaN}', "not valid JSON"),
-    (b"", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe{}", "UTF-8"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"model": "m", "messages": [], "temperature": NaN}', "not valid JSON"),
+        (b"", "not valid JSON"),
+    ],
+)
 def test_malformed_bodies(tiny_server, content, needle):
     assert needle in assert_error(post(tiny_server, content=content), 400)["message"]
 
@@ -45,34 +48,40 @@ def _chat(tiny_gguf, **extra):
     return {"model": str(tiny_gguf), "messages": MSG, "max_tokens": 4, **extra}
 
 
-@pytest.mark.parametrize(("extra", "param"), [
-    ({"model": None}, "model"),
-    ({"model": 7}, "model"),
-    ({"messages": []}, "messages"),
-    ({"messages": "hi"}, "messages"),
-    ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
-    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages[0].content"),
-    ({"messages": ["hi"]}, "messages[0]"),
-    ({"temperature": 3}, "temperature"),
-    ({"temperature": "hot"}, "temperature"),
-    ({"temperature": True}, "temperature"),
-    ({"top_p": -0.5}, "top_p"),
-    ({"max_tokens": 0}, "max_tokens"),
-    ({"max_tokens": 10**30}, "max_tokens"),
-    ({"max_tokens": 1.5}, "max_tokens"),
-    ({"max_completion_tokens": -1}, "max_completion_tokens"),
-    ({"n": 2}, "n"),
-    ({"stop": 5}, "stop"),
-    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-    ({"seed": -1}, "seed"),
-    ({"seed": 2**70}, "seed"),
-    ({"top_logprobs": 3}, "top_logprobs"),
-    ({"logprobs": True, "top_logprobs": 50}, "top_logprobs"),
-    ({"stream_options": {"include_usage": True}}, "stream_options"),
-    ({"presence_penalty": 9}, "presence_penalty"),
-    ({"stream": "yes"}, "stream"),
-])
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"model": None}, "model"),
+        ({"model": 7}, "model"),
+        ({"messages": []}, "messages"),
+        ({"messages": "hi"}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "messages[0].content",
+        ),
+        ({"messages": ["hi"]}, "messages[0]"),
+        ({"temperature": 3}, "temperature"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"temperature": True}, "temperature"),
+        ({"top_p": -0.5}, "top_p"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": 10**30}, "max_tokens"),
+        ({"max_tokens": 1.5}, "max_tokens"),
+        ({"max_completion_tokens": -1}, "max_completion_tokens"),
+        ({"n": 2}, "n"),
+        ({"stop": 5}, "stop"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**70}, "seed"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 50}, "top_logprobs"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"presence_penalty": 9}, "presence_penalty"),
+        ({"stream": "yes"}, "stream"),
+    ],
+)
 def test_invalid_fields(tiny_server, tiny_gguf, extra, param):
     body = {k: v for k, v in _chat(tiny_gguf, **extra).items() if v is not None}
     assert_error(post(tiny_server, body), 400, param=param)

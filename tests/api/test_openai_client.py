@@ -37,8 +37,11 @@ def test_chat_completion(client, tokenizer, smollm2_server):
     assert r.usage.completion_tokens == len(content_tokens) + 1  # + the end-of-turn token
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
     validate(r.model_dump(exclude_unset=True), "CreateChatCompletionResponse")
-    raw = httpx.post(f"{smollm2_server.url}/v1/chat/completions", json={"model": "smollm2-135m", "messages": QUESTION,
-                     "temperature": 0, "max_tokens": 5}, timeout=60).json()
+    raw = httpx.post(
+        f"{smollm2_server.url}/v1/chat/completions",
+        json={"model": "smollm2-135m", "messages": QUESTION, "temperature": 0, "max_tokens": 5},
+        timeout=60,
+    ).json()
     validate(raw, "CreateChatCompletionResponse")
     assert raw["choices"][0]["finish_reason"] == "length" and raw["usage"]["completion_tokens"] == 5
 
@@ -77,7 +80,9 @@ def test_text_completion(client, tokenizer):
     validate(r.model_dump(exclude_unset=True), "CreateCompletionResponse")
     streamed = "".join(
         c.choices[0].text
-        for c in client.completions.create(model="smollm2-135m", prompt=prompt, max_tokens=8, temperature=0, stream=True)
+        for c in client.completions.create(
+            model="smollm2-135m", prompt=prompt, max_tokens=8, temperature=0, stream=True
+        )
         if c.choices
     )
     assert streamed == r.choices[0].text
@@ -99,5 +104,7 @@ def test_unknown_model_error_shape(client, smollm2_server):
     with pytest.raises(openai.NotFoundError) as exc:
         client.chat.completions.create(model="gpt-17", messages=QUESTION)
     assert exc.value.body["code"] == "model_not_found"
-    body = httpx.post(f"{smollm2_server.url}/v1/chat/completions", json={"model": "gpt-17", "messages": QUESTION}).json()
+    body = httpx.post(
+        f"{smollm2_server.url}/v1/chat/completions", json={"model": "gpt-17", "messages": QUESTION}
+    ).json()
     validate(body, "ErrorResponse")

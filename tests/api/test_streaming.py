@@ -13,8 +13,14 @@ from tests.api.servers import thread_server
 
 
 def _body(model, max_tokens=40, **extra):
-    return {"model": str(model), "messages": [{"role": "user", "content": "tell me a story"}],
-            "max_tokens": max_tokens, "stream": True, "temperature": 0, **extra}
+    return {
+        "model": str(model),
+        "messages": [{"role": "user", "content": "tell me a story"}],
+        "max_tokens": max_tokens,
+        "stream": True,
+        "temperature": 0,
+        **extra,
+    }
 
 
 async def _stream(client, url, body, log):
@@ -99,8 +105,14 @@ def test_metrics(tiny_server, tiny_gguf):
     httpx.post(tiny_server.url + "/v1/chat/completions", json=_body(tiny_gguf, 3, stream=False), timeout=30)
     httpx.post(tiny_server.url + "/v1/chat/completions", content=b"{", timeout=30)
     text = httpx.get(tiny_server.url + "/metrics").text
-    for name in ("exo_requests_total", "exo_completion_tokens_total", "exo_time_to_first_token_seconds_bucket",
-                 "exo_decode_tokens_per_second_bucket", "exo_in_flight_requests", "exo_errors_total"):
+    for name in (
+        "exo_requests_total",
+        "exo_completion_tokens_total",
+        "exo_time_to_first_token_seconds_bucket",
+        "exo_decode_tokens_per_second_bucket",
+        "exo_in_flight_requests",
+        "exo_errors_total",
+    ):
         assert name in text, name
     assert 'exo_requests_total{endpoint="chat",status="400"}' in text
     assert 'exo_errors_total{kind="invalid_request_error"}' in text
