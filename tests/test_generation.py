@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from exo_actor.engines.numpy_engine import NumpyEngine
 from exo_actor.errors import ContextLengthError
-from exo_actor.generation import LocalPipeline, generate
+from exo_actor.generation import LocalPipeline, apply_penalties, generate
 from exo_actor.sampling import SamplingParams
 from exo_actor.weights import open_model
 from tests.tiny import TinySpec, write_gguf
@@ -68,3 +69,31 @@ def test_caches_are_freed_even_when_the_consumer_stops_early(tiny):
     assert pipe.shards[0].cached_length("early") > 0
     stream.close()
     assert all("early" not in s.caches for s in pipe.shards)
+
+
+def test_penalties_follow_openais_definition():
+    logits = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+    counts = np.array([0, 1, 3], dtype=np.float32)
+    got = apply_penalties(logits, counts, SamplingParams(presence_penalty=0.5, frequency_penalty=0.25))
+    np.testing.assert_allclose(got, [1.0, 2.0 - 0.25 - 0.5, 3.0 - 0.75 - 0.5])
+    assert got.dtype == np.float32
+
+
+def test_frequency_penalty_changes_a_repetitive_greedy_output(tiny):
+    _, _, plain = _run(tiny, SamplingParams(max_tokens=30))
+    _, _, penalized = _run(tiny, SamplingParams(max_tokens=30, frequency_penalty=2.0))
+    assert len(set(penalized)) > len(set(plain))  # the random model repeats itself; the penalty spreads it out
+
+
+def test_logprobs_are_log_softmax_with_sorted_alternatives(tiny):
+    files, pipe = tiny
+    deltas = list(generate(pipe, files.tokenizer, [5, 6, 7], SamplingParams(max_tokens=3, logprobs=4), 64))
+    lps = [lp for d in deltas for lp in d.logprobs]
+    assert len(lps) == 3
+    logits = pipe.forward("check", np.array([5, 6, 7]), 0)[-1].astype(np.float64)
+    pipe.free("check")
+    ref = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+    first = lps[0]
+    assert first.token_id == int(np.argmax(logits)) and abs(first.logprob - ref[first.token_id]) < 1e-5
+    assert [i for i, _ in first.top] == list(np.argsort(-ref)[:4])
+    assert all(a >= b for (_, a), (_, b) in zip(first.top, first.top[1:]))
