@@ -1,0 +1,27 @@
+"""Transport: wire messages (frozen dataclasses + a validating codec), sockets, discovery."""
+
+from .messages import (
+    PROTOCOL_VERSION,
+    Failure,
+    Forward,
+    Free,
+    Logits,
+    Message,
+    Ping,
+    Pong,
+    ProtocolError,
+    decode,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Failure",
+    "Forward",
+    "Free",
+    "Logits",
+    "Message",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "decode",
+]

@@ -1,0 +1,179 @@
+"""Wire messages: a msgpack header frame, then at most one raw tensor frame (zero-copy).
+
+    frame 0: msgpack map {"v": version, "k": kind, <fields>, ["dt": dtype, "sh": shape]}
+    frame 1: the tensor's bytes, C order (only for kinds that carry one)
+
+Every message kind is a frozen dataclass. decode() checks everything (version, kind, field types
+and ranges, dtype allow-list, shape x itemsize == frame length, size limits) and raises one
+ProtocolError; callers drop and log such messages. No pickle, no array-to-list conversion: arrays go
+out as memoryviews of their buffers and come back as numpy views of the received frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import msgpack
+import numpy as np
+
+from ..errors import ExoError
+
+PROTOCOL_VERSION = 1
+MAX_HEADER_BYTES = 64 * 1024
+MAX_TENSOR_BYTES = 1 << 30
+MAX_TEXT = 512  # characters in any string field
+MAX_INT = 2**53
+MAX_DIMS = 4
+DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64}
+
+
+class ProtocolError(ExoError):
+    """A message that is not valid exo-actor wire protocol."""
+
+
+class Message:
+    """Base of all message kinds: KIND names it on the wire, TENSOR says whether it carries one."""
+
+    KIND: ClassVar[str]
+    TENSOR: ClassVar[bool] = False
+
+    def encode(self) -> list[bytes | memoryview]:
+        """The multipart frames of this message."""
+        header: dict[str, Any] = {"v": PROTOCOL_VERSION, "k": self.KIND}
+        frames: list[bytes | memoryview] = []
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.name == "data":
+                arr = np.asarray(value, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+                if arr.dtype.name not in DTYPES:
+                    raise ProtocolError(f"dtype {arr.dtype} cannot go on the wire ({', '.join(DTYPES)})")
+                header["dt"], header["sh"] = arr.dtype.name, list(arr.shape)
+                frames.append(memoryview(arr.reshape(-1).view(np.uint8)))  # zero-copy byte view
+            else:
+                header[f.name] = value
+        return [msgpack.packb(header, use_bin_type=True), *frames]
+
+
+@dataclass(frozen=True)
+class Ping(Message):
+    """Liveness probe; any message from a peer counts as a sign of life."""
+
+    KIND: ClassVar[str] = "ping"
+    src: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class Pong(Message):
+    KIND: ClassVar[str] = "pong"
+    src: str
+    seq: int
+
+
+@dataclass(frozen=True, eq=False)
+class Forward(Message):
+    """Run positions [pos, pos + T) of request rid through a shard: token ids or hidden states."""
+
+    KIND: ClassVar[str] = "fwd"
+    TENSOR: ClassVar[bool] = True
+    rid: str
+    src: str  # the node that sent this message
+    router: str  # the node whose RouterActor drives the request (logits go back there)
+    plan: int  # plan version this request runs on: a shard with another plan refuses it
+    pos: int
+    num_logits: int
+    data: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Logits(Message):
+    """The last shard's answer: logits [num_logits, V] for the last positions of a Forward."""
+
+    KIND: ClassVar[str] = "logits"
+    TENSOR: ClassVar[bool] = True
+    rid: str
+    src: str
+    pos: int
+    data: np.ndarray
+
+
+@dataclass(frozen=True)
+class Free(Message):
+    """Drop a request's KV caches (it finished, failed or was cancelled)."""
+
+    KIND: ClassVar[str] = "free"
+    rid: str
+    src: str
+
+
+@dataclass(frozen=True)
+class Failure(Message):
+    """A shard could not run a request; the router ends it with this message."""
+
+    KIND: ClassVar[str] = "fail"
+    rid: str
+    src: str
+    code: str
+    message: str
+
+
+KINDS: dict[str, type[Message]] = {m.KIND: m for m in (Ping, Pong, Forward, Logits, Free, Failure)}
+
+
+def _check_field(kind: str, name: str, expected: str, value: Any) -> Any:
+    if expected == "str":
+        if not isinstance(value, str) or len(value) > MAX_TEXT:
+            raise ProtocolError(f"{kind}.{name} must be a string of at most {MAX_TEXT} characters")
+    elif expected == "int":
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_INT:
+            raise ProtocolError(f"{kind}.{name} must be a non-negative integer")
+    return value
+
+
+def _tensor(kind: str, header: dict[str, Any], frame: Any) -> np.ndarray:
+    dt, shape = header.get("dt"), header.get("sh")
+    if dt not in DTYPES:
+        raise ProtocolError(f"{kind}: dtype {dt!r} is not allowed ({', '.join(DTYPES)})")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < MAX_INT for d in shape)
+    ):
+        raise ProtocolError(f"{kind}: shape must be a list of at most {MAX_DIMS} non-negative integers")
+    buf = memoryview(frame)
+    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(DTYPES[dt]).itemsize
+    if expected > MAX_TENSOR_BYTES or buf.nbytes != expected:
+        raise ProtocolError(f"{kind}: shape {shape} of {dt} needs {expected} bytes, the frame has {buf.nbytes}")
+    return np.frombuffer(buf, dtype=DTYPES[dt]).reshape(shape)
+
+
+def decode(frames: list[Any]) -> Message:
+    """Frames (bytes, memoryviews or zmq.Frames) -> a message, or ProtocolError."""
+    if not 1 <= len(frames) <= 2:
+        raise ProtocolError(f"a message has 1 or 2 frames, got {len(frames)}")
+    raw = memoryview(frames[0])
+    if raw.nbytes > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {raw.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # noqa: BLE001 - msgpack raises many types on garbage
+        raise ProtocolError(f"header is not valid msgpack: {type(exc).__name__}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("header must be a msgpack map")
+    if header.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {header.get('v')!r} is not {PROTOCOL_VERSION}")
+    cls = KINDS.get(header.get("k"))  # type: ignore[arg-type]
+    if cls is None:
+        raise ProtocolError(f"unknown message kind {header.get('k')!r}")
+    if cls.TENSOR != (len(frames) == 2):
+        raise ProtocolError(f"{cls.KIND} carries {'one tensor frame' if cls.TENSOR else 'no tensor frame'}")
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name == "data":
+            kwargs["data"] = _tensor(cls.KIND, header, frames[1])
+        elif f.name not in header:
+            raise ProtocolError(f"{cls.KIND} lacks field {f.name}")
+        else:
+            kwargs[f.name] = _check_field(cls.KIND, f.name, str(f.type), header[f.name])
+    return cls(**kwargs)

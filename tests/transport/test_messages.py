@@ -1,0 +1,112 @@
+"""The wire codec: every kind round-trips; every malformed message is one ProtocolError."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from exo_actor.transport import Failure, Forward, Free, Logits, Ping, Pong, ProtocolError, decode
+from exo_actor.transport.messages import MAX_HEADER_BYTES
+
+text = st.text(max_size=40)
+count = st.integers(0, 2**53 - 1)
+arrays = st.sampled_from([np.float32, np.float16, np.int32, np.int64]).flatmap(
+    lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5))
+)
+messages = st.one_of(
+    st.builds(Ping, text, count),
+    st.builds(Pong, text, count),
+    st.builds(Free, text, text),
+    st.builds(Failure, text, text, text, text),
+    st.builds(Forward, text, text, text, count, count, count, arrays),
+    st.builds(Logits, text, text, count, arrays),
+)
+
+
+def _same(a, b) -> bool:
+    if type(a) is not type(b):
+        return False
+    for k, v in vars(a).items():
+        w = getattr(b, k)
+        if isinstance(v, np.ndarray):
+            if v.dtype != w.dtype or v.shape != w.shape or not np.array_equal(v, w, equal_nan=True):
+                return False
+        elif v != w:
+            return False
+    return True
+
+
+@settings(max_examples=400, deadline=None)
+@given(messages)
+def test_round_trip(msg):
+    frames = msg.encode()
+    assert _same(decode([bytes(f) for f in frames]), msg)
+
+
+def test_tensor_is_a_view_of_the_received_frame():
+    frame = bytearray(np.arange(4, dtype=np.float32).tobytes())
+    header = Logits("r", "n", 0, np.zeros(4, np.float32)).encode()[0]
+    msg = decode([header, frame])
+    frame[:4] = np.float32(9).tobytes()
+    assert msg.data[0] == 9  # no copy was made
+
+
+def _header(**fields):
+    base = {"v": 1, "k": "logits", "rid": "r", "src": "n", "pos": 0, "dt": "float32", "sh": [2]}
+    base.update(fields)
+    return msgpack.packb({k: v for k, v in base.items() if v is not ...})
+
+
+GOOD_TENSOR = np.zeros(2, np.float32).tobytes()
+
+
+@pytest.mark.parametrize(
+    ("frames", "needle"),
+    [
+        ([], "1 or 2 frames"),
+        ([b"x", b"y", b"z"], "1 or 2 frames"),
+        ([b"\xc1garbage"], "msgpack"),
+        ([msgpack.packb([1, 2])], "map"),
+        ([_header(v=2), GOOD_TENSOR], "version"),
+        ([_header(v=...), GOOD_TENSOR], "version"),
+        ([_header(k="launch"), GOOD_TENSOR], "unknown message kind"),
+        ([_header()], "tensor frame"),
+        ([msgpack.packb({"v": 1, "k": "ping", "src": "a", "seq": 1}), b"extra"], "no tensor frame"),
+        ([_header(rid=...), GOOD_TENSOR], "lacks field rid"),
+        ([_header(rid=5), GOOD_TENSOR], "rid must be a string"),
+        ([_header(rid="x" * 1000), GOOD_TENSOR], "rid must be a string"),
+        ([_header(pos=-1), GOOD_TENSOR], "pos must be a non-negative integer"),
+        ([_header(pos=True), GOOD_TENSOR], "pos must be a non-negative integer"),
+        ([_header(pos=2**60), GOOD_TENSOR], "pos must be a non-negative integer"),
+        ([_header(dt="object"), GOOD_TENSOR], "dtype"),
+        ([_header(dt="float64"), np.zeros(2).tobytes()], "dtype"),
+        ([_header(sh=[3]), GOOD_TENSOR], "needs 12 bytes"),
+        ([_header(sh="2"), GOOD_TENSOR], "shape"),
+        ([_header(sh=[1, 1, 1, 1, 2]), GOOD_TENSOR], "shape"),
+        ([_header(sh=[-2]), GOOD_TENSOR], "shape"),
+        ([_header(sh=[2**40, 2**20]), GOOD_TENSOR], "bytes"),
+        ([b"\x80" * (MAX_HEADER_BYTES + 1)], "exceeds"),
+        ([msgpack.packb({1: 2})], "msgpack"),  # non-string map keys
+    ],
+)
+def test_malformed_messages_are_rejected(frames, needle):
+    with pytest.raises(ProtocolError, match=needle):
+        decode(frames)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.binary(max_size=300), min_size=0, max_size=3))
+def test_random_bytes_never_escape_as_other_errors(frames):
+    try:
+        decode(frames)
+    except ProtocolError:
+        pass
+
+
+def test_unsupported_dtype_cannot_be_sent():
+    with pytest.raises(ProtocolError):
+        Logits("r", "n", 0, np.zeros(2, np.float64)).encode()
