@@ -56,6 +56,19 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Hello(Message):
+    """A node introducing itself to a peer (on connect, and answered in kind)."""
+
+    KIND: ClassVar[str] = "hello"
+    src: str
+    endpoint: str  # where this node's ROUTER listens, tcp://HOST:PORT
+    memory: int  # bytes it offers for weights
+    engine: str
+    model: str
+    reply: int  # 1: please answer with your own Hello
+
+
+@dataclass(frozen=True)
 class Ping(Message):
     """Liveness probe; any message from a peer counts as a sign of life."""
 
@@ -118,7 +131,7 @@ class Failure(Message):
     message: str
 
 
-KINDS: dict[str, type[Message]] = {m.KIND: m for m in (Ping, Pong, Forward, Logits, Free, Failure)}
+KINDS: dict[str, type[Message]] = {m.KIND: m for m in (Hello, Ping, Pong, Forward, Logits, Free, Failure)}
 
 
 def _check_field(kind: str, name: str, expected: str, value: Any) -> Any:

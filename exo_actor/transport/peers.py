@@ -1,0 +1,175 @@
+"""PeerNetwork: one ROUTER to receive, one DEALER per peer to send, heartbeats, liveness.
+
+Every node binds a ROUTER on its actor port. To talk to a peer it connects a DEALER to the peer's
+ROUTER, so all traffic to a node arrives on one socket and replies go out through the sender's own
+DEALERs. ZeroMQ reconnects a DEALER by itself with exponential backoff (100 ms up to 5 s). A Ping
+goes to every peer each heartbeat interval; any message from a peer proves it alive; a peer silent
+for `timeout` is reported dead (on_peer_down) so requests that depend on it end promptly.
+
+Compute never runs on this loop: actors hand it to a worker thread, so heartbeats keep flowing
+during a long prefill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import zmq
+import zmq.asyncio
+
+from .messages import Hello, Message, Ping, Pong, ProtocolError, decode
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Message], Awaitable[None] | None]
+
+
+@dataclass
+class Peer:
+    node_id: str
+    endpoint: str
+    hello: Hello | None = None
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+class PeerNetwork:
+    def __init__(
+        self,
+        node_id: str,
+        bind: str,
+        advertise: str,
+        hello: Callable[[], Hello],
+        heartbeat: float = 0.5,
+        timeout: float = 3.0,
+    ) -> None:
+        self.node_id, self.bind, self.endpoint = node_id, bind, advertise
+        self._hello = hello
+        self.heartbeat, self.timeout = heartbeat, timeout
+        self.ctx = zmq.asyncio.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, 1 << 31)
+        self.router.bind(bind)
+        self.dealers: dict[str, zmq.asyncio.Socket] = {}  # endpoint -> socket
+        self.peers: dict[str, Peer] = {}  # node id -> peer (known by Hello)
+        self.handlers: dict[type[Message], Handler] = {}
+        self.on_peer_up: Callable[[Peer], None] = lambda p: None
+        self.on_peer_down: Callable[[Peer], None] = lambda p: None
+        self.dropped = 0  # malformed messages received
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def on(self, kind: type[Message], handler: Handler) -> None:
+        self.handlers[kind] = handler
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._beat())]
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        for s in [*self.dealers.values(), self.router]:
+            s.close(linger=0)
+        self.ctx.term()
+
+    def connect(self, endpoint: str) -> None:
+        """Reach a peer's ROUTER (idempotent) and introduce ourselves."""
+        if endpoint in self.dealers:
+            return
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RECONNECT_IVL, 100)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
+        s.setsockopt(zmq.SNDHWM, 1000)
+        s.connect(endpoint)
+        self.dealers[endpoint] = s
+        self._send_to(endpoint, self._hello())
+
+    def alive(self, node_id: str) -> bool:
+        p = self.peers.get(node_id)
+        return p is not None and time.monotonic() - p.last_seen < self.timeout
+
+    def send(self, node_id: str, msg: Message) -> None:
+        """Send to a known peer (ourselves included); raises KeyError for an unknown node."""
+        self._send_to(self.peers[node_id].endpoint, msg)
+
+    def _send_to(self, endpoint: str, msg: Message) -> None:
+        sock = self.dealers.get(endpoint)
+        if sock is None:
+            self.connect(endpoint)
+            sock = self.dealers[endpoint]
+        try:
+            sock.send_multipart(msg.encode(), copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("send queue to %s is full; dropped a %s", endpoint, msg.KIND)
+
+    async def _receive(self) -> None:
+        while True:
+            frames = await self.router.recv_multipart(copy=False)
+            try:
+                msg = decode(frames[1:])  # frames[0] is the sending DEALER's routing id
+            except ProtocolError as exc:
+                self.dropped += 1
+                log.warning("dropped a malformed message: %s", exc)
+                continue
+            try:
+                await self._dispatch(msg)
+            except Exception:  # noqa: BLE001 - a handler bug must not stop the node
+                log.exception("handler for %s failed", msg.KIND)
+
+    async def _dispatch(self, msg: Message) -> None:
+        src = getattr(msg, "src", None)
+        if isinstance(msg, Hello):
+            self._hello_from(msg)
+        elif src in self.peers:
+            self.peers[src].last_seen = time.monotonic()
+        if isinstance(msg, Ping) and src in self.peers:
+            self.send(src, Pong(self.node_id, msg.seq))
+            return
+        handler = self.handlers.get(type(msg))
+        if handler is not None:
+            result = handler(msg)
+            if asyncio.iscoroutine(result):
+                await result
+
+    def _hello_from(self, msg: Hello) -> None:
+        known = self.peers.get(msg.src)
+        if known is None or known.endpoint != msg.endpoint:
+            self.connect(msg.endpoint)
+            peer = self.peers[msg.src] = Peer(msg.src, msg.endpoint, msg)
+            log.info("peer %s at %s (%s, %.1f GiB)", msg.src, msg.endpoint, msg.engine, msg.memory / 2**30)
+            self.on_peer_up(peer)
+        else:
+            known.hello, known.last_seen = msg, time.monotonic()
+        if msg.reply and msg.src != self.node_id:
+            hello = self._hello()
+            self.send(msg.src, Hello(hello.src, hello.endpoint, hello.memory, hello.engine, hello.model, 0))
+
+    async def _beat(self) -> None:
+        seq = 0
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            seq += 1
+            now = time.monotonic()
+            for peer in list(self.peers.values()):
+                if peer.node_id == self.node_id:
+                    peer.last_seen = now
+                    continue
+                if now - peer.last_seen > self.timeout:
+                    log.warning(
+                        "peer %s at %s is silent for %.1f s: down", peer.node_id, peer.endpoint, now - peer.last_seen
+                    )
+                    del self.peers[peer.node_id]
+                    self.on_peer_down(peer)
+                    continue
+                self.send(peer.node_id, Ping(self.node_id, seq))
+            for endpoint in list(self.dealers):  # keep introducing ourselves to endpoints not yet answering
+                if not any(p.endpoint == endpoint for p in self.peers.values()):
+                    self._send_to(endpoint, self._hello())
