@@ -65,6 +65,7 @@ class Hello(Message):
     memory: int  # bytes it offers for weights
     engine: str
     model: str
+    loaded: int  # version of the plan whose shard this node has loaded (0: none yet)
     reply: int  # 1: please answer with your own Hello
 
 

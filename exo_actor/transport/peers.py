@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -149,8 +150,13 @@ class PeerNetwork:
         else:
             known.hello, known.last_seen = msg, time.monotonic()
         if msg.reply and msg.src != self.node_id:
-            hello = self._hello()
-            self.send(msg.src, Hello(hello.src, hello.endpoint, hello.memory, hello.engine, hello.model, 0))
+            self.send(msg.src, dataclasses.replace(self._hello(), reply=0))
+
+    def announce(self) -> None:
+        """Send our Hello to every peer (after our state changed)."""
+        hello = dataclasses.replace(self._hello(), reply=0)
+        for peer in list(self.peers.values()):
+            self.send(peer.node_id, hello)
 
     async def _beat(self) -> None:
         seq = 0

@@ -18,7 +18,7 @@ arrays = st.sampled_from([np.float32, np.float16, np.int32, np.int64]).flatmap(
     lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5))
 )
 messages = st.one_of(
-    st.builds(Hello, text, text, count, text, text, count),
+    st.builds(Hello, text, text, count, text, text, count, count),
     st.builds(Ping, text, count),
     st.builds(Pong, text, count),
     st.builds(Free, text, text),

@@ -1,0 +1,87 @@
+"""RemoteRing: the Pipeline a RouterActor drives when the shards live on other nodes.
+
+forward() is called on the RouterActor's compute thread and blocks until the last shard's Logits
+arrive (or a Failure, or a ring node goes silent: then it raises RingError at once, so a request on
+a broken ring ends within the heartbeat timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import ExoError
+from ..transport.messages import Failure, Forward, Free, Logits
+from ..transport.peers import PeerNetwork
+
+log = logging.getLogger(__name__)
+
+
+class RingError(ExoError):
+    """The ring could not complete a step (a node failed or left)."""
+
+
+class RemoteRing:
+    def __init__(
+        self, net: PeerNetwork, loop: asyncio.AbstractEventLoop, plan: int, nodes: Sequence[str], step_timeout: float
+    ) -> None:
+        self.net, self.loop, self.plan, self.nodes = net, loop, plan, list(nodes)
+        self.step_timeout = step_timeout
+        self.pending: dict[str, asyncio.Future[np.ndarray]] = {}
+        self.broken: str | None = None
+
+    # called on the event loop ------------------------------------------------------------
+    def on_logits(self, msg: Logits) -> None:
+        fut = self.pending.pop(msg.rid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(np.array(msg.data))  # copy out of the receive buffer
+
+    def on_failure(self, msg: Failure) -> None:
+        fut = self.pending.pop(msg.rid, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(RingError(f"node {msg.src}: {msg.message}"))
+
+    def node_down(self, node_id: str) -> None:
+        if node_id not in self.nodes:
+            return
+        self.broken = f"node {node_id} stopped answering; the cluster is re-planning, retry shortly"
+        for rid, fut in list(self.pending.items()):
+            if not fut.done():
+                fut.set_exception(RingError(self.broken))
+            self.pending.pop(rid, None)
+
+    async def _step(self, rid: str, tokens: np.ndarray, start_pos: int, num_logits: int) -> np.ndarray:
+        if self.broken:
+            raise RingError(self.broken)
+        fut: asyncio.Future[np.ndarray] = self.loop.create_future()
+        self.pending[rid] = fut
+        me = self.net.node_id
+        try:
+            self.net.send(self.nodes[0], Forward(rid, me, me, self.plan, start_pos, num_logits, tokens))
+        except KeyError:
+            self.pending.pop(rid, None)
+            raise RingError(f"node {self.nodes[0]} left the cluster") from None
+        try:
+            return await asyncio.wait_for(fut, self.step_timeout)
+        except TimeoutError:
+            self.pending.pop(rid, None)
+            raise RingError(f"the ring did not answer within {self.step_timeout:g} s") from None
+
+    # the Pipeline protocol, called on the RouterActor's thread ------------------------------------
+    def forward(self, request_id: str, tokens: np.ndarray, start_pos: int, num_logits: int = 1) -> np.ndarray:
+        tokens = np.asarray(tokens, dtype=np.int64)
+        fut = asyncio.run_coroutine_threadsafe(self._step(request_id, tokens, start_pos, num_logits), self.loop)
+        return fut.result(self.step_timeout + 5)
+
+    def free(self, request_id: str) -> None:
+        def send() -> None:
+            for node in self.nodes:
+                try:
+                    self.net.send(node, Free(request_id, self.net.node_id))
+                except KeyError:
+                    pass
+
+        self.loop.call_soon_threadsafe(send)

@@ -1,0 +1,84 @@
+"""ShardActor: runs this node's layer range for every request that reaches it.
+
+Forward in -> compute on the node's compute thread -> Forward to the next node, or, on the last
+shard, Logits back to the request's router. Free drops a request's caches. A Forward for another
+plan version is refused with a Failure, so no request ever mixes two layer plans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..engines import ShardRunner
+from ..errors import ExoError
+from ..transport.messages import Failure, Forward, Free, Logits
+from ..transport.peers import PeerNetwork
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardRole:
+    plan: int
+    runner: ShardRunner
+    next_node: str | None  # None on the last shard
+
+
+class ShardActor:
+    def __init__(self, net: PeerNetwork, compute: ThreadPoolExecutor) -> None:
+        self.net, self.compute = net, compute
+        self.role: ShardRole | None = None
+        net.on(Forward, self.on_forward)
+        net.on(Free, self.on_free)
+
+    async def on_forward(self, msg: Forward) -> None:
+        role = self.role
+        if role is None or role.plan != msg.plan:
+            self._fail(msg, "plan_changed", "the cluster's layer plan changed; retry the request")
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            out = await loop.run_in_executor(
+                self.compute, role.runner.forward, msg.rid, msg.data, msg.pos, msg.num_logits
+            )
+        except ExoError as exc:
+            self._fail(msg, "invalid_request", str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - reported to the router, the actor lives on
+            log.exception("shard failed on request %s", msg.rid)
+            self._fail(msg, "shard_error", f"{type(exc).__name__}: {exc}")
+            return
+        try:
+            if role.next_node is None:
+                self.net.send(msg.router, Logits(msg.rid, self.net.node_id, msg.pos, np.asarray(out, np.float32)))
+            else:
+                self.net.send(
+                    role.next_node,
+                    Forward(
+                        msg.rid,
+                        self.net.node_id,
+                        msg.router,
+                        msg.plan,
+                        msg.pos,
+                        msg.num_logits,
+                        np.asarray(out, np.float32),
+                    ),
+                )
+        except KeyError as exc:
+            self._fail(msg, "peer_down", f"node {exc.args[0]} left the cluster")
+
+    async def on_free(self, msg: Free) -> None:
+        role = self.role
+        if role is not None:
+            await asyncio.get_running_loop().run_in_executor(self.compute, role.runner.free, msg.rid)
+
+    def _fail(self, msg: Forward, code: str, text: str) -> None:
+        try:
+            self.net.send(msg.router, Failure(msg.rid, self.net.node_id, code, text))
+        except KeyError:
+            log.warning("cannot report failure of %s: its router %s is gone", msg.rid, msg.router)
