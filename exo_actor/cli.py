@@ -70,15 +70,33 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_start(args: argparse.Namespace) -> int:
     import os
+    import socket
 
     from .api import GatewayConfig
+    from .cluster import ClusterConfig
     from .node import NodeConfig
+    from .peers_file import read_peers
     from .server import serve
 
     key = args.api_key or os.environ.get("EXO_ACTOR_API_KEY") or None
     gateway = None if args.no_api else GatewayConfig(api_key=key, max_body_bytes=args.max_body_bytes)
     node = NodeConfig(model=args.model, engine=args.engine, max_concurrent=args.max_concurrent)
-    serve(node, gateway, args.api_host, args.api_port)
+    cluster = None
+    if args.discovery == "udp":
+        raise ExoError("UDP beacon discovery is not available yet: use --discovery manual --peers FILE")
+    if args.discovery == "manual" or args.peers:
+        if not args.peers:
+            raise ExoError('--discovery manual needs --peers FILE (TOML: peers = ["HOST:PORT", ...])')
+        advertise = args.host if args.host not in ("0.0.0.0", "::") else socket.gethostbyname(socket.gethostname())
+        cluster = ClusterConfig(
+            host=args.host,
+            port=args.port,
+            advertise=advertise,
+            peers=read_peers(args.peers),
+            memory=int(args.memory * 2**30) if args.memory else None,
+            wait_for_peers=args.wait_for_peers,
+        )
+    serve(node, gateway, args.api_host, args.api_port, cluster, args.node_id)
     return 0
 
 
@@ -118,6 +136,16 @@ def _port(text: str) -> int:
     v = _positive_int(text) if text != "0" else 0
     if v > 65535:
         raise argparse.ArgumentTypeError(f"a port is 0-65535, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return v
 
 
@@ -171,6 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set EXO_ACTOR_API_KEY)")
     start.add_argument("--max-concurrent", type=_positive_int, default=8, help="requests in flight (8); more get 429")
     start.add_argument("--max-body-bytes", type=_positive_int, default=4 << 20, help="largest request body (4 MiB)")
+    start.add_argument("--node-id", help="this node's id (default: random)")
+    start.add_argument("--host", default="0.0.0.0", help="address of the actor (ROUTER) socket (0.0.0.0)")
+    start.add_argument("--port", type=_port, default=52416, help="actor (ROUTER) port (52416)")
+    start.add_argument("--discovery", choices=["manual", "udp"], help="how to find peers (manual: --peers FILE)")
+    start.add_argument("--peers", help='TOML file: peers = ["HOST:PORT", ...] (other nodes\' actor ports)')
+    start.add_argument("--memory", type=_positive_float, help="memory to advertise, in GiB (default: all of it)")
+    start.add_argument(
+        "--wait-for-peers", type=int, default=0, help="hold requests until N other nodes are in the plan"
+    )
     start.set_defaults(func=_cmd_start)
 
     status = sub.add_parser("status", help="show a running cluster's nodes, layer plan and model")

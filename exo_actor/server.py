@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from .api import GatewayConfig, create_app
+from .cluster import ClusterConfig, ClusterNode
 from .errors import ExoError
 from .node import Node, NodeConfig
 from .registry import resolve_model
@@ -36,28 +37,47 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(node_config: NodeConfig, gateway: GatewayConfig | None, host: str, port: int) -> None:
-    """Run until Ctrl-C / SIGTERM. gateway=None runs the node without the HTTP API."""
+def serve(
+    node_config: NodeConfig,
+    gateway: GatewayConfig | None,
+    host: str,
+    port: int,
+    cluster: ClusterConfig | None = None,
+    node_id: str | None = None,
+) -> None:
+    """Run until Ctrl-C / SIGTERM. gateway=None runs the node without the HTTP API; cluster=None
+    serves the whole model in this process (a cluster of one without sockets)."""
     resolve_model(node_config.model)  # an unknown model is an error now, not a log line later
     sock = bind_socket(host, port) if gateway is not None else None
     if sock is not None:
         node_config.address = f"{host}:{sock.getsockname()[1]}"
-    node = Node(node_config)
-    node.start()
+    node: Node = ClusterNode(node_config, cluster, node_id) if cluster is not None else Node(node_config)
+    if node_id:
+        node.node_id = node_id
+    if gateway is not None and not gateway.api_key:
+        log.warning("no --api-key: anyone who can reach %s:%d can use this server", host, port)
+    asyncio.run(_main(node, gateway, sock))
+    log.info("stopped")
+
+
+async def _main(node: Node, gateway: GatewayConfig | None, sock: socket.socket | None) -> None:
+    if isinstance(node, ClusterNode):
+        await node.start_async()
+    else:
+        node.start()
     try:
-        if sock is None:
-            asyncio.run(_wait_for_signal())
+        if sock is None or gateway is None:
+            await _wait_for_signal()
             return
-        if not gateway.api_key:  # type: ignore[union-attr]
-            log.warning("no --api-key: anyone who can reach %s:%d can use this server", host, port)
-        app = create_app(node, gateway)
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5, access_log=False)
+        config = uvicorn.Config(create_app(node, gateway), log_level="warning", timeout_graceful_shutdown=5)
         server = _Server(config)
-        log.info("exo-actor gateway on http://%s:%d (OpenAI API at /v1, dashboard at /)", host, sock.getsockname()[1])
-        asyncio.run(_serve_until_signal(server, sock))
+        log.info("exo-actor gateway on http://%s (OpenAI API at /v1, dashboard at /)", node.config.address)
+        await _serve_until_signal(server, sock)
     finally:
-        node.stop()
-        log.info("stopped")
+        if isinstance(node, ClusterNode):
+            await node.stop_async()
+        else:
+            node.stop()
 
 
 class _Server(uvicorn.Server):

@@ -45,12 +45,15 @@ class RemoteRing:
             fut.set_exception(RingError(f"node {msg.src}: {msg.message}"))
 
     def node_down(self, node_id: str) -> None:
-        if node_id not in self.nodes:
-            return
-        self.broken = f"node {node_id} stopped answering; the cluster is re-planning, retry shortly"
+        if node_id in self.nodes:
+            self.fail_all(f"node {node_id} stopped answering; the cluster is re-planning, retry shortly")
+
+    def fail_all(self, reason: str) -> None:
+        """End every step in flight, and refuse new ones, with `reason`."""
+        self.broken = reason
         for rid, fut in list(self.pending.items()):
             if not fut.done():
-                fut.set_exception(RingError(self.broken))
+                fut.set_exception(RingError(reason))
             self.pending.pop(rid, None)
 
     async def _step(self, rid: str, tokens: np.ndarray, start_pos: int, num_logits: int) -> np.ndarray:

@@ -138,7 +138,8 @@ class RouterActor:
                     if req is None:
                         for r, gen in active.values():
                             gen.close()  # type: ignore[attr-defined]
-                            self._deliver(r, None)
+                            self._deliver(r, ExoError("the server is shutting down or re-planning; retry"))
+                            self._done(r.request_id)
                         return
                     gen = generate(
                         self.pipeline, self.tokenizer, req.prompt_ids, req.params, self.context_length, req.request_id
