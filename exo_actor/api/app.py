@@ -15,6 +15,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..actors.ring import RingError
 from ..actors.router import OverloadedError
 from ..errors import ContextLengthError, ExoError, InvalidRequestError
 from ..node import ModelLoadingError, Node
@@ -94,6 +95,8 @@ class Gateway:
             return exc
         if isinstance(exc, OverloadedError):
             return ApiError(429, str(exc), "rate_limit_error", code="too_many_requests")
+        if isinstance(exc, RingError):
+            return ApiError(503, str(exc), "service_unavailable", code="ring_unavailable")
         if isinstance(exc, ModelLoadingError):
             return ApiError(503, str(exc), "service_unavailable", code="model_loading")
         if isinstance(exc, ContextLengthError):

@@ -1,0 +1,148 @@
+"""Three `exo-actor start` processes on loopback form one ring (manual peers) and serve SmolLM2."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import zmq
+
+from exo_actor.generation import generate
+from exo_actor.local import load_local
+from exo_actor.sampling import SamplingParams
+from exo_actor.tokenizer import chat_prompt_ids
+from tests.api.servers import free_port, wait_ready
+
+pytestmark = pytest.mark.slow
+STORY = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
+HEARTBEAT_TIMEOUT = 3.0  # ClusterConfig.timeout
+
+
+@pytest.fixture(scope="module")
+def ring(tmp_path_factory, smollm2_path):
+    tmp = tmp_path_factory.mktemp("ring")
+    ports = [free_port() for _ in range(3)]
+    api = [free_port() for _ in range(3)]
+    (tmp / "peers.toml").write_text(f"peers = {json.dumps([f'127.0.0.1:{p}' for p in ports])}\n")
+    procs = []
+    for i, mem in enumerate(("8", "4", "4")):
+        cmd = [
+            sys.executable,
+            "-m",
+            "exo_actor.cli",
+            "start",
+            "--node-id",
+            f"node{i}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(ports[i]),
+            "--api-host",
+            "127.0.0.1",
+            "--api-port",
+            str(api[i]),
+            "--peers",
+            str(tmp / "peers.toml"),
+            "--memory",
+            mem,
+        ]
+        log = open(tmp / f"node{i}.log", "w")  # noqa: SIM115 - closed with the process
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()))
+    urls = [f"http://127.0.0.1:{p}" for p in api]
+    try:
+        for url in urls:
+            wait_ready(url, timeout=180)
+        yield {"urls": urls, "procs": procs, "ports": ports, "tmp": tmp}
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _local_greedy(n):
+    files, pipe = load_local("smollm2-135m")
+    ids = chat_prompt_ids(files.tokenizer, STORY)
+    return "".join(d.text for d in generate(pipe, files.tokenizer, ids, SamplingParams(max_tokens=n), 8192))
+
+
+def test_plan_covers_all_layers_in_ratio_2_1_1(ring):
+    info = httpx.get(ring["urls"][1] + "/v1/cluster").json()
+    plan = info["plan"]
+    assert [(p["node"], p["start"], p["end"]) for p in plan] == [("node0", 0, 15), ("node1", 15, 23), ("node2", 23, 30)]
+    assert {n["id"] for n in info["nodes"]} == {"node0", "node1", "node2"}
+
+
+def test_greedy_through_any_gateway_equals_single_process(ring):
+    expected = _local_greedy(24)
+    for url in ring["urls"]:
+        body = {"model": "smollm2-135m", "messages": STORY, "temperature": 0, "max_tokens": 24}
+        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == expected
+
+
+def test_garbage_on_the_actor_port_is_dropped(ring):
+    port = ring["ports"][1]
+    with socket.create_connection(("127.0.0.1", port)) as s:  # not even ZMTP
+        s.sendall(os.urandom(4096))
+    ctx = zmq.Context()
+    d = ctx.socket(zmq.DEALER)
+    d.setsockopt(zmq.LINGER, 0)
+    d.connect(f"tcp://127.0.0.1:{port}")
+    for frames in ([os.urandom(64)], [b"\x81\xa1v\x01"], [b"\x85\xa1v\x01\xa1k\xa3fwd", b"x"], [b""] * 5):
+        d.send_multipart(frames)
+    time.sleep(0.5)
+    d.close()
+    ctx.term()
+    body = {"model": "smollm2-135m", "messages": STORY, "temperature": 0, "max_tokens": 4}
+    assert httpx.post(ring["urls"][0] + "/v1/chat/completions", json=body, timeout=60).status_code == 200
+
+
+def test_killed_node_ends_the_stream_then_the_ring_heals(ring):
+    url = ring["urls"][0]
+    body = {"model": "smollm2-135m", "messages": STORY, "stream": True, "max_tokens": 2000}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        for _ in range(6):
+            next(lines)
+        ring["procs"][2].kill()
+        killed = time.monotonic()
+        rest = [line for line in lines if line]
+    elapsed = time.monotonic() - killed
+    assert elapsed < HEARTBEAT_TIMEOUT + 2, elapsed
+    assert rest[-1] == "data: [DONE]"
+    error = json.loads(rest[-2][6:])["error"]
+    assert "node2" in error["message"]
+    deadline = time.monotonic() + 60
+    answer = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            r = httpx.post(
+                url + "/v1/chat/completions",
+                timeout=60,
+                json={
+                    "model": "smollm2-135m",
+                    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                    "temperature": 0,
+                    "max_tokens": 16,
+                },
+            )
+            if r.status_code == 200:
+                answer = r.json()["choices"][0]["message"]["content"]
+                break
+        time.sleep(0.5)
+    assert answer is not None and "Paris" in answer
+    plan = httpx.get(url + "/v1/cluster").json()["plan"]
+    assert [p["node"] for p in plan] == ["node0", "node1"] and plan[-1]["end"] == 30
