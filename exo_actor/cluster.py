@@ -109,6 +109,28 @@ class ClusterNode(Node):
             net.connect(peer if peer.startswith("tcp://") else f"tcp://{peer}")
         self.state = "waiting for peers"
 
+    def _size_blas(self, plan: list[Assignment]) -> None:
+        """Share this machine's cores among the shards that run on it.
+
+        Several shard processes on one machine, each with OpenBLAS's default thread count, starve
+        each other (idle BLAS threads spin): measured 0.16x of one process with 3 processes on 2 cores.
+        """
+        assert self.net is not None
+        if os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS"):
+            return  # the user chose explicitly
+        host = self.cluster.advertise
+        local = sum(
+            1
+            for a in plan
+            if (p := self.net.peers.get(a.node_id)) and p.endpoint.removeprefix("tcp://").rsplit(":", 1)[0] == host
+        )
+        threads = blas_threads_for(local)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads, user_api="blas")
+        self.blas_threads = threads
+        log.info("%d shard(s) of the plan on this host: BLAS uses %d thread(s) here", local, threads)
+
     def _peer_down(self, peer: Peer) -> None:
         if self.ring is not None:
             self.ring.node_down(peer.node_id)
@@ -130,6 +152,7 @@ class ClusterNode(Node):
         if version == self.version:
             return
         log.info("new plan %08x: %s", version, ", ".join(f"{a.node_id}[{a.start},{a.end})" for a in plan))
+        self._size_blas(plan)
         self.version, self.assignments, self.plan = version, plan, [(a.start, a.end) for a in plan]
         self._retire_router("the cluster's layer plan changed; retry the request")
         self.state = "loading"
@@ -231,6 +254,7 @@ class ClusterNode(Node):
         info["plan"] = [{"node": a.node_id, "start": a.start, "end": a.end} for a in self.assignments]
         info["plan_version"] = self.version
         info["this_node"] = self.node_id
+        info["blas_threads"] = getattr(self, "blas_threads", None)
         in_plan = {a.node_id for a in self.assignments}
         info["idle_nodes"] = [
             {"id": n["id"], "why": "holds no layers: too little memory for its share, or more nodes than layers"}

@@ -80,3 +80,27 @@ def test_api_key_protects_status(tiny):
 
 def test_unknown_model_fails_fast():
     assert_one_line_error(cli("start", "--model", "gpt-17", "--api-port", "0"), "unknown model")
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (None, "does not exist"),
+        ("peers = [", "not valid TOML"),
+        ("peers = 5", "must contain peers"),
+        ('peers = ["nohost"]', "not HOST:PORT"),
+        ('peers = ["h:99999"]', "not HOST:PORT"),
+    ],
+)
+def test_bad_peers_files(tmp_path, tiny, content, needle):
+    path = tmp_path / "peers.toml"
+    if content is not None:
+        path.write_text(content)
+    proc = cli("start", "--model", str(tiny), "--api-port", "0", "--peers", str(path))
+    assert_one_line_error(proc, needle)
+
+
+def test_discovery_flags():
+    assert_one_line_error(cli("start", "--discovery", "udp", "--api-port", "0"), "manual")
+    assert_one_line_error(cli("start", "--discovery", "manual", "--api-port", "0"), "--peers")
+    assert_one_line_error(cli("start", "--memory", "-2"), "memory")

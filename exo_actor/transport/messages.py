@@ -12,6 +12,7 @@ out as memoryviews of their buffers and come back as numpy views of the received
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import cache
 from typing import Any, ClassVar
 
 import msgpack
@@ -32,6 +33,12 @@ class ProtocolError(ExoError):
     """A message that is not valid exo-actor wire protocol."""
 
 
+@cache
+def _fields(cls: type) -> tuple[tuple[str, str], ...]:
+    """(name, annotation) of a message class's fields, computed once per class."""
+    return tuple((f.name, str(f.type)) for f in fields(cls))
+
+
 class Message:
     """Base of all message kinds: KIND names it on the wire, TENSOR says whether it carries one."""
 
@@ -42,16 +49,16 @@ class Message:
         """The multipart frames of this message."""
         header: dict[str, Any] = {"v": PROTOCOL_VERSION, "k": self.KIND}
         frames: list[bytes | memoryview] = []
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if f.name == "data":
+        for name, _ in _fields(type(self)):
+            value = getattr(self, name)
+            if name == "data":
                 arr = np.asarray(value, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
                 if arr.dtype.name not in DTYPES:
                     raise ProtocolError(f"dtype {arr.dtype} cannot go on the wire ({', '.join(DTYPES)})")
                 header["dt"], header["sh"] = arr.dtype.name, list(arr.shape)
                 frames.append(memoryview(arr.reshape(-1).view(np.uint8)))  # zero-copy byte view
             else:
-                header[f.name] = value
+                header[name] = value
         return [msgpack.packb(header, use_bin_type=True), *frames]
 
 
@@ -183,11 +190,11 @@ def decode(frames: list[Any]) -> Message:
     if cls.TENSOR != (len(frames) == 2):
         raise ProtocolError(f"{cls.KIND} carries {'one tensor frame' if cls.TENSOR else 'no tensor frame'}")
     kwargs: dict[str, Any] = {}
-    for f in fields(cls):  # type: ignore[arg-type]
-        if f.name == "data":
+    for name, kind in _fields(cls):
+        if name == "data":
             kwargs["data"] = _tensor(cls.KIND, header, frames[1])
-        elif f.name not in header:
-            raise ProtocolError(f"{cls.KIND} lacks field {f.name}")
+        elif name not in header:
+            raise ProtocolError(f"{cls.KIND} lacks field {name}")
         else:
-            kwargs[f.name] = _check_field(cls.KIND, f.name, str(f.type), header[f.name])
+            kwargs[name] = _check_field(cls.KIND, name, kind, header[name])
     return cls(**kwargs)

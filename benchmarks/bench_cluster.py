@@ -1,0 +1,215 @@
+"""Cluster benchmark: transport round trips vs raw TCP, and decode over a ring of 1, 2, 3 processes.
+
+    python -m benchmarks.bench_cluster [--out DIR] [--tokens 96]
+
+Round trip: a message with an N-byte float32 tensor goes to an echo process and back, through
+exo-actor's wire codec over ZeroMQ DEALER/ROUTER (what shards use), beside a length-prefixed raw TCP
+ping-pong of the same bytes between two processes (the baseline). Ring: `exo-actor start` processes
+on loopback with manual peers and equal --memory, so the model splits evenly; greedy decode tok/s
+measured by a streaming client on node 0. "default" lets the nodes size their BLAS threads (cores /
+shards on the host); "1 BLAS thread" pins every process, the single process included, to one thread,
+which isolates what distribution itself costs. OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+    os.environ.pop(_var, None)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import multiprocessing as mp  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import struct  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from datetime import date  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import zmq  # noqa: E402
+
+from exo_actor.transport.messages import Logits, decode  # noqa: E402
+from tests.api.servers import free_port, wait_ready  # noqa: E402
+
+SIZES = [2 << 10, 32 << 10, 1 << 20, 4 << 20]
+MESSAGES = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
+
+
+def _zmq_echo(port: int) -> None:
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.ROUTER)
+    s.bind(f"tcp://127.0.0.1:{port}")
+    while True:
+        frames = s.recv_multipart(copy=False)
+        msg = decode(frames[1:])
+        s.send_multipart([frames[0], *msg.encode()], copy=False)
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = conn.recv_into(view[got:])
+        if not k:
+            raise ConnectionError
+        got += k
+    return bytes(buf)
+
+
+def _tcp_echo(port: int) -> None:
+    srv = socket.create_server(("127.0.0.1", port))
+    conn, _ = srv.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while True:
+        (n,) = struct.unpack("<Q", _recv_exact(conn, 8))
+        conn.sendall(struct.pack("<Q", n) + _recv_exact(conn, n))
+
+
+def round_trips(repeats: int = 200) -> list[dict[str, float]]:
+    zport, tport = free_port(), free_port()
+    procs = [
+        mp.Process(target=_zmq_echo, args=(zport,), daemon=True),
+        mp.Process(target=_tcp_echo, args=(tport,), daemon=True),
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(0.5)
+    ctx = zmq.Context()
+    d = ctx.socket(zmq.DEALER)
+    d.connect(f"tcp://127.0.0.1:{zport}")
+    t = socket.create_connection(("127.0.0.1", tport))
+    t.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    rows = []
+    for size in SIZES:
+        arr = np.zeros(size // 4, np.float32)
+        n = max(20, repeats * (2 << 10) // size)
+        zmq_best = tcp_best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                d.send_multipart(Logits("r", "bench", 0, arr).encode(), copy=False)
+                decode(d.recv_multipart(copy=False))
+            zmq_best = min(zmq_best, (time.perf_counter() - t0) / n)
+            payload = arr.tobytes()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                t.sendall(struct.pack("<Q", len(payload)) + payload)
+                (k,) = struct.unpack("<Q", _recv_exact(t, 8))
+                _recv_exact(t, k)
+            tcp_best = min(tcp_best, (time.perf_counter() - t0) / n)
+        rows.append({"bytes": size, "zmq_us": zmq_best * 1e6, "tcp_us": tcp_best * 1e6})
+    d.close(linger=0)
+    ctx.term()
+    t.close()
+    for p in procs:
+        p.kill()
+    return rows
+
+
+def ring_decode(n_procs: int, tokens: int, blas_one: bool) -> float:
+    ports, api = [free_port() for _ in range(n_procs)], [free_port() for _ in range(n_procs)]
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "peers.toml").write_text(f"peers = {json.dumps([f'127.0.0.1:{p}' for p in ports])}\n")
+    env = os.environ.copy()
+    if blas_one:
+        env["OPENBLAS_NUM_THREADS"] = "1"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "exo_actor.cli",
+                "start",
+                "--node-id",
+                f"n{i}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ports[i]),
+                "--api-host",
+                "127.0.0.1",
+                "--api-port",
+                str(api[i]),
+                "--peers",
+                str(tmp / "peers.toml"),
+                "--memory",
+                "4",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        for i in range(n_procs)
+    ]
+    url = f"http://127.0.0.1:{api[0]}"
+    try:
+        wait_ready(url, timeout=300)
+        best = 0.0
+        for _ in range(3):
+            body = {
+                "model": "smollm2-135m",
+                "messages": MESSAGES,
+                "max_tokens": tokens,
+                "stream": True,
+                "temperature": 0,
+            }
+            first = last = None
+            n = 0
+            with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
+                for line in r.iter_lines():
+                    if '"content": "' in line and '"role"' not in line:
+                        now = time.perf_counter()
+                        first, last, n = first or now, now, n + 1
+            if first and last and last > first:
+                best = max(best, (n - 1) / (last - first))
+        return best
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("bench-out"))
+    ap.add_argument("--tokens", type=int, default=96)
+    args = ap.parse_args()
+    rt = round_trips()
+    ring = {
+        f"{n}:{'1thread' if one else 'default'}": ring_decode(n, args.tokens, one)
+        for one in (False, True)
+        for n in (1, 2, 3)
+    }
+    result = {"date": date.today().isoformat(), "round_trips": rt, "ring_decode_tps": ring}
+    lines = [
+        "| tensor | exo-actor wire (ZeroMQ + codec) round trip | raw TCP round trip | ratio |",
+        "|---|---|---|---|",
+        *[
+            f"| {r['bytes'] >> 10} KiB | {r['zmq_us']:.0f} us | {r['tcp_us']:.0f} us "
+            f"| {r['zmq_us'] / r['tcp_us']:.2f}x |"
+            for r in rt
+        ],
+        "",
+        "| processes in the ring | decode tok/s, default BLAS threads | vs 1 process "
+        "| decode tok/s, 1 BLAS thread each | vs 1 process |",
+        "|---|---|---|---|---|",
+    ]
+    for n in (1, 2, 3):
+        d, o = ring[f"{n}:default"], ring[f"{n}:1thread"]
+        lines.append(f"| {n} | {d:.1f} | {d / ring['1:default']:.2f}x | {o:.1f} | {o / ring['1:1thread']:.2f}x |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cluster.json").write_text(json.dumps(result, indent=2))
+    (args.out / "cluster.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
