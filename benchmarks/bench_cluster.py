@@ -21,11 +21,8 @@ for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import multiprocessing as mp  # noqa: E402
-import signal  # noqa: E402
 import socket  # noqa: E402
 import struct  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from datetime import date  # noqa: E402
@@ -36,7 +33,7 @@ import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 
 from exo_actor.transport.messages import Logits, decode  # noqa: E402
-from tests.api.servers import free_port, wait_ready  # noqa: E402
+from tests.api.servers import free_port, loopback_ring  # noqa: E402
 
 SIZES = [2 << 10, 32 << 10, 1 << 20, 4 << 20]
 MESSAGES = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
@@ -114,44 +111,11 @@ def round_trips(repeats: int = 200) -> list[dict[str, float]]:
 
 
 def ring_decode(n_procs: int, tokens: int, blas_one: bool) -> float:
-    ports, api = [free_port() for _ in range(n_procs)], [free_port() for _ in range(n_procs)]
-    tmp = Path(tempfile.mkdtemp())
-    (tmp / "peers.toml").write_text(f"peers = {json.dumps([f'127.0.0.1:{p}' for p in ports])}\n")
     env = os.environ.copy()
     if blas_one:
         env["OPENBLAS_NUM_THREADS"] = "1"
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "exo_actor.cli",
-                "start",
-                "--node-id",
-                f"n{i}",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(ports[i]),
-                "--api-host",
-                "127.0.0.1",
-                "--api-port",
-                str(api[i]),
-                "--peers",
-                str(tmp / "peers.toml"),
-                "--memory",
-                "4",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-        for i in range(n_procs)
-    ]
-    url = f"http://127.0.0.1:{api[0]}"
-    try:
-        wait_ready(url, timeout=300)
-        best = 0.0
+    with loopback_ring(Path(tempfile.mkdtemp()), ["4"] * n_procs, env) as ring:
+        url, best = ring["urls"][0], 0.0
         for _ in range(3):
             body = {
                 "model": "smollm2-135m",
@@ -170,11 +134,6 @@ def ring_decode(n_procs: int, tokens: int, blas_one: bool) -> float:
             if first and last and last > first:
                 best = max(best, (n - 1) / (last - first))
         return best
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait(30)
 
 
 def main() -> None:

@@ -5,10 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -19,7 +16,7 @@ from exo_actor.generation import generate
 from exo_actor.local import load_local
 from exo_actor.sampling import SamplingParams
 from exo_actor.tokenizer import chat_prompt_ids
-from tests.api.servers import free_port, wait_ready
+from tests.api.servers import loopback_ring
 
 pytestmark = pytest.mark.slow
 STORY = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
@@ -28,47 +25,8 @@ HEARTBEAT_TIMEOUT = 3.0  # ClusterConfig.timeout
 
 @pytest.fixture(scope="module")
 def ring(tmp_path_factory, smollm2_path):
-    tmp = tmp_path_factory.mktemp("ring")
-    ports = [free_port() for _ in range(3)]
-    api = [free_port() for _ in range(3)]
-    (tmp / "peers.toml").write_text(f"peers = {json.dumps([f'127.0.0.1:{p}' for p in ports])}\n")
-    procs = []
-    for i, mem in enumerate(("8", "4", "4")):
-        cmd = [
-            sys.executable,
-            "-m",
-            "exo_actor.cli",
-            "start",
-            "--node-id",
-            f"node{i}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(ports[i]),
-            "--api-host",
-            "127.0.0.1",
-            "--api-port",
-            str(api[i]),
-            "--peers",
-            str(tmp / "peers.toml"),
-            "--memory",
-            mem,
-        ]
-        log = open(tmp / f"node{i}.log", "w")  # noqa: SIM115 - closed with the process
-        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()))
-    urls = [f"http://127.0.0.1:{p}" for p in api]
-    try:
-        for url in urls:
-            wait_ready(url, timeout=180)
-        yield {"urls": urls, "procs": procs, "ports": ports, "tmp": tmp}
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    with loopback_ring(tmp_path_factory.mktemp("ring"), ["8", "4", "4"], ready_timeout=180) as r:
+        yield r
 
 
 def _local_greedy(n):

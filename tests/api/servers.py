@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -93,3 +95,50 @@ def process_server(*args: str) -> Iterator[RunningServer]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def loopback_ring(
+    folder: Path, memories: list[str], env: dict[str, str] | None = None, ready_timeout: float = 300
+) -> Iterator[dict[str, list]]:
+    """`exo-actor start` processes node0..N-1 on loopback with manual peers and the given --memory (GiB)."""
+    ports, api = [free_port() for _ in memories], [free_port() for _ in memories]
+    (folder / "peers.toml").write_text(f"peers = {json.dumps([f'127.0.0.1:{p}' for p in ports])}\n")
+    procs = []
+    for i, mem in enumerate(memories):
+        cmd = [
+            sys.executable,
+            "-m",
+            "exo_actor.cli",
+            "start",
+            "--node-id",
+            f"node{i}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(ports[i]),
+            "--api-host",
+            "127.0.0.1",
+            "--api-port",
+            str(api[i]),
+            "--peers",
+            str(folder / "peers.toml"),
+            "--memory",
+            mem,
+        ]
+        with open(folder / f"node{i}.log", "w") as log:  # the child keeps its own copy of the descriptor
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or os.environ.copy()))
+    urls = [f"http://127.0.0.1:{p}" for p in api]
+    try:
+        for url in urls:
+            wait_ready(url, timeout=ready_timeout)
+        yield {"urls": urls, "procs": procs, "ports": ports}
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
