@@ -82,17 +82,17 @@ def _cmd_start(args: argparse.Namespace) -> int:
     gateway = None if args.no_api else GatewayConfig(api_key=key, max_body_bytes=args.max_body_bytes)
     node = NodeConfig(model=args.model, engine=args.engine, max_concurrent=args.max_concurrent)
     cluster = None
-    if args.discovery == "udp":
-        raise ExoError("UDP beacon discovery is not available yet: use --discovery manual --peers FILE")
-    if args.discovery == "manual" or args.peers:
-        if not args.peers:
+    if args.discovery or args.peers:
+        if args.discovery == "manual" and not args.peers:
             raise ExoError('--discovery manual needs --peers FILE (TOML: peers = ["HOST:PORT", ...])')
         advertise = args.host if args.host not in ("0.0.0.0", "::") else socket.gethostbyname(socket.gethostname())
         cluster = ClusterConfig(
             host=args.host,
             port=args.port,
             advertise=advertise,
-            peers=read_peers(args.peers),
+            peers=read_peers(args.peers) if args.peers else [],
+            discovery=args.discovery or "manual",
+            discovery_port=args.discovery_port,
             memory=int(args.memory * 2**30) if args.memory else None,
             wait_for_peers=args.wait_for_peers,
         )
@@ -129,6 +129,30 @@ def _cmd_status(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def _cmd_peers(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .transport.discovery import Discovery
+
+    async def listen() -> list:
+        d = Discovery(None, lambda b: None, args.discovery_port)
+        d.start()
+        await asyncio.sleep(args.timeout)
+        d.stop()
+        return d.peers()
+
+    try:
+        heard = asyncio.run(listen())
+    except OSError as exc:
+        raise ExoError(f"cannot listen for beacons on UDP port {args.discovery_port}: {exc.strerror}") from None
+    if not heard:
+        print(f"no nodes heard in {args.timeout:g} s on UDP port {args.discovery_port}", file=sys.stderr)
+        return 1
+    for b in sorted(heard, key=lambda b: b.src):
+        print(f"{b.src}  {b.endpoint}  {b.engine}  {b.memory / 2**30:.1f} GiB  {b.model}")
     return 0
 
 
@@ -202,7 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--node-id", help="this node's id (default: random)")
     start.add_argument("--host", default="0.0.0.0", help="address of the actor (ROUTER) socket (0.0.0.0)")
     start.add_argument("--port", type=_port, default=52416, help="actor (ROUTER) port (52416)")
-    start.add_argument("--discovery", choices=["manual", "udp"], help="how to find peers (manual: --peers FILE)")
+    start.add_argument(
+        "--discovery", choices=["manual", "udp"], help="find peers by UDP beacons, or from --peers FILE (manual)"
+    )
+    start.add_argument("--discovery-port", type=_port, default=52417, help="UDP beacon port (52417)")
     start.add_argument("--peers", help='TOML file: peers = ["HOST:PORT", ...] (other nodes\' actor ports)')
     start.add_argument("--memory", type=_positive_float, help="memory to advertise, in GiB (default: all of it)")
     start.add_argument(
@@ -216,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print /v1/cluster as JSON")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the gateway")
     status.set_defaults(func=_cmd_status)
+
+    peers = sub.add_parser("peers", help="list the nodes whose UDP beacons this machine hears")
+    peers.add_argument("--timeout", type=_positive_float, default=3.0, help="seconds to listen (3)")
+    peers.add_argument("--discovery-port", type=_port, default=52417, help="UDP beacon port (52417)")
+    peers.set_defaults(func=_cmd_peers)
 
     models = sub.add_parser("models", help="list the registry and what is available locally")
     models.set_defaults(func=_cmd_models)

@@ -25,7 +25,8 @@ from .errors import ExoError
 from .node import Node, total_memory_bytes
 from .partition import Assignment, NodeCapacity, PartitionError, memory_weighted
 from .registry import resolve_model
-from .transport.messages import Failure, Hello, Logits
+from .transport.discovery import Discovery
+from .transport.messages import Beacon, Failure, Hello, Logits
 from .transport.peers import Peer, PeerNetwork
 from .weights import open_model
 
@@ -43,6 +44,8 @@ class ClusterConfig:
     heartbeat: float = 0.5
     timeout: float = 3.0
     step_timeout: float = 300.0
+    discovery: str = "manual"  # or "udp": beacons (transport/discovery.py)
+    discovery_port: int = 52417
 
 
 def plan_version(plan: list[Assignment], n_layers: int) -> int:
@@ -107,6 +110,14 @@ class ClusterNode(Node):
         net.connect(self.endpoint)  # ourselves: a ring of one works the same way
         for peer in self.cluster.peers:
             net.connect(peer if peer.startswith("tcp://") else f"tcp://{peer}")
+        if self.cluster.discovery == "udp":
+            self.discovery = Discovery(
+                lambda: Beacon(self.node_id, self.endpoint, self.memory, self.config.engine, self.config.model),
+                lambda b: net.connect(b.endpoint),
+                self.cluster.discovery_port,
+                interface=self.cluster.advertise,
+            )
+            self.discovery.start()
         self.state = "waiting for peers"
 
     def _size_blas(self, plan: list[Assignment]) -> None:
@@ -229,6 +240,8 @@ class ClusterNode(Node):
 
     async def stop_async(self) -> None:
         self.stop()
+        if getattr(self, "discovery", None) is not None:
+            self.discovery.stop()
         if self.net is not None:
             await self.net.close()
 

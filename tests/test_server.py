@@ -101,6 +101,5 @@ def test_bad_peers_files(tmp_path, tiny, content, needle):
 
 
 def test_discovery_flags():
-    assert_one_line_error(cli("start", "--discovery", "udp", "--api-port", "0"), "manual")
     assert_one_line_error(cli("start", "--discovery", "manual", "--api-port", "0"), "--peers")
     assert_one_line_error(cli("start", "--memory", "-2"), "memory")

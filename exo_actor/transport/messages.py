@@ -77,6 +77,18 @@ class Hello(Message):
 
 
 @dataclass(frozen=True)
+class Beacon(Message):
+    """A UDP announcement (one datagram = the header frame): who we are and where to reach us."""
+
+    KIND: ClassVar[str] = "beacon"
+    src: str
+    endpoint: str
+    memory: int
+    engine: str
+    model: str
+
+
+@dataclass(frozen=True)
 class Ping(Message):
     """Liveness probe; any message from a peer counts as a sign of life."""
 
@@ -139,7 +151,7 @@ class Failure(Message):
     message: str
 
 
-KINDS: dict[str, type[Message]] = {m.KIND: m for m in (Hello, Ping, Pong, Forward, Logits, Free, Failure)}
+KINDS: dict[str, type[Message]] = {m.KIND: m for m in (Hello, Beacon, Ping, Pong, Forward, Logits, Free, Failure)}
 
 
 def _check_field(kind: str, name: str, expected: str, value: Any) -> Any:

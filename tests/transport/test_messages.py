@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from exo_actor.transport import Failure, Forward, Free, Hello, Logits, Ping, Pong, ProtocolError, decode
-from exo_actor.transport.messages import MAX_HEADER_BYTES
+from exo_actor.transport.messages import MAX_HEADER_BYTES, Beacon
 
 text = st.text(max_size=40)
 count = st.integers(0, 2**53 - 1)
@@ -19,6 +19,7 @@ arrays = st.sampled_from([np.float32, np.float16, np.int32, np.int64]).flatmap(
 )
 messages = st.one_of(
     st.builds(Hello, text, text, count, text, text, count, count),
+    st.builds(Beacon, text, text, count, text, text),
     st.builds(Ping, text, count),
     st.builds(Pong, text, count),
     st.builds(Free, text, text),

@@ -1,0 +1,143 @@
+"""Three nodes in three network namespaces find each other by UDP beacons alone and serve a request.
+
+The namespaces hang off a bridge inside a fourth namespace, so no beacon ever reaches the machine's
+real interfaces. Needs root (ip netns); CI runs as root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from tests.tiny import TinySpec, write_gguf
+
+pytestmark = pytest.mark.slow
+
+
+def sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+@pytest.fixture()
+def namespaces():
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.fail("this test needs root and iproute2 (ip netns); CI runs as root")
+    tag = uuid.uuid4().hex[:5]
+    br, names = f"exobr{tag}", [f"exo{tag}n{i}" for i in range(3)]
+    sh("ip", "netns", "add", br)
+    try:
+        sh("ip", "-n", br, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", br, "link", "set", "br0", "up")
+        for i, ns in enumerate(names):
+            sh("ip", "netns", "add", ns)
+            sh(
+                "ip",
+                "link",
+                "add",
+                f"v{tag}{i}",
+                "netns",
+                ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                f"b{tag}{i}",
+                "netns",
+                br,
+            )
+            sh("ip", "-n", br, "link", "set", f"b{tag}{i}", "master", "br0", "up")
+            sh("ip", "-n", ns, "addr", "add", f"10.77.0.{i + 1}/24", "broadcast", "10.77.0.255", "dev", f"v{tag}{i}")
+            sh("ip", "-n", ns, "link", "set", f"v{tag}{i}", "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "route", "add", "default", "dev", f"v{tag}{i}")
+        yield names
+    finally:
+        for ns in [*names, br]:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def in_ns(ns: str, code: str, *args: str, timeout: float = 30) -> str:
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=os.getcwd(),
+    )
+    return out.stdout
+
+
+def test_beacons_alone_form_a_ring(namespaces, tmp_path):
+    model = tmp_path / "tiny.gguf"
+    write_gguf(model, TinySpec(layers=6))
+    procs = []
+    for i, ns in enumerate(namespaces):
+        ip = f"10.77.0.{i + 1}"
+        cmd = [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            sys.executable,
+            "-m",
+            "exo_actor.cli",
+            "start",
+            "--model",
+            str(model),
+            "--discovery",
+            "udp",
+            "--node-id",
+            f"node{i}",
+            "--host",
+            ip,
+            "--api-host",
+            ip,
+            "--memory",
+            "4",
+        ]
+        with open(tmp_path / f"node{i}.log", "w") as log:
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        probe = "import json,urllib.request;print(urllib.request.urlopen('http://10.77.0.1:52415/v1/cluster',timeout=2).read().decode())"
+        info = {}
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            out = in_ns(namespaces[0], probe)
+            if out:
+                info = json.loads(out)
+                if info.get("state") == "ready" and len(info.get("plan", [])) == 3:
+                    break
+            time.sleep(1)
+        logs = "\n".join((tmp_path / f"node{i}.log").read_text()[-800:] for i in range(3))
+        assert info.get("state") == "ready" and len(info["plan"]) == 3, logs
+        assert info["plan"][-1]["end"] == 6
+        ask = (
+            "import json,sys,urllib.request;"
+            "b=json.dumps({'model':sys.argv[1],'messages':[{'role':'user','content':'hi'}],'max_tokens':5}).encode();"
+            "r=urllib.request.urlopen(urllib.request.Request('http://10.77.0.3:52415/v1/chat/completions',b,"
+            "{'Content-Type':'application/json'}),timeout=30);print(r.read().decode())"
+        )
+        answer = json.loads(in_ns(namespaces[2], ask, str(model)))
+        assert answer["usage"]["completion_tokens"] == 5
+        heard = subprocess.run(
+            ["ip", "netns", "exec", namespaces[1], sys.executable, "-m", "exo_actor.cli", "peers", "--timeout", "3"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+        assert "node0" in heard and "node2" in heard
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
