@@ -1,6 +1,15 @@
 """Partitioning: pure functions from a topology to a layer plan."""
 
 from .even import even_ranges
-from .ring import Assignment, NodeCapacity, PartitionError, manual, memory_weighted, ring_order
+from .ring import Assignment, NodeCapacity, PartitionError, manual, memory_weighted, ring_order, split_rings
 
-__all__ = ["Assignment", "NodeCapacity", "PartitionError", "even_ranges", "manual", "memory_weighted", "ring_order"]
+__all__ = [
+    "Assignment",
+    "NodeCapacity",
+    "PartitionError",
+    "even_ranges",
+    "manual",
+    "memory_weighted",
+    "ring_order",
+    "split_rings",
+]

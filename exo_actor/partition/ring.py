@@ -105,3 +105,23 @@ def manual(ranges: dict[str, tuple[int, int]], n_layers: int) -> list[Assignment
     if expected != n_layers:
         raise PartitionError(f"manual plan covers layers [0, {expected}) but the model has {n_layers}")
     return plan
+
+
+def split_rings(nodes: Sequence[NodeCapacity], rings: int) -> list[list[NodeCapacity]]:
+    """Nodes split into `rings` groups of balanced total memory, deterministically.
+
+    Greedy longest-processing-time: in ring order (memory descending, then id), each node joins the
+    group with the least memory so far (ties: the lower group index). Every node computes the same
+    groups from the same topology; each group is then planned with memory_weighted().
+    """
+    if rings < 1:
+        raise PartitionError(f"--rings must be at least 1, got {rings}")
+    if rings > len(nodes):
+        raise PartitionError(f"{rings} rings need at least {rings} nodes; the cluster has {len(nodes)}")
+    groups: list[list[NodeCapacity]] = [[] for _ in range(rings)]
+    totals = [0] * rings
+    for n in ring_order(nodes):
+        i = min(range(rings), key=lambda g: (totals[g], g))
+        groups[i].append(n)
+        totals[i] += n.memory_bytes
+    return groups

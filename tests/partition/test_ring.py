@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exo_actor.partition import NodeCapacity, PartitionError, manual, memory_weighted
+from exo_actor.partition import NodeCapacity, PartitionError, manual, memory_weighted, split_rings
 
 GB = 2**30
 
@@ -66,3 +66,25 @@ def test_plans_are_contiguous_complete_and_proportional(nodes, n_layers):
     if all(q >= 1 for q in quotas.values()):  # no minimum-one adjustments: within rounding
         assert all(abs(members[k].layers - q) < 1 for k, q in quotas.items())
     assert memory_weighted(list(reversed(nodes)), n_layers) == plan
+
+
+def test_split_rings_balances_memory():
+    nodes = [NodeCapacity(n, m * GB) for n, m in (("a", 8), ("b", 4), ("c", 4), ("d", 2), ("e", 2))]
+    groups = split_rings(nodes, 2)
+    assert [[n.node_id for n in g] for g in groups] == [["a", "d"], ["b", "c", "e"]]
+    with pytest.raises(PartitionError):
+        split_rings(nodes, 6)
+    with pytest.raises(PartitionError):
+        split_rings(nodes, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(nodes_strategy, st.integers(1, 4))
+def test_split_rings_partitions_every_node_once(nodes, rings):
+    if rings > len(nodes):
+        return
+    groups = split_rings(nodes, rings)
+    assert sorted(n.node_id for g in groups for n in g) == sorted(n.node_id for n in nodes)
+    assert all(groups) and split_rings(list(reversed(nodes)), rings) == groups
+    totals = [sum(n.memory_bytes for n in g) for g in groups]
+    assert max(totals) - min(totals) <= max(n.memory_bytes for n in nodes)  # LPT bound
