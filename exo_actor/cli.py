@@ -95,6 +95,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
             discovery_port=args.discovery_port,
             memory=int(args.memory * 2**30) if args.memory else None,
             wait_for_peers=args.wait_for_peers,
+            rings=args.rings,
         )
     serve(node, gateway, args.api_host, args.api_port, cluster, args.node_id)
     return 0
@@ -229,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--discovery", choices=["manual", "udp"], help="find peers by UDP beacons, or from --peers FILE (manual)"
     )
+    start.add_argument("--rings", type=_positive_int, default=1, help="whole copies of the model (1: one ring)")
     start.add_argument("--discovery-port", type=_port, default=52417, help="UDP beacon port (52417)")
     start.add_argument("--peers", help='TOML file: peers = ["HOST:PORT", ...] (other nodes\' actor ports)')
     start.add_argument("--memory", type=_positive_float, help="memory to advertise, in GiB (default: all of it)")

@@ -23,7 +23,7 @@ from .actors.shard import ShardActor, ShardRole
 from .engines import get_engine
 from .errors import ExoError
 from .node import Node, total_memory_bytes
-from .partition import Assignment, NodeCapacity, PartitionError, memory_weighted
+from .partition import Assignment, NodeCapacity, PartitionError, memory_weighted, split_rings
 from .registry import resolve_model
 from .transport.discovery import Discovery
 from .transport.messages import Beacon, Failure, Hello, Logits
@@ -44,6 +44,7 @@ class ClusterConfig:
     heartbeat: float = 0.5
     timeout: float = 3.0
     step_timeout: float = 300.0
+    rings: int = 1  # whole copies of the model, each on its own group of nodes
     discovery: str = "manual"  # or "udp": beacons (transport/discovery.py)
     discovery_port: int = 52417
 
@@ -62,10 +63,12 @@ class ClusterNode(Node):
         self.cluster = cluster
         self.memory = cluster.memory or total_memory_bytes()
         self.compute = ThreadPoolExecutor(1, "exo-compute")
-        self.assignments: list[Assignment] = []
+        self.assignments: list[Assignment] = []  # this node's ring
+        self.ring_plans: list[list[Assignment]] = []  # every ring
+        self.idle: dict[str, str] = {}  # node id -> why it holds no layers
         self.version = 0
         self.loaded = 0
-        self.ring: RemoteRing | None = None
+        self.rings: dict[int, tuple[RemoteRing, RouterActor]] = {}  # ready rings by index
         self.net: PeerNetwork | None = None
         self.layer_bytes = 0
 
@@ -101,8 +104,8 @@ class ClusterNode(Node):
             self.cluster.timeout,
         )
         self.shard = ShardActor(net, self.compute)
-        net.on(Logits, lambda m: self.ring.on_logits(m) if self.ring else None)
-        net.on(Failure, lambda m: self.ring.on_failure(m) if self.ring else None)
+        net.on(Logits, lambda m: [ring.on_logits(m) for ring, _ in list(self.rings.values())])
+        net.on(Failure, lambda m: [ring.on_failure(m) for ring, _ in list(self.rings.values())])
         net.on(Hello, lambda m: self._check_ready())
         net.on_peer_up = lambda p: self._replan()
         net.on_peer_down = self._peer_down
@@ -143,8 +146,8 @@ class ClusterNode(Node):
         log.info("%d shard(s) of the plan on this host: BLAS uses %d thread(s) here", local, threads)
 
     def _peer_down(self, peer: Peer) -> None:
-        if self.ring is not None:
-            self.ring.node_down(peer.node_id)
+        for ring, _ in list(self.rings.values()):
+            ring.node_down(peer.node_id)
         self._replan()
 
     def _replan(self) -> None:
@@ -154,23 +157,36 @@ class ClusterNode(Node):
             for p in self.net.peers.values()
             if p.hello is not None and p.hello.model == self.config.model
         ]
-        try:
-            plan = memory_weighted(nodes, self.files.args.num_hidden_layers, self.layer_bytes)
-        except PartitionError as exc:
-            self.state, self.error = "no plan", str(exc)
+        n_layers = self.files.args.num_hidden_layers
+        plans: list[list[Assignment]] = []
+        idle: dict[str, str] = {}
+        for group in split_rings(nodes, max(1, min(self.cluster.rings, len(nodes)))) if nodes else []:
+            try:
+                plans.append(memory_weighted(group, n_layers, self.layer_bytes))
+            except PartitionError as exc:
+                idle.update({n.node_id: f"its ring cannot hold the model: {exc}" for n in group})
+        in_plan = {a.node_id for plan in plans for a in plan}
+        for n in nodes:
+            if n.node_id not in in_plan and n.node_id not in idle:
+                idle[n.node_id] = "holds no layers: too little memory for its share, or more nodes than layers"
+        if not plans:
+            self.state, self.error = "no plan", next(iter(idle.values()), "no nodes")
             return
-        version = plan_version(plan, self.files.args.num_hidden_layers)
+        version = plan_version([a for plan in plans for a in plan], n_layers)
         if version == self.version:
             return
-        log.info("new plan %08x: %s", version, ", ".join(f"{a.node_id}[{a.start},{a.end})" for a in plan))
-        self._size_blas(plan)
-        self.version, self.assignments, self.plan = version, plan, [(a.start, a.end) for a in plan]
+        for i, plan in enumerate(plans):
+            log.info("plan %08x ring %d: %s", version, i, ", ".join(f"{a.node_id}[{a.start},{a.end})" for a in plan))
+        self._size_blas([a for plan in plans for a in plan])
+        mine_ring = next((plan for plan in plans if any(a.node_id == self.node_id for a in plan)), [])
+        self.version, self.ring_plans, self.idle = version, plans, idle
+        self.assignments, self.plan = mine_ring, [(a.start, a.end) for a in mine_ring]
         self._retire_router("the cluster's layer plan changed; retry the request")
         self.state = "loading"
-        mine = next((a for a in plan if a.node_id == self.node_id), None)
+        mine = next((a for a in mine_ring if a.node_id == self.node_id), None)
         if mine is None:
             self.shard.role = None
-            self.error = "this node holds no layers in the current plan (too little memory, or more nodes than layers)"
+            self.error = idle.get(self.node_id)
             self.loaded = version
             self.net.announce()
             self._check_ready()
@@ -197,42 +213,43 @@ class ClusterNode(Node):
         self._check_ready()
 
     def _check_ready(self) -> None:
-        if self.net is None or not self.version or self.router is not None:
+        if self.net is None or not self.version:
             return
         peers = self.net.peers
-        for a in self.assignments:
-            p = peers.get(a.node_id)
-            if p is None or p.hello is None or p.hello.loaded != self.version:
-                return
-        if len(self.assignments) - 1 < self.cluster.wait_for_peers:
-            self.state = f"waiting for peers ({len(self.assignments) - 1}/{self.cluster.wait_for_peers})"
+        members = sum(len(plan) for plan in self.ring_plans)
+        if members - 1 < self.cluster.wait_for_peers:
+            self.state = f"waiting for peers ({members - 1}/{self.cluster.wait_for_peers})"
             return
         assert self.files is not None
-        self.ring = RemoteRing(
-            self.net, self.loop, self.version, [a.node_id for a in self.assignments], self.cluster.step_timeout
-        )
-        self.router = RouterActor(
-            self.ring, self.files.tokenizer, self.files.args.max_position_embeddings, self.config.max_concurrent
-        )
-        self.router.start()
-        self.state = "ready"
-        log.info("ring ready: %d node(s)", len(self.assignments))
+        for i, plan in enumerate(self.ring_plans):
+            if i in self.rings or any(
+                (p := peers.get(a.node_id)) is None or p.hello is None or p.hello.loaded != self.version for a in plan
+            ):
+                continue
+            ring = RemoteRing(self.net, self.loop, self.version, [a.node_id for a in plan], self.cluster.step_timeout)
+            router = RouterActor(
+                ring, self.files.tokenizer, self.files.args.max_position_embeddings, self.config.max_concurrent
+            )
+            router.start()
+            self.rings[i] = (ring, router)
+            self.router = self.router or router
+            self.state = "ready"
+            log.info("ring %d ready: %d node(s)", i, len(plan))
 
     def _retire_router(self, reason: str) -> None:
-        ring, router = self.ring, self.router
-        self.ring, self.router = None, None
-        if ring is not None:
+        rings, self.rings, self.router = self.rings, {}, None
+        for ring, router in rings.values():
             ring.fail_all(reason)
-        if router is not None:
             router.stop(timeout=0)
 
     def ready_router(self):  # type: ignore[no-untyped-def]
-        if self.state != "ready":
-            from .node import ModelLoadingError
+        if self.state == "ready" and self.rings and self.files is not None:
+            # spread requests over the ready rings by load
+            return self.files, min((r for _, r in self.rings.values()), key=lambda r: r.in_flight)
+        from .node import ModelLoadingError
 
-            why = f": {self.error}" if self.error else ""
-            raise ModelLoadingError(f"the cluster is not ready ({self.state}{why}); retry in a few seconds")
-        return super().ready_router()
+        why = f": {self.error}" if self.error else ""
+        raise ModelLoadingError(f"the cluster is not ready ({self.state}{why}); retry in a few seconds")
 
     def stop(self) -> None:
         self._retire_router("the node is shutting down")
@@ -264,16 +281,25 @@ class ClusterNode(Node):
                 }
             )
         info["nodes"] = sorted(nodes, key=lambda n: n["id"]) or info["nodes"]
-        info["plan"] = [{"node": a.node_id, "start": a.start, "end": a.end} for a in self.assignments]
+        info["plan"] = [
+            {"node": a.node_id, "start": a.start, "end": a.end, "ring": i}
+            for i, plan in enumerate(self.ring_plans)
+            for a in plan
+        ]
+        info["rings"] = [
+            {
+                "index": i,
+                "nodes": [a.node_id for a in plan],
+                "ready": i in self.rings,
+                "in_flight": self.rings[i][1].in_flight if i in self.rings else 0,
+                "tokens_generated": self.rings[i][1].tokens_generated if i in self.rings else 0,
+            }
+            for i, plan in enumerate(self.ring_plans)
+        ]
         info["plan_version"] = self.version
         info["this_node"] = self.node_id
         info["blas_threads"] = getattr(self, "blas_threads", None)
-        in_plan = {a.node_id for a in self.assignments}
-        info["idle_nodes"] = [
-            {"id": n["id"], "why": "holds no layers: too little memory for its share, or more nodes than layers"}
-            for n in nodes
-            if n["id"] not in in_plan
-        ]
+        info["idle_nodes"] = [{"id": k, "why": why} for k, why in sorted(self.idle.items())]
         return info
 
 

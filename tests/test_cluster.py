@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,6 +18,7 @@ from exo_actor.local import load_local
 from exo_actor.sampling import SamplingParams
 from exo_actor.tokenizer import chat_prompt_ids
 from tests.api.servers import loopback_ring
+from tests.tiny import TinySpec, write_gguf
 
 pytestmark = pytest.mark.slow
 STORY = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
@@ -104,3 +106,31 @@ def test_killed_node_ends_the_stream_then_the_ring_heals(ring):
     assert answer is not None and "Paris" in answer
     plan = httpx.get(url + "/v1/cluster").json()["plan"]
     assert [p["node"] for p in plan] == ["node0", "node1"] and plan[-1]["end"] == 30
+
+
+def test_two_rings_share_the_load(tmp_path):
+    model = tmp_path / "tiny.gguf"
+    write_gguf(model, TinySpec(layers=6))
+    with loopback_ring(tmp_path, ["4", "4", "4", "4"], extra=("--model", str(model), "--rings", "2")) as r:
+        url = r["urls"][0]
+        deadline = time.monotonic() + 60
+        info = {}
+        while time.monotonic() < deadline:
+            info = httpx.get(url + "/v1/cluster").json()
+            if len(info.get("rings", [])) == 2 and all(x["ready"] for x in info["rings"]):
+                break
+            time.sleep(0.3)
+        assert [len(x["nodes"]) for x in info["rings"]] == [2, 2], info
+        for ring in range(2):  # each ring is a whole model
+            layers = sorted((p["start"], p["end"]) for p in info["plan"] if p["ring"] == ring)
+            assert layers[0][0] == 0 and layers[-1][1] == 6
+
+        async def burst():
+            body = {"model": str(model), "messages": [{"role": "user", "content": "hi"}], "max_tokens": 30}
+            async with httpx.AsyncClient(timeout=60) as client:
+                rs = await asyncio.gather(*(client.post(url + "/v1/chat/completions", json=body) for _ in range(6)))
+            assert all(x.status_code == 200 for x in rs)
+
+        asyncio.run(burst())
+        rings = httpx.get(url + "/v1/cluster").json()["rings"]
+        assert all(x["tokens_generated"] > 0 for x in rings), rings

@@ -99,7 +99,11 @@ def process_server(*args: str) -> Iterator[RunningServer]:
 
 @contextlib.contextmanager
 def loopback_ring(
-    folder: Path, memories: list[str], env: dict[str, str] | None = None, ready_timeout: float = 300
+    folder: Path,
+    memories: list[str],
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 300,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[dict[str, list]]:
     """`exo-actor start` processes node0..N-1 on loopback with manual peers and the given --memory (GiB)."""
     ports, api = [free_port() for _ in memories], [free_port() for _ in memories]
@@ -125,6 +129,7 @@ def loopback_ring(
             str(folder / "peers.toml"),
             "--memory",
             mem,
+            *extra,
         ]
         with open(folder / f"node{i}.log", "w") as log:  # the child keeps its own copy of the descriptor
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or os.environ.copy()))
