@@ -242,6 +242,10 @@ class ClusterNode(Node):
             ring.fail_all(reason)
             router.stop(timeout=0)
 
+    @property
+    def in_flight(self) -> int:
+        return sum(router.in_flight for _, router in self.rings.values())
+
     def ready_router(self):  # type: ignore[no-untyped-def]
         if self.state == "ready" and self.rings and self.files is not None:
             # spread requests over the ready rings by load

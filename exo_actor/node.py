@@ -69,6 +69,11 @@ class Node:
             names.add(self.files.path.name)
         return names
 
+    @property
+    def in_flight(self) -> int:
+        """Requests being generated on this node's rings."""
+        return self.router.in_flight if self.router else 0
+
     def start(self) -> None:
         """Load the model on a background thread (the API answers meanwhile)."""
         self.state = "loading"

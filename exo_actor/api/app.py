@@ -85,7 +85,7 @@ class Gateway:
 
     def __init__(self, node: Node, config: GatewayConfig) -> None:
         self.node, self.config = node, config
-        self.metrics = GatewayMetrics(lambda: node.router.in_flight if node.router else 0)
+        self.metrics = GatewayMetrics(lambda: node.in_flight)
 
     def check_model(self, requested: str) -> None:
         check_model(requested, self.node.model_aliases(), self.node.model_id)

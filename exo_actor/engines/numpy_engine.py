@@ -23,10 +23,6 @@ class NumpyShardRunner:
     def weight_bytes(self) -> int:
         return self.shard.w.nbytes
 
-    @property
-    def cache_bytes(self) -> int:
-        return sum(c.nbytes for c in self.caches.values())
-
     def forward(self, request_id: str, x: np.ndarray, start_pos: int, num_logits: int = 1) -> np.ndarray:
         cache = self.caches.get(request_id)
         if cache is None:

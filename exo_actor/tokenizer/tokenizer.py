@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ class TextTokenizer:
     stop_ids: frozenset[int]
     chat_template: str | None
     add_bos: bool = False  # prepend BOS to raw (non-chat) prompts
-    special_ids: frozenset[int] = field(default_factory=frozenset)
 
     @property
     def vocab_size(self) -> int:
@@ -60,10 +59,6 @@ class TextTokenizer:
 
     def token_id(self, text: str) -> int | None:
         return self.tokenizer.token_to_id(text)
-
-
-def _special_ids(tok: Tokenizer) -> frozenset[int]:
-    return frozenset(i for i, t in tok.get_added_tokens_decoder().items() if t.special)
 
 
 def _stop_ids(tok: Tokenizer, explicit: list[int]) -> frozenset[int]:
@@ -115,7 +110,6 @@ def tokenizer_from_gguf(fields: dict[str, Any]) -> TextTokenizer:
         stop_ids=_stop_ids(tok, [fields.get("tokenizer.ggml.eos_token_id"), fields.get("tokenizer.ggml.eot_token_id")]),
         chat_template=fields.get("tokenizer.chat_template"),
         add_bos=bool(fields.get("tokenizer.ggml.add_bos_token", False)),
-        special_ids=_special_ids(tok),
     )
 
 
@@ -163,5 +157,4 @@ def tokenizer_from_hf_folder(folder: Path) -> TextTokenizer:
         stop_ids=_stop_ids(tok, [i for i in eos if isinstance(i, int)]),
         chat_template=template,
         add_bos=bool(cfg.get("add_bos_token", False)),
-        special_ids=_special_ids(tok),
     )
