@@ -30,6 +30,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stop=tuple(args.stop or ()),
     )
     files, pipeline = load_local(args.model, engine=args.engine, shards=args.shards)
+    spec = _speculation_config(args).speculation(files)
     tok = files.tokenizer
     if args.raw:
         ids = tok.encode(args.prompt)
@@ -39,7 +40,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ]
         ids = chat_prompt_ids(tok, messages)
     out = sys.stdout
-    for delta in generate(pipeline, tok, ids, params, files.args.max_position_embeddings):
+    for delta in generate(pipeline, tok, ids, params, files.args.max_position_embeddings, speculation=spec):
         if delta.text:
             out.write(delta.text)
             out.flush()
@@ -49,10 +50,43 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(
                 f"prompt tokens: {s.prompt_tokens}, completion tokens: {s.completion_tokens}, "
                 f"time to first token: {s.time_to_first_token:.3f} s, "
-                f"decode: {s.decode_tokens_per_second:.1f} tok/s, finish: {delta.finish_reason}",
+                f"decode: {s.decode_tokens_per_second:.1f} tok/s, finish: {delta.finish_reason}"
+                + (
+                    f", draft {spec.drafter.name}: acceptance {s.acceptance_rate:.2f}, "
+                    f"{s.tokens_per_pass:.2f} tokens/pass"
+                    if spec is not None
+                    else ""
+                ),
                 file=sys.stderr,
             )
     return 0
+
+
+def _speculation_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The NodeConfig part that --enable-speculative / --draft-model / --draft-tokens set."""
+    from .node import NodeConfig
+    from .registry import load_registry
+
+    draft = args.draft_model
+    if args.enable_speculative and not draft:
+        entry = load_registry().get(args.model)
+        draft = entry.draft if entry else None
+        if not draft:
+            raise ExoError(
+                f"{args.model} has no default draft model in the registry: pass --draft-model "
+                "(ngram, a model with the same tokenizer, or MODEL:layers=K)"
+            )
+    elif draft and not args.enable_speculative:
+        raise ExoError("--draft-model needs --enable-speculative")
+    elif not args.enable_speculative and (args.draft_tokens is not None or args.fixed_draft):
+        raise ExoError("--draft-tokens and --fixed-draft need --enable-speculative")
+    return NodeConfig(
+        model=args.model,
+        engine=args.engine,
+        draft_model=draft,
+        draft_tokens=args.draft_tokens or 4,
+        adaptive_draft=not args.fixed_draft,
+    )
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -74,13 +108,13 @@ def _cmd_start(args: argparse.Namespace) -> int:
 
     from .api import GatewayConfig
     from .cluster import ClusterConfig
-    from .node import NodeConfig
     from .peers_file import read_peers
     from .server import serve
 
     key = args.api_key or os.environ.get("EXO_ACTOR_API_KEY") or None
     gateway = None if args.no_api else GatewayConfig(api_key=key, max_body_bytes=args.max_body_bytes)
-    node = NodeConfig(model=args.model, engine=args.engine, max_concurrent=args.max_concurrent)
+    node = _speculation_config(args)
+    node.max_concurrent = args.max_concurrent
     cluster = None
     if args.discovery or args.peers:
         if args.discovery == "manual" and not args.peers:
@@ -184,6 +218,29 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _draft_tokens(text: str) -> int:
+    from .sampling.params import MAX_DRAFT_TOKENS
+
+    v = _positive_int(text)
+    if v > MAX_DRAFT_TOKENS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_DRAFT_TOKENS}, got {v}")
+    return v
+
+
+def _speculation_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("speculative decoding")
+    g.add_argument("--enable-speculative", action="store_true", help="draft tokens and verify them in one pass")
+    g.add_argument(
+        "--draft-model",
+        help="ngram (prompt lookup), a model with the target's tokenizer, or MODEL:layers=K "
+        "(the target's first K layers); default: the registry's draft for the model",
+    )
+    g.add_argument("--draft-tokens", type=_draft_tokens, help="longest draft per pass (4)")
+    g.add_argument(
+        "--fixed-draft", action="store_true", help="always draft --draft-tokens (default: adapt to acceptance)"
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors that point at --help instead of dumping the usage block."""
 
@@ -213,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stop", action="append", help="stop when this text appears (repeatable)")
     run.add_argument("--engine", default="numpy", help="compute engine (numpy)")
     run.add_argument("--shards", type=_positive_int, default=1, help="split the model into K chained shards")
+    _speculation_flags(run)
     run.set_defaults(func=_cmd_run)
 
     start = sub.add_parser("start", help="start this device's node and the OpenAI-compatible gateway")
@@ -237,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--wait-for-peers", type=int, default=0, help="hold requests until N other nodes are in the plan"
     )
+    _speculation_flags(start)
     start.set_defaults(func=_cmd_start)
 
     status = sub.add_parser("status", help="show a running cluster's nodes, layer plan and model")

@@ -25,6 +25,7 @@ from .errors import ExoError
 from .node import Node, total_memory_bytes
 from .partition import Assignment, NodeCapacity, PartitionError, memory_weighted, split_rings
 from .registry import resolve_model
+from .speculative import Drafter, Speculation
 from .transport.discovery import Discovery
 from .transport.messages import Beacon, Failure, Hello, Logits
 from .transport.peers import Peer, PeerNetwork
@@ -71,6 +72,7 @@ class ClusterNode(Node):
         self.rings: dict[int, tuple[RemoteRing, RouterActor]] = {}  # ready rings by index
         self.net: PeerNetwork | None = None
         self.layer_bytes = 0
+        self.drafter: Drafter | None = None
 
     @property
     def endpoint(self) -> str:
@@ -88,6 +90,9 @@ class ClusterNode(Node):
         try:
             path = await self.loop.run_in_executor(self.compute, resolve_model, self.config.model)
             self.files = await self.loop.run_in_executor(self.compute, open_model, path)
+            if self.config.draft_model:  # this node's routers draft locally: no hop to reach the draft
+                probe = await self.loop.run_in_executor(self.compute, self.config.speculation, self.files)
+                self.drafter = probe.drafter if probe else None
         except ExoError as exc:
             self.state, self.error = "failed", str(exc)
             log.error("cannot open %s: %s", self.config.model, exc)
@@ -227,8 +232,11 @@ class ClusterNode(Node):
             ):
                 continue
             ring = RemoteRing(self.net, self.loop, self.version, [a.node_id for a in plan], self.cluster.step_timeout)
+            spec = None
+            if self.drafter is not None:
+                spec = Speculation(self.drafter, self.config.draft_tokens, self.config.adaptive_draft)
             router = RouterActor(
-                ring, self.files.tokenizer, self.files.args.max_position_embeddings, self.config.max_concurrent
+                ring, self.files.tokenizer, self.files.args.max_position_embeddings, self.config.max_concurrent, spec
             )
             router.start()
             self.rings[i] = (ring, router)
@@ -297,6 +305,7 @@ class ClusterNode(Node):
                 "ready": i in self.rings,
                 "in_flight": self.rings[i][1].in_flight if i in self.rings else 0,
                 "tokens_generated": self.rings[i][1].tokens_generated if i in self.rings else 0,
+                "speculative": self.rings[i][1].speculation_info() if i in self.rings else None,
             }
             for i, plan in enumerate(self.ring_plans)
         ]

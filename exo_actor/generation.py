@@ -16,7 +16,8 @@ import numpy as np
 
 from .engines import ShardRunner
 from .errors import ContextLengthError
-from .sampling import Sampler, SamplingParams, StopMatcher
+from .sampling import Sampler, SamplingParams, StopMatcher, filtered_probs
+from .speculative import RateEstimate, Speculation, accept_drafts
 from .tokenizer import IncrementalDetokenizer, TextTokenizer
 
 PREFILL_CHUNK = 512  # prompt tokens per forward: bounds attention memory on long prompts
@@ -25,6 +26,10 @@ PREFILL_CHUNK = 512  # prompt tokens per forward: bounds attention memory on lon
 class Pipeline(Protocol):
     def forward(self, request_id: str, tokens: np.ndarray, start_pos: int, num_logits: int = 1) -> np.ndarray:
         """Token ids at positions [start_pos, ...) -> logits [num_logits, V] of the last positions."""
+        ...
+
+    def truncate(self, request_id: str, length: int) -> None:
+        """Forget a request's positions >= length on every shard (rejected drafts)."""
         ...
 
     def free(self, request_id: str) -> None: ...
@@ -47,6 +52,10 @@ class LocalPipeline:
             x = shard.forward(request_id, x, start_pos, num_logits)
         return x
 
+    def truncate(self, request_id: str, length: int) -> None:
+        for shard in self.shards:
+            shard.truncate(request_id, length)
+
     def free(self, request_id: str) -> None:
         for shard in self.shards:
             shard.free(request_id)
@@ -58,6 +67,17 @@ class GenerationStats:
     completion_tokens: int = 0
     time_to_first_token: float = 0.0  # seconds, request start -> first token sampled
     decode_seconds: float = 0.0  # first token -> last token
+    decode_passes: int = 0  # forward passes after the prompt (one per token without speculation)
+    draft_tokens: int = 0  # tokens drafted for verification
+    accepted_tokens: int = 0  # drafted tokens the target accepted
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
+
+    @property
+    def tokens_per_pass(self) -> float:
+        return (self.completion_tokens - 1) / self.decode_passes if self.decode_passes else 1.0
 
     @property
     def decode_tokens_per_second(self) -> float:
@@ -107,6 +127,7 @@ def generate(
     params: SamplingParams,
     context_length: int,
     request_id: str | None = None,
+    speculation: Speculation | None = None,
 ) -> Iterator[Delta]:
     """Generate a completion for prompt_ids, yielding text deltas as tokens arrive."""
     if not prompt_ids:
@@ -118,19 +139,14 @@ def generate(
     rid = request_id or uuid.uuid4().hex
     max_new = min(params.max_tokens, context_length - len(prompt_ids))
     stats = GenerationStats(prompt_tokens=len(prompt_ids))
-    sampler, stopper, detok = Sampler(params), StopMatcher(params.stop), IncrementalDetokenizer(tokenizer)
+    stopper, detok = StopMatcher(params.stop), IncrementalDetokenizer(tokenizer)
+    if params.draft_tokens == 0:
+        speculation = None
     t0 = time.perf_counter()
+    tokens = _tokens(pipeline, rid, list(prompt_ids), params, max_new, context_length, stats, speculation)
     try:
-        prompt = np.asarray(prompt_ids, dtype=np.int64)
-        for start in range(0, len(prompt), PREFILL_CHUNK):
-            logits = pipeline.forward(rid, prompt[start : start + PREFILL_CHUNK], start)
-        pos, finish = len(prompt), "length"
-        counts = np.zeros(logits.shape[-1], dtype=np.float32) if params.penalized else None
-        for step in range(max_new):
-            row = logits[-1] if counts is None else apply_penalties(logits[-1], counts, params)
-            token = sampler.sample(row)
-            if counts is not None:
-                counts[token] += 1
+        finish = "length"
+        for step, (token, row) in enumerate(tokens):
             lp = [token_logprob(row, token, params.logprobs)] if params.logprobs is not None else []
             now = time.perf_counter()
             if step == 0:
@@ -141,15 +157,105 @@ def generate(
                 finish = "stop"
                 break
             text, stopped = stopper.feed(detok.add(token))
+            yield Delta(text, [token], logprobs=lp)  # every token, even one that completes no character yet
             if stopped:
-                yield Delta(text, [token], logprobs=lp)
                 finish = "stop"
                 break
-            yield Delta(text, [token], logprobs=lp)  # every token, even one that completes no character yet
-            if step + 1 < max_new:
-                logits = pipeline.forward(rid, np.array([token], dtype=np.int64), pos)
-                pos += 1
+            if step + 1 >= max_new:
+                break
         tail = "" if finish == "stop" else stopper.feed(detok.flush())[0] + stopper.flush()
         yield Delta(tail, [], finish_reason=finish, stats=stats)
     finally:
+        tokens.close()
         pipeline.free(rid)
+        if speculation is not None:
+            speculation.drafter.free(rid)
+
+
+def _tokens(
+    pipeline: Pipeline,
+    rid: str,
+    context: list[int],
+    params: SamplingParams,
+    max_new: int,
+    context_length: int,
+    stats: GenerationStats,
+    spec: Speculation | None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(token, the logits row it was chosen from) for each generated token, computed lazily: the
+    pass for the next token runs only when the caller asks for it."""
+    sampler = Sampler(params)
+    prompt = np.asarray(context, dtype=np.int64)
+    for start in range(0, len(prompt), PREFILL_CHUNK):
+        logits = pipeline.forward(rid, prompt[start : start + PREFILL_CHUNK], start)
+    counts = np.zeros(logits.shape[-1], dtype=np.float32) if params.penalized else None
+
+    def penalized(row: np.ndarray, extra: Sequence[int] = ()) -> np.ndarray:
+        if counts is None:
+            return row
+        c = counts.copy()
+        for t in extra:
+            c[t] += 1
+        return apply_penalties(row, c, params)
+
+    def emit(token: int) -> None:
+        context.append(token)
+        if counts is not None:
+            counts[token] += 1
+
+    row = penalized(logits[-1])
+    token = sampler.sample(row)
+    emit(token)
+    yield token, row
+    pos = len(prompt)  # positions cached on the pipeline; `token` at `pos` is not yet
+    draft_rng = np.random.default_rng(None if params.seed is None else [params.seed, 1])
+    rate = RateEstimate.starting_at(spec.rate_prior) if spec is not None else None
+    idle = 0
+    max_draft = params.draft_tokens if params.draft_tokens is not None else spec.max_draft if spec else 0
+    while True:
+        drafted: list[int] = []
+        q = None
+        if spec is not None and rate is not None:
+            limit = min(max_draft, max_new - stats.completion_tokens - 1, context_length - pos - 1)
+            n = spec.draft_length(rate.rate, limit, idle)
+            if n > 0:
+                t = time.perf_counter()
+                proposal = spec.drafter.propose(rid, context, n, params, draft_rng)
+                drafted, q = proposal.tokens[:n], proposal.q
+                draft_time = time.perf_counter() - t
+        block = np.array([token, *drafted], dtype=np.int64)
+        t = time.perf_counter()
+        logits = pipeline.forward(rid, block, pos, len(block))
+        pass_time = time.perf_counter() - t
+        stats.decode_passes += 1
+        if not drafted:
+            idle += 1
+            row = penalized(logits[-1])
+            token = sampler.sample(row)
+            out = [(token, row)]
+        else:
+            idle = 0
+            rows = [penalized(logits[i], drafted[:i]) for i in range(len(block))]
+            p = np.stack([filtered_probs(r, params) for r in rows])
+            if params.greedy:
+                k, token = accept_drafts(p, None if q is None else q[: len(drafted)], drafted, lambda: 0.0, _argmax)
+            else:
+                qd = None if q is None else q[: len(drafted)]
+                k, token = accept_drafts(p, qd, drafted, sampler.rng.random, sampler.draw)
+            out = [(d, rows[i]) for i, d in enumerate(drafted[:k])] + [(token, rows[k])]
+            pipeline.truncate(rid, pos + 1 + k)  # drop the rejected drafts' KV on every shard
+            stats.draft_tokens += len(drafted)
+            stats.accepted_tokens += k
+            assert spec is not None and rate is not None
+            rate.observe(len(drafted), k)
+            spec.record_draft(len(drafted), k, draft_time)
+        if spec is not None:
+            spec.record_pass(len(block), pass_time, len(out))
+        pos += len(out)
+        for tok, r in out:
+            emit(tok)
+            yield tok, r
+
+
+def _argmax(p: np.ndarray) -> int:
+    return int(np.argmax(p))

@@ -18,6 +18,7 @@ from .actors.router import RouterActor
 from .errors import ExoError
 from .local import load_local
 from .registry import load_registry
+from .speculative import Speculation
 from .weights import ModelFiles
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,18 @@ class NodeConfig:
     engine: str = "numpy"
     max_concurrent: int = 8
     address: str = ""
+    draft_model: str | None = None  # speculative decoding: ngram, NAME or NAME:layers=K (None: off)
+    draft_tokens: int = 4  # longest draft
+    adaptive_draft: bool = True  # pick the draft length from the measured acceptance rate and costs
+
+    def speculation(self, files: ModelFiles) -> Speculation | None:
+        """Load the configured draft for a target model (None when speculation is off)."""
+        if not self.draft_model:
+            return None
+        from .speculative.drafts import load_drafter
+
+        drafter = load_drafter(self.draft_model, files, self.engine)
+        return Speculation(drafter, self.draft_tokens, self.adaptive_draft)
 
 
 class ModelLoadingError(ExoError):
@@ -83,7 +96,11 @@ class Node:
         try:
             files, pipeline = load_local(self.config.model, engine=self.config.engine)
             router = RouterActor(
-                pipeline, files.tokenizer, files.args.max_position_embeddings, self.config.max_concurrent
+                pipeline,
+                files.tokenizer,
+                files.args.max_position_embeddings,
+                self.config.max_concurrent,
+                self.config.speculation(files),
             )
             router.start()
             self.files, self.router = files, router
@@ -132,6 +149,7 @@ class Node:
                 "tokens_per_second": round(router.tokens_per_second(), 2) if router else 0.0,
                 "tokens_generated": router.tokens_generated if router else 0,
             },
+            "speculative": router.speculation_info() if router else None,
             "downloads": [],  # Hub downloads come with the downloads issue
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }

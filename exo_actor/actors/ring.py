@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import ExoError
-from ..transport.messages import Failure, Forward, Free, Logits
+from ..transport.messages import Failure, Forward, Free, Logits, Truncate
 from ..transport.peers import PeerNetwork
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ class RemoteRing:
         self.step_timeout = step_timeout
         self.pending: dict[str, asyncio.Future[np.ndarray]] = {}
         self.broken: str | None = None
+        self.last_pos: dict[str, int] = {}  # request -> start of its latest pass (for Truncate)
 
     # called on the event loop ------------------------------------------------------------
     def on_logits(self, msg: Logits) -> None:
@@ -76,15 +77,21 @@ class RemoteRing:
     # the Pipeline protocol, called on the RouterActor's thread ------------------------------------
     def forward(self, request_id: str, tokens: np.ndarray, start_pos: int, num_logits: int = 1) -> np.ndarray:
         tokens = np.asarray(tokens, dtype=np.int64)
+        self.last_pos[request_id] = start_pos
         fut = asyncio.run_coroutine_threadsafe(self._step(request_id, tokens, start_pos, num_logits), self.loop)
         return fut.result(self.step_timeout + 5)
 
-    def free(self, request_id: str) -> None:
-        def send() -> None:
-            for node in self.nodes:
-                try:
-                    self.net.send(node, Free(request_id, self.net.node_id))
-                except KeyError:
-                    pass
+    def truncate(self, request_id: str, length: int) -> None:
+        msg = Truncate(request_id, self.net.node_id, length, self.last_pos.get(request_id, 0))
+        self.loop.call_soon_threadsafe(self._send_all, msg)
 
-        self.loop.call_soon_threadsafe(send)
+    def free(self, request_id: str) -> None:
+        self.last_pos.pop(request_id, None)
+        self.loop.call_soon_threadsafe(self._send_all, Free(request_id, self.net.node_id))
+
+    def _send_all(self, msg: Free | Truncate) -> None:
+        for node in self.nodes:
+            try:
+                self.net.send(node, msg)
+            except KeyError:
+                pass

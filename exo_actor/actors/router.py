@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from ..errors import ExoError
 from ..generation import Delta, Pipeline, generate
 from ..sampling import SamplingParams
+from ..speculative import Speculation
 from ..tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,15 @@ class RouterActor:
     """Schedules requests onto a pipeline from a worker thread; see the module docstring."""
 
     def __init__(
-        self, pipeline: Pipeline, tokenizer: TextTokenizer, context_length: int, max_concurrent: int = 8
+        self,
+        pipeline: Pipeline,
+        tokenizer: TextTokenizer,
+        context_length: int,
+        max_concurrent: int = 8,
+        speculation: Speculation | None = None,
     ) -> None:
         self.pipeline, self.tokenizer, self.context_length = pipeline, tokenizer, context_length
+        self.speculation = speculation
         self.max_concurrent = max_concurrent
         self._inbox: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._in_flight: set[str] = set()
@@ -119,6 +126,22 @@ class RouterActor:
             self._recent = [(t, n) for t, n in self._recent if now - t <= window]
             return sum(n for _, n in self._recent) / window
 
+    def speculation_info(self) -> dict[str, object] | None:
+        """The draft in use and its figures so far (None without speculative decoding)."""
+        spec = self.speculation
+        if spec is None:
+            return None
+        return {
+            "draft": spec.drafter.name,
+            "max_draft_tokens": spec.max_draft,
+            "adaptive": spec.adaptive,
+            "drafted_tokens": spec.drafted,
+            "accepted_tokens": spec.accepted,
+            "acceptance_rate": round(spec.acceptance_rate, 4),
+            "passes": spec.passes,
+            "tokens_per_pass": round(spec.tokens_per_pass, 3),
+        }
+
     def _done(self, request_id: str) -> None:
         with self._lock:
             self._in_flight.discard(request_id)
@@ -142,7 +165,13 @@ class RouterActor:
                             self._done(r.request_id)
                         return
                     gen = generate(
-                        self.pipeline, self.tokenizer, req.prompt_ids, req.params, self.context_length, req.request_id
+                        self.pipeline,
+                        self.tokenizer,
+                        req.prompt_ids,
+                        req.params,
+                        self.context_length,
+                        req.request_id,
+                        self.speculation,
                     )
                     active[req.request_id] = (req, gen)
             except queue.Empty:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..engines import ShardRunner
 from ..errors import ExoError
-from ..transport.messages import Failure, Forward, Free, Logits
+from ..transport.messages import Failure, Forward, Free, Logits, Truncate
 from ..transport.peers import PeerNetwork
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,10 @@ class ShardActor:
     def __init__(self, net: PeerNetwork, compute: ThreadPoolExecutor) -> None:
         self.net, self.compute = net, compute
         self.role: ShardRole | None = None
+        self.last_pos: dict[str, int] = {}  # request -> start of its newest Forward here
         net.on(Forward, self.on_forward)
         net.on(Free, self.on_free)
+        net.on(Truncate, self.on_truncate)
 
     async def on_forward(self, msg: Forward) -> None:
         role = self.role
@@ -42,6 +44,7 @@ class ShardActor:
             self._fail(msg, "plan_changed", "the cluster's layer plan changed; retry the request")
             return
         loop = asyncio.get_running_loop()
+        self.last_pos[msg.rid] = msg.pos
         try:
             out = await loop.run_in_executor(
                 self.compute, role.runner.forward, msg.rid, msg.data, msg.pos, msg.num_logits
@@ -72,7 +75,14 @@ class ShardActor:
         except KeyError as exc:
             self._fail(msg, "peer_down", f"node {exc.args[0]} left the cluster")
 
+    async def on_truncate(self, msg: Truncate) -> None:
+        role = self.role
+        if role is None or self.last_pos.get(msg.rid) != msg.after:
+            return  # a newer pass has arrived (it already rolled the cache back), or none did
+        await asyncio.get_running_loop().run_in_executor(self.compute, role.runner.truncate, msg.rid, msg.length)
+
     async def on_free(self, msg: Free) -> None:
+        self.last_pos.pop(msg.rid, None)
         role = self.role
         if role is not None:
             await asyncio.get_running_loop().run_in_executor(self.compute, role.runner.free, msg.rid)

@@ -84,6 +84,25 @@ def swiglu(gate_up: np.ndarray) -> np.ndarray:
     return t
 
 
+# OpenBLAS's matrix-matrix path is slow for a few rows (measured on SmolLM2's shapes: 2-8 rows cost
+# 4-6x one matrix-vector product), which is exactly what verifying a speculative draft or a small
+# batch needs. Up to these row counts, one matrix-vector product per row is faster: the layer
+# weights are still in cache for the next row, and the head (too big for any cache) costs T reads.
+_ROW_LOOP = 4
+_HEAD_ROW_LOOP = 5
+
+
+def matmul(x: np.ndarray, w: np.ndarray, row_loop: int = _ROW_LOOP) -> np.ndarray:
+    """x [T, in] @ w [in, out], as T matrix-vector products when 1 < T <= row_loop."""
+    T = x.shape[0]
+    if T == 1 or T > row_loop:
+        return x @ w
+    out = np.empty((T, w.shape[1]), dtype=F32)
+    for r in range(T):
+        np.matmul(x[r], w, out=out[r])
+    return out
+
+
 class LlamaShard:
     """Layers [start, end) of a Llama-family model; pure compute over a caller-owned KVCache."""
 
@@ -137,7 +156,7 @@ class LlamaShard:
             return h
         assert self.w.final_norm is not None and self.w.lm_head_t is not None
         h = rms_norm(h[T - num_logits :], self.w.final_norm, self.eps)
-        logits = h @ self.w.lm_head_t
+        logits = matmul(h, self.w.lm_head_t, _HEAD_ROW_LOOP)
         assert logits.dtype == F32, logits.dtype  # a float64 here means a silent 2x slowdown
         return logits
 
@@ -145,7 +164,7 @@ class LlamaShard:
         self, h: np.ndarray, w: LayerWeights, cache: KVCache, i: int, start: int, cos: np.ndarray, sin: np.ndarray
     ) -> np.ndarray:
         T, H, KV, hd = h.shape[0], self.n_heads, self.n_kv, self.hd
-        qkv = rms_norm(h, w.attn_norm, self.eps) @ w.wqkv  # [T, (H + 2KV) * hd]
+        qkv = matmul(rms_norm(h, w.attn_norm, self.eps), w.wqkv)  # [T, (H + 2KV) * hd]
         if w.bqkv is not None:
             qkv += w.bqkv
         heads = qkv.reshape(T, H + 2 * KV, hd).transpose(1, 0, 2)  # [H + 2KV, T, hd]
@@ -153,9 +172,9 @@ class LlamaShard:
         qk[:H] *= self.scale
         keys, values = cache.write(i, start, qk[H:], heads[H + KV :])  # [KV, L, hd]
         attn = _attention(qk[:H], keys, values, start)  # [T, H * hd]
-        h = h + attn @ w.wo
-        gate_up = rms_norm(h, w.ffn_norm, self.eps) @ w.w_gate_up  # [T, 2F]
-        h += swiglu(gate_up) @ w.w_down
+        h = h + matmul(attn, w.wo)
+        gate_up = matmul(rms_norm(h, w.ffn_norm, self.eps), w.w_gate_up)  # [T, 2F]
+        h += matmul(swiglu(gate_up), w.w_down)
         return h
 
 

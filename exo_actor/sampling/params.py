@@ -9,6 +9,7 @@ from ..errors import InvalidRequestError
 
 MAX_STOP_STRINGS = 16
 MAX_TOP_LOGPROBS = 20
+MAX_DRAFT_TOKENS = 16
 
 
 def _is_int(v: object) -> bool:
@@ -29,6 +30,7 @@ class SamplingParams:
     presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already generated
     frequency_penalty: float = 0.0  # OpenAI's: subtracted per occurrence of a generated token
     logprobs: int | None = None  # report the chosen token's logprob and this many alternatives
+    draft_tokens: int | None = None  # speculative decoding: longest draft (None: the server's; 0: off)
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -59,6 +61,10 @@ class SamplingParams:
             or not 0 <= self.logprobs <= MAX_TOP_LOGPROBS
         ):
             bad(f"top_logprobs must be an integer between 0 and {MAX_TOP_LOGPROBS}, got {self.logprobs!r}")
+        if self.draft_tokens is not None and not (
+            _is_int(self.draft_tokens) and 0 <= self.draft_tokens <= MAX_DRAFT_TOKENS
+        ):
+            bad(f"draft_tokens must be an integer between 0 and {MAX_DRAFT_TOKENS}, got {self.draft_tokens!r}")
         if self.max_tokens < 1:
             bad(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.seed is not None and not (_is_int(self.seed) and self.seed >= 0):

@@ -50,6 +50,10 @@ class Sampler:
         return self.draw(filtered_probs(logits, self.params))
 
     def draw(self, probs: np.ndarray) -> int:
-        """One token from a probability vector (inverse-CDF on one uniform draw)."""
-        cdf = np.cumsum(probs)
-        return int(min(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right"), probs.size - 1))
+        return draw(probs, self.rng)
+
+
+def draw(probs: np.ndarray, rng: np.random.Generator) -> int:
+    """One token from a probability vector (inverse-CDF on one uniform draw)."""
+    cdf = np.cumsum(probs)
+    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), probs.size - 1))

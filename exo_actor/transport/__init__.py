@@ -11,6 +11,7 @@ from .messages import (
     Ping,
     Pong,
     ProtocolError,
+    Truncate,
     decode,
 )
 
@@ -25,5 +26,6 @@ __all__ = [
     "Ping",
     "Pong",
     "ProtocolError",
+    "Truncate",
     "decode",
 ]

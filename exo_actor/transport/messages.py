@@ -141,6 +141,22 @@ class Free(Message):
 
 
 @dataclass(frozen=True)
+class Truncate(Message):
+    """Forget a request's positions >= length (drafts the target rejected).
+
+    `after` is the start of the pass whose tail is dropped: a shard applies the message only if
+    that pass is still its newest for the request, so a Truncate overtaken by the next pass's
+    Forward (they travel different links) never erases the next pass's positions.
+    """
+
+    KIND: ClassVar[str] = "trunc"
+    rid: str
+    src: str
+    length: int
+    after: int
+
+
+@dataclass(frozen=True)
 class Failure(Message):
     """A shard could not run a request; the router ends it with this message."""
 
@@ -151,7 +167,9 @@ class Failure(Message):
     message: str
 
 
-KINDS: dict[str, type[Message]] = {m.KIND: m for m in (Hello, Beacon, Ping, Pong, Forward, Logits, Free, Failure)}
+KINDS: dict[str, type[Message]] = {
+    m.KIND: m for m in (Hello, Beacon, Ping, Pong, Forward, Logits, Free, Truncate, Failure)
+}
 
 
 def _check_field(kind: str, name: str, expected: str, value: Any) -> Any:

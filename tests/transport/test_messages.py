@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from exo_actor.transport import Failure, Forward, Free, Hello, Logits, Ping, Pong, ProtocolError, decode
+from exo_actor.transport import Failure, Forward, Free, Hello, Logits, Ping, Pong, ProtocolError, Truncate, decode
 from exo_actor.transport.messages import MAX_HEADER_BYTES, Beacon
 
 text = st.text(max_size=40)
@@ -23,6 +23,7 @@ messages = st.one_of(
     st.builds(Ping, text, count),
     st.builds(Pong, text, count),
     st.builds(Free, text, text),
+    st.builds(Truncate, text, text, count, count),
     st.builds(Failure, text, text, text, text),
     st.builds(Forward, text, text, text, count, count, count, arrays),
     st.builds(Logits, text, text, count, arrays),
