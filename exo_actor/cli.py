@@ -47,6 +47,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if delta.stats is not None:
             s = delta.stats
             out.write("\n")
+            out.flush()
             print(
                 f"prompt tokens: {s.prompt_tokens}, completion tokens: {s.completion_tokens}, "
                 f"time to first token: {s.time_to_first_token:.3f} s, "
@@ -157,6 +158,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         f"model {info['model']}  state {info['state']}  layers {info['layers']}  "
         f"in flight {ring['in_flight']}/{ring['max_concurrent']}  {ring['tokens_per_second']} tok/s"
     )
+    spec = info.get("speculative")
+    if spec:
+        print(
+            f"speculative: draft {spec['draft']}, up to {spec['max_draft_tokens']} tokens, acceptance "
+            f"{spec['acceptance_rate']:.2f}, {spec['tokens_per_pass']:.2f} tokens per ring pass"
+        )
     rows = [("NODE", "ADDRESS", "ENGINE", "MEMORY", "LAYERS")]
     for n in info["nodes"]:
         ranges = ", ".join(f"{p['start']}-{p['end'] - 1}" for p in info["plan"] if p["node"] == n["id"]) or "-"

@@ -131,3 +131,30 @@ def test_no_chat_template_suggests_raw(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
     assert_one_line_error(cli("run", str(tmp_path), "--prompt", "x"), "--raw")
     assert cli("run", str(tmp_path), "--prompt", "x", "--raw", "--max-tokens", "3").returncode == 0
+
+
+def test_run_with_speculation_prints_the_same_text_and_the_acceptance(tiny_gguf):
+    base = ["run", str(tiny_gguf), "--prompt", "Hello Hello Hello", "--max-tokens", "12"]
+    plain = cli(*base)
+    spec = cli(*base, "--enable-speculative", "--draft-model", f"{tiny_gguf}:layers=2", "--draft-tokens", "3")
+    assert spec.returncode == 0, spec.stderr
+    assert spec.stdout == plain.stdout
+    (stats,) = spec.stderr.strip().splitlines()
+    assert "acceptance" in stats and "tokens/pass" in stats and "layers=2" in stats
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--draft-model", "ngram"], "needs --enable-speculative"),
+        (["--draft-tokens", "3"], "need --enable-speculative"),
+        (["--enable-speculative"], "no default draft model"),
+        (["--enable-speculative", "--draft-model", "x:layers=two"], "layers=K"),
+        (["--enable-speculative", "--draft-model", "nosuchmodel"], "unknown model"),
+        (["--enable-speculative", "--draft-model", "smollm2-135m"], "vocabulary of 49152 tokens"),
+        (["--enable-speculative", "--draft-tokens", "0"], "draft-tokens"),
+        (["--enable-speculative", "--draft-tokens", "17"], "draft-tokens"),
+    ],
+)
+def test_bad_speculation_flags(tiny_gguf, flags, needle):
+    assert_one_line_error(cli("run", str(tiny_gguf), "--prompt", "x", *flags), needle)

@@ -134,3 +134,33 @@ def test_two_rings_share_the_load(tmp_path):
         asyncio.run(burst())
         rings = httpx.get(url + "/v1/cluster").json()["rings"]
         assert all(x["tokens_generated"] > 0 for x in rings), rings
+
+
+def test_speculative_ring_with_a_different_draft_on_each_node(tmp_path):
+    """Each node's router drafts with its own source (prompt lookup, the target itself, its first 8
+    layers); greedy answers through every gateway equal single-process plain decoding, and each
+    gateway reports its acceptance rate in /metrics and /v1/cluster."""
+    drafts = ["ngram", "smollm2-135m", "smollm2-135m:layers=8"]
+    per_node = [("--enable-speculative", "--draft-model", d) for d in drafts]
+    expected = _local_greedy(24)
+    with loopback_ring(tmp_path, ["8", "4", "4"], ready_timeout=180, per_node=per_node) as r:
+        for url, draft in zip(r["urls"], drafts):
+            body = {"model": "smollm2-135m", "messages": STORY, "temperature": 0, "max_tokens": 24}
+            resp = httpx.post(url + "/v1/chat/completions", json=body, timeout=120)
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["choices"][0]["message"]["content"] == expected, draft
+            spec = httpx.get(url + "/v1/cluster").json()["speculative"]
+            assert spec["draft"] == draft and spec["drafted_tokens"] > 0
+            metrics = httpx.get(url + "/metrics").text
+            rate = float(
+                next(x for x in metrics.splitlines() if x.startswith("exo_speculative_acceptance_rate ")).split()[1]
+            )
+            assert rate == spec["acceptance_rate"] or abs(rate - spec["acceptance_rate"]) < 1e-3
+            if draft == "smollm2-135m":
+                assert rate == 1.0
+        bad = {"model": "smollm2-135m", "messages": STORY, "max_tokens": 4, "draft_tokens": 99}
+        resp = httpx.post(r["urls"][0] + "/v1/chat/completions", json=bad, timeout=30)
+        assert resp.status_code == 400 and "draft_tokens" in resp.json()["error"]["message"]
+        off = {"model": "smollm2-135m", "messages": STORY, "temperature": 0, "max_tokens": 24, "draft_tokens": 0}
+        resp = httpx.post(r["urls"][1] + "/v1/chat/completions", json=off, timeout=120)
+        assert resp.json()["choices"][0]["message"]["content"] == expected

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from ..generation import GenerationStats
+
 
 class GatewayMetrics:
     def __init__(self, in_flight: Callable[[], float]) -> None:
@@ -27,6 +29,37 @@ class GatewayMetrics:
             registry=r,
         )
         Gauge("exo_in_flight_requests", "Requests being generated", registry=r).set_function(in_flight)
+        self.decode_passes = Counter("exo_decode_passes", "Ring passes after the prompt", registry=r)
+        self.decode_tokens = Counter("exo_decode_pass_tokens", "Tokens those passes produced", registry=r)
+        self.draft_tokens = Counter("exo_speculative_draft_tokens", "Tokens drafted for verification", registry=r)
+        self.accepted_tokens = Counter(
+            "exo_speculative_accepted_tokens", "Drafted tokens the target model accepted", registry=r
+        )
+        Gauge(
+            "exo_speculative_acceptance_rate", "Accepted / drafted tokens since start (0 without drafts)", registry=r
+        ).set_function(lambda: _ratio(self.accepted_tokens, self.draft_tokens))
+        Gauge(
+            "exo_tokens_per_pass", "Tokens per ring pass after the prompt (1 without speculation)", registry=r
+        ).set_function(lambda: _ratio(self.decode_tokens, self.decode_passes))
+
+    def record(self, stats: GenerationStats) -> None:
+        """Count one finished request."""
+        self.prompt_tokens.inc(stats.prompt_tokens)
+        self.completion_tokens.inc(stats.completion_tokens)
+        if stats.completion_tokens:
+            self.ttft.observe(stats.time_to_first_token)
+        if stats.decode_tokens_per_second:
+            self.decode_tps.observe(stats.decode_tokens_per_second)
+        if stats.decode_passes:
+            self.decode_passes.inc(stats.decode_passes)
+            self.decode_tokens.inc(max(0, stats.completion_tokens - 1))
+        self.draft_tokens.inc(stats.draft_tokens)
+        self.accepted_tokens.inc(stats.accepted_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _ratio(a: Counter, b: Counter) -> float:
+    den = b._value.get()
+    return a._value.get() / den if den else 0.0

@@ -50,15 +50,8 @@ class OpenAIRoutes:
         return files.tokenizer, files.args.max_position_embeddings, router
 
     def _record(self, stats: GenerationStats | None) -> None:
-        if stats is None:
-            return
-        m = self.gw.metrics
-        m.prompt_tokens.inc(stats.prompt_tokens)
-        m.completion_tokens.inc(stats.completion_tokens)
-        if stats.completion_tokens:
-            m.ttft.observe(stats.time_to_first_token)
-        if stats.decode_tokens_per_second:
-            m.decode_tps.observe(stats.decode_tokens_per_second)
+        if stats is not None:
+            self.gw.metrics.record(stats)
 
     async def _collect(
         self, request: Request, stream: GenerationStream

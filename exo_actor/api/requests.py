@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import InvalidRequestError
 from ..sampling import SamplingParams
+from ..sampling.params import MAX_DRAFT_TOKENS
 from .errors import ApiError, invalid
 
 ROLES = ("system", "developer", "user", "assistant")
@@ -118,6 +119,9 @@ def _sampling(body: dict[str, Any], context_length: int, logprobs: int | None) -
     top_k = _get(body, "top_k", int, 0)
     if not 0 <= top_k <= 1_000_000:
         raise invalid("'top_k' must be between 0 and 1000000", "top_k")
+    draft_tokens = _get(body, "draft_tokens", int, None)  # exo-actor extension: 0 turns speculation off
+    if draft_tokens is not None and not 0 <= draft_tokens <= MAX_DRAFT_TOKENS:
+        raise invalid(f"'draft_tokens' must be between 0 and {MAX_DRAFT_TOKENS}", "draft_tokens")
     try:
         return SamplingParams(
             temperature=_range(body, "temperature", 0.0, 2.0, 1.0),
@@ -130,6 +134,7 @@ def _sampling(body: dict[str, Any], context_length: int, logprobs: int | None) -
             presence_penalty=_range(body, "presence_penalty", -2.0, 2.0, 0.0),
             frequency_penalty=_range(body, "frequency_penalty", -2.0, 2.0, 0.0),
             logprobs=logprobs,
+            draft_tokens=draft_tokens,
         )
     except InvalidRequestError as exc:
         raise invalid(str(exc)) from None

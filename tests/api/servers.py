@@ -104,8 +104,10 @@ def loopback_ring(
     env: dict[str, str] | None = None,
     ready_timeout: float = 300,
     extra: tuple[str, ...] = (),
+    per_node: list[tuple[str, ...]] | None = None,
 ) -> Iterator[dict[str, list]]:
-    """`exo-actor start` processes node0..N-1 on loopback with manual peers and the given --memory (GiB)."""
+    """`exo-actor start` processes node0..N-1 on loopback with manual peers and the given --memory (GiB);
+    `extra` flags go to every node, per_node[i] to node i."""
     ports, api = [free_port() for _ in memories], [free_port() for _ in memories]
     (folder / "peers.toml").write_text(f"peers = {json.dumps([f'127.0.0.1:{p}' for p in ports])}\n")
     procs = []
@@ -130,6 +132,7 @@ def loopback_ring(
             "--memory",
             mem,
             *extra,
+            *(per_node[i] if per_node else ()),
         ]
         with open(folder / f"node{i}.log", "w") as log:  # the child keeps its own copy of the descriptor
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or os.environ.copy()))

@@ -7,6 +7,8 @@ import tempfile
 
 import pytest
 
+from tests.api.servers import process_server
+
 pytestmark = pytest.mark.slow
 
 
@@ -39,7 +41,14 @@ def browser():
     shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_dashboard_shows_the_ring_and_streams_a_chat_reply(browser, smollm2_server):
+@pytest.fixture(scope="module")
+def speculative_server(smollm2_path):
+    with process_server("--model", "smollm2-135m", "--enable-speculative", "--draft-model", "ngram") as srv:
+        yield srv
+
+
+def test_dashboard_shows_the_ring_and_streams_a_chat_reply(browser, speculative_server):
+    smollm2_server = speculative_server
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
@@ -64,3 +73,7 @@ def test_dashboard_shows_the_ring_and_streams_a_chat_reply(browser, smollm2_serv
     WebDriverWait(browser, 10).until(
         lambda d: float(d.find_element(By.ID, "tps").text) > 0 or int(d.find_element(By.ID, "total").text) > 0
     )
+    spec = browser.find_element(By.ID, "spec")  # speculative decoding figures, refreshed with the rest
+    assert spec.is_displayed() and browser.find_element(By.ID, "draft").text == "ngram"
+    assert browser.find_element(By.ID, "acceptance").text.endswith("%")
+    assert float(browser.find_element(By.ID, "tpp").text) >= 1.0
