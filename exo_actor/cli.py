@@ -85,7 +85,7 @@ def _speculation_config(args: argparse.Namespace):  # type: ignore[no-untyped-de
         model=args.model,
         engine=args.engine,
         draft_model=draft,
-        draft_tokens=args.draft_tokens or 4,
+        draft_tokens=args.draft_tokens or 8,
         adaptive_draft=not args.fixed_draft,
     )
 
@@ -121,10 +121,22 @@ def _cmd_start(args: argparse.Namespace) -> int:
         if args.discovery == "manual" and not args.peers:
             raise ExoError('--discovery manual needs --peers FILE (TOML: peers = ["HOST:PORT", ...])')
         advertise = args.host if args.host not in ("0.0.0.0", "::") else socket.gethostbyname(socket.gethostname())
+        advertise_port = None
+        if args.advertise:
+            advertise, _, port_text = (
+                args.advertise.rpartition(":") if ":" in args.advertise else (args.advertise, "", "")
+            )
+            try:
+                advertise_port = _port(port_text) if port_text else None
+            except argparse.ArgumentTypeError as exc:
+                raise ExoError(f"--advertise {args.advertise}: {exc}") from None
+            if not advertise:
+                raise ExoError(f"--advertise {args.advertise}: expected HOST or HOST:PORT")
         cluster = ClusterConfig(
             host=args.host,
             port=args.port,
             advertise=advertise,
+            advertise_port=advertise_port,
             peers=read_peers(args.peers) if args.peers else [],
             discovery=args.discovery or "manual",
             discovery_port=args.discovery_port,
@@ -242,7 +254,7 @@ def _speculation_flags(p: argparse.ArgumentParser) -> None:
         help="ngram (prompt lookup), a model with the target's tokenizer, or MODEL:layers=K "
         "(the target's first K layers); default: the registry's draft for the model",
     )
-    g.add_argument("--draft-tokens", type=_draft_tokens, help="longest draft per pass (4)")
+    g.add_argument("--draft-tokens", type=_draft_tokens, help="longest draft per pass (8)")
     g.add_argument(
         "--fixed-draft", action="store_true", help="always draft --draft-tokens (default: adapt to acceptance)"
     )
@@ -292,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--node-id", help="this node's id (default: random)")
     start.add_argument("--host", default="0.0.0.0", help="address of the actor (ROUTER) socket (0.0.0.0)")
     start.add_argument("--port", type=_port, default=52416, help="actor (ROUTER) port (52416)")
+    start.add_argument(
+        "--advertise", help="HOST[:PORT] other nodes use to reach the actor port (default: --host, --port)"
+    )
     start.add_argument(
         "--discovery", choices=["manual", "udp"], help="find peers by UDP beacons, or from --peers FILE (manual)"
     )

@@ -39,6 +39,7 @@ class ClusterConfig:
     host: str = "0.0.0.0"  # where the ROUTER binds
     port: int = 52416
     advertise: str = "127.0.0.1"  # the host peers use to reach us
+    advertise_port: int | None = None  # the port peers use, if not `port` (NAT, a proxy)
     peers: list[str] = field(default_factory=list)  # HOST:PORT of other nodes
     memory: int | None = None  # bytes to advertise (default: physical memory)
     wait_for_peers: int = 0
@@ -76,7 +77,7 @@ class ClusterNode(Node):
 
     @property
     def endpoint(self) -> str:
-        return f"tcp://{self.cluster.advertise}:{self.cluster.port}"
+        return f"tcp://{self.cluster.advertise}:{self.cluster.advertise_port or self.cluster.port}"
 
     def _hello(self) -> Hello:
         return Hello(self.node_id, self.endpoint, self.memory, self.config.engine, self.config.model, self.loaded, 1)

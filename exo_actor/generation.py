@@ -210,14 +210,18 @@ def _tokens(
     pos = len(prompt)  # positions cached on the pipeline; `token` at `pos` is not yet
     draft_rng = np.random.default_rng(None if params.seed is None else [params.seed, 1])
     rate = RateEstimate.starting_at(spec.rate_prior) if spec is not None else None
-    idle = 0
+    idle, probe_every, drafted_before = 0, spec.probe_every if spec else 0, False
     max_draft = params.draft_tokens if params.draft_tokens is not None else spec.max_draft if spec else 0
     while True:
         drafted: list[int] = []
         q = None
         if spec is not None and rate is not None:
             limit = min(max_draft, max_new - stats.completion_tokens - 1, context_length - pos - 1)
-            n = spec.draft_length(rate.rate, limit, idle)
+            n = spec.draft_length(rate.rate, limit, idle, probe_every)
+            if n and idle >= probe_every:  # a probe: if drafting still does not pay, wait twice as long
+                probe_every = min(probe_every * 2, 512)
+            elif n:
+                probe_every = spec.probe_every
             if n > 0:
                 t = time.perf_counter()
                 proposal = spec.drafter.propose(rid, context, n, params, draft_rng)
@@ -248,7 +252,8 @@ def _tokens(
             stats.accepted_tokens += k
             assert spec is not None and rate is not None
             rate.observe(len(drafted), k)
-            spec.record_draft(len(drafted), k, draft_time)
+            spec.record_draft(len(drafted), k, draft_time if drafted_before else None)
+            drafted_before = True
         if spec is not None:
             spec.record_pass(len(block), pass_time, len(out))
         pos += len(out)

@@ -38,7 +38,7 @@ class NodeConfig:
     max_concurrent: int = 8
     address: str = ""
     draft_model: str | None = None  # speculative decoding: ngram, NAME or NAME:layers=K (None: off)
-    draft_tokens: int = 4  # longest draft
+    draft_tokens: int = 8  # longest draft (the adaptive length stays at or below it)
     adaptive_draft: bool = True  # pick the draft length from the measured acceptance rate and costs
 
     def speculation(self, files: ModelFiles) -> Speculation | None:

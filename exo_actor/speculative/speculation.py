@@ -85,18 +85,21 @@ class Speculation:
         self.passes += 1
         self.pass_tokens += tokens
 
-    def record_draft(self, drafted: int, accepted: int, seconds: float) -> None:
+    def record_draft(self, drafted: int, accepted: int, seconds: float | None) -> None:
+        """Count a verified draft; `seconds` it took to draft (None: not representative, e.g. the
+        request's first draft, which includes the draft model's prompt prefill)."""
         if drafted:
-            per = seconds / drafted
-            self.draft_ema = per if not self.draft_ema else 0.8 * self.draft_ema + 0.2 * per
+            if seconds is not None:
+                per = seconds / drafted
+                self.draft_ema = per if not self.draft_ema else 0.8 * self.draft_ema + 0.2 * per
             self.drafted += drafted
             self.accepted += accepted
             self.rate_prior = 0.9 * self.rate_prior + 0.1 * accepted / drafted
 
     def pass_costs(self, max_n: int) -> list[float]:
         """Estimated seconds of a pass of 1 .. max_n + 1 positions: measured sizes as measured, the
-        others from the nearest measured size below (or above), so unmeasured sizes look cheap
-        enough to be tried once."""
+        others from the nearest measured size below, so unmeasured sizes look cheap enough to be
+        tried once."""
         known = sorted(self.pass_ema)
         costs = []
         for k in range(1, max_n + 2):
@@ -105,14 +108,21 @@ class Speculation:
             costs.append(self.pass_ema[src] if src is not None else 1.0)
         return costs
 
-    def draft_length(self, rate: float, limit: int, idle_passes: int) -> int:
-        """How many tokens to draft next for a request whose acceptance estimate is `rate`."""
+    def draft_length(self, rate: float, limit: int, idle_passes: int, probe_every: int | None = None) -> int:
+        """How many tokens to draft next for a request whose acceptance estimate is `rate`, after
+        `idle_passes` passes without drafting (past `probe_every` of them, try a short draft to
+        measure again: drafts may have become good)."""
         max_n = max(0, min(self.max_draft, limit))
         if not self.adaptive or max_n == 0:
             return max_n
-        n = choose_draft_length(rate, max_n, self.pass_costs(max_n), self.draft_ema)
-        if n == 0 and idle_passes >= self.probe_every:
-            return min(2, max_n)  # measure again: drafts may have become good
+        if 1 not in self.pass_ema:
+            return 0  # measure a plain pass first: every draft length is weighed against it
+        costs = self.pass_costs(max_n)
+        n = choose_draft_length(rate, max_n, costs, self.draft_ema)
+        if n == 0 and idle_passes >= (probe_every or self.probe_every):
+            # probe only if drafting could pay at all: with every draft accepted
+            if choose_draft_length(1.0, max_n, costs, self.draft_ema):
+                return min(2, max_n)
         return n
 
 

@@ -89,9 +89,17 @@ class PeerNetwork:
         s.setsockopt(zmq.RECONNECT_IVL, 100)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
         s.setsockopt(zmq.SNDHWM, 1000)
-        s.connect(endpoint)
+        s.connect(self._local(endpoint))
         self.dealers[endpoint] = s
         self._send_to(endpoint, self._hello())
+
+    def _local(self, endpoint: str) -> str:
+        """Where to connect for `endpoint`: our own ROUTER directly on loopback when the endpoint is
+        our advertised one (it may be a NAT or proxy address that would loop through the network)."""
+        if endpoint != self.endpoint:
+            return endpoint
+        host, _, port = self.bind.removeprefix("tcp://").rpartition(":")
+        return f"tcp://{'127.0.0.1' if host in ('0.0.0.0', '*') else host}:{port}"
 
     def alive(self, node_id: str) -> bool:
         p = self.peers.get(node_id)

@@ -105,11 +105,14 @@ def loopback_ring(
     ready_timeout: float = 300,
     extra: tuple[str, ...] = (),
     per_node: list[tuple[str, ...]] | None = None,
+    ports: list[int] | None = None,
 ) -> Iterator[dict[str, list]]:
     """`exo-actor start` processes node0..N-1 on loopback with manual peers and the given --memory (GiB);
     `extra` flags go to every node, per_node[i] to node i."""
-    ports, api = [free_port() for _ in memories], [free_port() for _ in memories]
-    (folder / "peers.toml").write_text(f"peers = {json.dumps([f'127.0.0.1:{p}' for p in ports])}\n")
+    ports, api = ports or [free_port() for _ in memories], [free_port() for _ in memories]
+    advertised = [next((f[j + 1] for j, x in enumerate(f) if x == "--advertise"), None) for f in per_node or []]
+    peers = [a or f"127.0.0.1:{p}" for a, p in zip(advertised or [None] * len(ports), ports)]
+    (folder / "peers.toml").write_text(f"peers = {json.dumps(peers)}\n")
     procs = []
     for i, mem in enumerate(memories):
         cmd = [

@@ -75,10 +75,14 @@ def test_draft_length_follows_acceptance_and_costs():
 
 def test_speculation_probes_again_after_idle_passes():
     spec = Speculation(drafter=None, max_draft=4)  # type: ignore[arg-type]
+    assert spec.draft_length(0.9, 4, idle_passes=0) == 0  # a plain pass first: the cost to beat
     spec.record_pass(1, 0.01, 1)
+    assert spec.draft_length(0.9, 4, idle_passes=0) == 4  # longer passes not measured yet: try them
     spec.record_pass(5, 0.05, 1)
     assert spec.draft_length(0.0, 4, idle_passes=0) == 0
     assert spec.draft_length(0.0, 4, idle_passes=spec.probe_every) == 2
+    spec.record_draft(2, 0, 0.5)  # drafting costs more than it could ever save: no more probes
+    assert spec.draft_length(0.0, 4, idle_passes=1000) == 0
     fixed = Speculation(drafter=None, max_draft=3, adaptive=False)  # type: ignore[arg-type]
     assert fixed.draft_length(0.0, 10, 0) == 3 and fixed.draft_length(0.0, 1, 0) == 1
 
