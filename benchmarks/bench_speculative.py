@@ -130,32 +130,33 @@ def ring(tokens: int, delays: list[float], repeats: int, draft_tokens: int) -> l
     return rows
 
 
+def _best_decode(pipe, files, ids, params, spec: Speculation | None):  # type: ignore[no-untyped-def]
+    """Best decode tok/s of two runs, and the last run's stats."""
+    best, stats = 0.0, None
+    for _ in range(2):
+        deltas = list(generate(pipe, files.tokenizer, ids, params, 8192, speculation=spec))
+        stats = deltas[-1].stats
+        best = max(best, stats.decode_tokens_per_second)
+    return best, stats
+
+
 def single(tokens: int) -> list[dict[str, object]]:
     files, pipe = load_local("smollm2-135m")
     rows = []
     for name, messages in PROMPTS.items():
         ids = chat_prompt_ids(files.tokenizer, messages)
         params = SamplingParams(max_tokens=tokens)
-
-        def run(spec: Speculation | None) -> tuple[float, object]:
-            best, stats = 0.0, None
-            for _ in range(2):
-                deltas = list(generate(pipe, files.tokenizer, ids, params, 8192, speculation=spec))
-                stats = deltas[-1].stats
-                best = max(best, stats.decode_tokens_per_second)  # type: ignore[union-attr]
-            return best, stats
-
-        plain, _ = run(None)
+        plain, _ = _best_decode(pipe, files, ids, params, None)
         for draft in ("ngram", "smollm2-135m:layers=24", "smollm2-135m"):
-            tps, st = run(Speculation(load_drafter(draft, files)))
+            tps, st = _best_decode(pipe, files, ids, params, Speculation(load_drafter(draft, files)))
             rows.append(
                 {
                     "prompt": name,
                     "draft": draft,
                     "plain_tps": plain,
                     "spec_tps": tps,
-                    "acceptance": st.acceptance_rate,  # type: ignore[attr-defined]
-                    "tokens_per_pass": st.tokens_per_pass,  # type: ignore[attr-defined]
+                    "acceptance": st.acceptance_rate,
+                    "tokens_per_pass": st.tokens_per_pass,
                 }
             )
             print(rows[-1], flush=True)
