@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--peers", help='TOML file: peers = ["HOST:PORT", ...] (other nodes\' actor ports)')
     start.add_argument("--memory", type=_positive_float, help="memory to advertise, in GiB (default: all of it)")
     start.add_argument(
-        "--wait-for-peers", type=int, default=0, help="hold requests until N other nodes are in the plan"
+        "--wait-for-peers", type=int, default=0, help="plan and load layers only once N other nodes are known"
     )
     _speculation_flags(start)
     start.set_defaults(func=_cmd_start)

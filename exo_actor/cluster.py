@@ -17,17 +17,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .actors.draft import DraftActor, RemoteDrafter
 from .actors.ring import RemoteRing
 from .actors.router import RouterActor
 from .actors.shard import ShardActor, ShardRole
 from .engines import get_engine
 from .errors import ExoError
 from .node import Node, total_memory_bytes
-from .partition import Assignment, NodeCapacity, PartitionError, memory_weighted, split_rings
+from .partition import Assignment, NodeCapacity, PartitionError, memory_weighted, place_draft, split_rings
 from .registry import resolve_model
 from .speculative import Drafter, Speculation
+from .speculative.drafts import draft_bytes, load_drafter
 from .transport.discovery import Discovery
-from .transport.messages import Beacon, Failure, Hello, Logits
+from .transport.messages import Beacon, Drafted, Failure, Free, Hello, Logits
 from .transport.peers import Peer, PeerNetwork
 from .weights import open_model
 
@@ -73,14 +75,26 @@ class ClusterNode(Node):
         self.rings: dict[int, tuple[RemoteRing, RouterActor]] = {}  # ready rings by index
         self.net: PeerNetwork | None = None
         self.layer_bytes = 0
-        self.drafter: Drafter | None = None
+        self.draft_bytes = 0
+        self.draft_host: str | None = None  # the node whose DraftActor serves this node's routers
+        self.draft_actor: DraftActor | None = None  # the draft this node hosts, once loaded
+        self.remote_drafters: list[RemoteDrafter] = []
 
     @property
     def endpoint(self) -> str:
         return f"tcp://{self.cluster.advertise}:{self.cluster.advertise_port or self.cluster.port}"
 
     def _hello(self) -> Hello:
-        return Hello(self.node_id, self.endpoint, self.memory, self.config.engine, self.config.model, self.loaded, 1)
+        return Hello(
+            self.node_id,
+            self.endpoint,
+            self.memory,
+            self.config.engine,
+            self.config.model,
+            self.loaded,
+            1,
+            self.config.draft_model or "",
+        )
 
     def start(self) -> None:  # the synchronous entry of Node: cluster nodes start on the event loop
         raise RuntimeError("ClusterNode starts with `await start_async()`")
@@ -91,16 +105,15 @@ class ClusterNode(Node):
         try:
             path = await self.loop.run_in_executor(self.compute, resolve_model, self.config.model)
             self.files = await self.loop.run_in_executor(self.compute, open_model, path)
-            if self.config.draft_model:  # this node's routers draft locally: no hop to reach the draft
-                probe = await self.loop.run_in_executor(self.compute, self.config.speculation, self.files)
-                self.drafter = probe.drafter if probe else None
+            if self.config.draft_model:  # sized now (and checked against the target); loaded once placed
+                self.draft_bytes = await self.loop.run_in_executor(
+                    self.compute, draft_bytes, self.config.draft_model, self.files
+                )
         except ExoError as exc:
             self.state, self.error = "failed", str(exc)
             log.error("cannot open %s: %s", self.config.model, exc)
             return
-        args = self.files.args
-        d, f, kv = args.hidden_size, args.intermediate_size, args.num_key_value_heads * args.dim_head
-        self.layer_bytes = 4 * (d * (d + 2 * kv) + d * d + 3 * d * f)  # float32 weights of one layer
+        self.layer_bytes = self.files.args.layer_bytes
         net = self.net = PeerNetwork(
             self.node_id,
             f"tcp://{self.cluster.host}:{self.cluster.port}",
@@ -110,6 +123,8 @@ class ClusterNode(Node):
             self.cluster.timeout,
         )
         self.shard = ShardActor(net, self.compute)
+        net.on(Free, self._on_free)
+        net.on(Drafted, lambda m: [d.on_drafted(m) for d in self.remote_drafters])
         net.on(Logits, lambda m: [ring.on_logits(m) for ring, _ in list(self.rings.values())])
         net.on(Failure, lambda m: [ring.on_failure(m) for ring, _ in list(self.rings.values())])
         net.on(Hello, lambda m: self._check_ready())
@@ -164,6 +179,9 @@ class ClusterNode(Node):
             if p.hello is not None and p.hello.model == self.config.model
         ]
         n_layers = self.files.args.num_hidden_layers
+        if len(nodes) - 1 < self.cluster.wait_for_peers:  # don't load layers for a ring about to change
+            self.state = f"waiting for peers ({len(nodes) - 1}/{self.cluster.wait_for_peers})"
+            return
         plans: list[list[Assignment]] = []
         idle: dict[str, str] = {}
         for group in split_rings(nodes, max(1, min(self.cluster.rings, len(nodes)))) if nodes else []:
@@ -188,6 +206,7 @@ class ClusterNode(Node):
         self.version, self.ring_plans, self.idle = version, plans, idle
         self.assignments, self.plan = mine_ring, [(a.start, a.end) for a in mine_ring]
         self._retire_router("the cluster's layer plan changed; retry the request")
+        self._place_draft(plans)
         self.state = "loading"
         mine = next((a for a in mine_ring if a.node_id == self.node_id), None)
         if mine is None:
@@ -198,6 +217,68 @@ class ClusterNode(Node):
             self._check_ready()
             return
         asyncio.ensure_future(self._load(version, mine))
+
+    async def _on_free(self, msg: Free) -> None:
+        await self.shard.on_free(msg)
+        if self.draft_actor is not None:
+            await self.loop.run_in_executor(None, self.draft_actor.free, msg.rid)
+
+    def _place_draft(self, plans: list[list[Assignment]]) -> None:
+        """Choose which node's DraftActor serves this node's routers, and load the draft here if this
+        node serves any router (partition.place_draft: the router's own node when it has room)."""
+        spec = self.config.draft_model
+        if not spec or spec == "ngram" or self.net is None or self.files is None:
+            return
+        args = self.files.args
+        free = {
+            a.node_id: p.hello.memory - args.shard_bytes(a.start, a.end)
+            for plan in plans
+            for a in plan
+            if (p := self.net.peers.get(a.node_id)) is not None and p.hello is not None and p.hello.draft == spec
+        }
+        self.draft_host = place_draft(free, self.node_id, self.draft_bytes)
+        if self.draft_host is None:
+            log.warning(
+                "no node has %.0f MB free for draft %s: decoding without speculation", self.draft_bytes / 1e6, spec
+            )
+        serves = self.draft_host == self.node_id or any(
+            place_draft(free, router, self.draft_bytes) == self.node_id for router in free
+        )
+        if serves and self.draft_actor is None and not getattr(self, "_draft_loading", False):
+            self._draft_loading = True
+            asyncio.ensure_future(self._load_draft(spec))
+
+    async def _load_draft(self, spec: str) -> None:
+        assert self.files is not None
+        try:
+            drafter = await self.loop.run_in_executor(None, load_drafter, spec, self.files, self.config.engine)
+        except ExoError as exc:
+            log.error("cannot load draft %s: %s; decoding without speculation", spec, exc)
+            if self.draft_host == self.node_id:
+                self.draft_host = None
+            self._check_ready()
+            return
+        finally:
+            self._draft_loading = False
+        self.draft_actor = DraftActor(drafter, self.net)
+        log.info("draft %s loaded: serving proposals", spec)
+        self._check_ready()
+
+    def _drafter(self) -> Drafter | None | bool:
+        """The drafter this node's routers use; None: no speculation; False: not loaded yet."""
+        spec = self.config.draft_model
+        if not spec:
+            return None
+        if spec == "ngram":
+            return load_drafter(spec, self.files)  # type: ignore[arg-type]
+        if self.draft_host is None:
+            return None
+        if self.draft_host == self.node_id:
+            return self.draft_actor or False
+        assert self.net is not None
+        remote = RemoteDrafter(self.net, self.loop, self.draft_host, spec)
+        self.remote_drafters.append(remote)
+        return remote
 
     async def _load(self, version: int, mine: Assignment) -> None:
         assert self.files is not None and self.net is not None
@@ -227,15 +308,20 @@ class ClusterNode(Node):
             self.state = f"waiting for peers ({members - 1}/{self.cluster.wait_for_peers})"
             return
         assert self.files is not None
+        drafter = None
         for i, plan in enumerate(self.ring_plans):
             if i in self.rings or any(
                 (p := peers.get(a.node_id)) is None or p.hello is None or p.hello.loaded != self.version for a in plan
             ):
                 continue
             ring = RemoteRing(self.net, self.loop, self.version, [a.node_id for a in plan], self.cluster.step_timeout)
+            drafter = self._drafter() if drafter is None else drafter
+            if drafter is False:
+                self.state = "loading the draft model"
+                return
             spec = None
-            if self.drafter is not None:
-                spec = Speculation(self.drafter, self.config.draft_tokens, self.config.adaptive_draft)
+            if drafter:
+                spec = Speculation(drafter, self.config.draft_tokens, self.config.adaptive_draft)
             router = RouterActor(
                 ring, self.files.tokenizer, self.files.args.max_position_embeddings, self.config.max_concurrent, spec
             )
@@ -247,6 +333,7 @@ class ClusterNode(Node):
 
     def _retire_router(self, reason: str) -> None:
         rings, self.rings, self.router = self.rings, {}, None
+        self.remote_drafters = []
         for ring, router in rings.values():
             ring.fail_all(reason)
             router.stop(timeout=0)
@@ -314,6 +401,16 @@ class ClusterNode(Node):
         info["this_node"] = self.node_id
         info["blas_threads"] = getattr(self, "blas_threads", None)
         info["idle_nodes"] = [{"id": k, "why": why} for k, why in sorted(self.idle.items())]
+        info["draft"] = (
+            {
+                "model": self.config.draft_model,
+                "host": self.draft_host if self.config.draft_model != "ngram" else self.node_id,
+                "hosted_here": self.draft_actor is not None,
+                "proposals_served": self.draft_actor.served if self.draft_actor else 0,
+            }
+            if self.config.draft_model
+            else None
+        )
         return info
 
 

@@ -211,13 +211,19 @@ def _tokens(
     draft_rng = np.random.default_rng(None if params.seed is None else [params.seed, 1])
     rate = RateEstimate.starting_at(spec.rate_prior) if spec is not None else None
     idle, probe_every, drafted_before = 0, spec.probe_every if spec else 0, False
+    # The adaptive length depends on timings: a seeded sampled request drafts a fixed length instead,
+    # so that its random draws, and so its text, are the same every time.
+    fixed = spec is not None and (not spec.adaptive or (params.seed is not None and not params.greedy))
     max_draft = params.draft_tokens if params.draft_tokens is not None else spec.max_draft if spec else 0
     while True:
         drafted: list[int] = []
         q = None
         if spec is not None and rate is not None:
             limit = min(max_draft, max_new - stats.completion_tokens - 1, context_length - pos - 1)
-            n = spec.draft_length(rate.rate, limit, idle, probe_every)
+            if fixed:
+                n = max(0, limit)
+            else:
+                n = spec.draft_length(rate.rate, limit, idle, probe_every)
             if n and idle >= probe_every:  # a probe: if drafting still does not pay, wait twice as long
                 probe_every = min(probe_every * 2, 512)
             elif n:

@@ -50,6 +50,20 @@ class ModelArgs:
         assert self.head_dim is not None
         return self.head_dim
 
+    @property
+    def layer_bytes(self) -> int:
+        """float32 bytes of one decoder layer's weights."""
+        d, f, kv, h = self.hidden_size, self.intermediate_size, self.num_key_value_heads, self.num_attention_heads
+        hd = self.dim_head
+        return 4 * (d * (h + 2 * kv) * hd + h * hd * d + 3 * d * f + 2 * d)
+
+    def shard_bytes(self, start: int, end: int) -> int:
+        """float32 bytes a shard of layers [start, end) holds, embedding / head included."""
+        table = 4 * self.vocab_size * self.hidden_size
+        first, last = start == 0, end == self.num_hidden_layers
+        tables = (table if first else 0) + (table if last and not (first and self.tie_word_embeddings) else 0)
+        return (end - start) * self.layer_bytes + tables
+
     @classmethod
     def from_hf_dict(cls, cfg: dict[str, Any]) -> ModelArgs:
         """Build from a Hugging Face config.json dict; unknown keys are kept in `extra`."""

@@ -1,5 +1,6 @@
 """Partitioning: pure functions from a topology to a layer plan."""
 
+from .draft import place_draft
 from .even import even_ranges
 from .ring import Assignment, NodeCapacity, PartitionError, manual, memory_weighted, ring_order, split_rings
 
@@ -10,6 +11,7 @@ __all__ = [
     "even_ranges",
     "manual",
     "memory_weighted",
+    "place_draft",
     "ring_order",
     "split_rings",
 ]

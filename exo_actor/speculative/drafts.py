@@ -138,10 +138,8 @@ def check_vocabulary(target: ModelFiles, draft: ModelFiles, draft_name: str) -> 
         )
 
 
-def load_drafter(spec: str, target: ModelFiles, engine: str = "numpy") -> Drafter:
-    """The drafter a --draft-model value names, checked against the target model."""
-    if spec == "ngram":
-        return NgramDrafter()
+def open_draft(spec: str, target: ModelFiles) -> ModelFiles:
+    """The draft model's files (cut to K layers for NAME:layers=K), checked against the target."""
     name, layers = parse_draft_spec(spec)
     files = open_model(resolve_model(name))
     check_vocabulary(target, files, name)
@@ -150,6 +148,22 @@ def load_drafter(spec: str, target: ModelFiles, engine: str = "numpy") -> Drafte
         if layers > total:
             raise DraftError(f"draft {spec}: the model has only {total} layers")
         files = dataclasses.replace(files, args=dataclasses.replace(files.args, num_hidden_layers=layers))
+    return files
+
+
+def draft_bytes(spec: str, target: ModelFiles) -> int:
+    """Memory the draft's weights take (0 for prompt lookup)."""
+    if spec == "ngram":
+        return 0
+    args = open_draft(spec, target).args
+    return args.shard_bytes(0, args.num_hidden_layers)
+
+
+def load_drafter(spec: str, target: ModelFiles, engine: str = "numpy") -> Drafter:
+    """The drafter a --draft-model value names, checked against the target model."""
+    if spec == "ngram":
+        return NgramDrafter()
+    files = open_draft(spec, target)
     n = files.args.num_hidden_layers
     runner = get_engine(engine).load_shard(files, 0, n)
     log.info("draft model %s: %d layers, %.0f MB", spec, n, runner.weight_bytes / 1e6)

@@ -2,6 +2,8 @@
 
 from .messages import (
     PROTOCOL_VERSION,
+    Draft,
+    Drafted,
     Failure,
     Forward,
     Free,
@@ -17,6 +19,8 @@ from .messages import (
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "Draft",
+    "Drafted",
     "Failure",
     "Forward",
     "Free",

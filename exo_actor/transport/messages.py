@@ -11,6 +11,7 @@ out as memoryviews of their buffers and come back as numpy views of the received
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from functools import cache
 from typing import Any, ClassVar
@@ -26,6 +27,7 @@ MAX_TENSOR_BYTES = 1 << 30
 MAX_TEXT = 512  # characters in any string field
 MAX_INT = 2**53
 MAX_DIMS = 4
+MAX_LIST = 64  # items in a list field
 DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64}
 
 
@@ -74,6 +76,7 @@ class Hello(Message):
     model: str
     loaded: int  # version of the plan whose shard this node has loaded (0: none yet)
     reply: int  # 1: please answer with your own Hello
+    draft: str = ""  # the draft model this node's routers speculate with ("": none)
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,38 @@ class Truncate(Message):
     after: int
 
 
+@dataclass(frozen=True, eq=False)
+class Draft(Message):
+    """Ask a DraftActor for up to n tokens following a context (the tensor: int64 token ids)."""
+
+    KIND: ClassVar[str] = "draft"
+    TENSOR: ClassVar[bool] = True
+    rid: str
+    src: str
+    seq: int  # the router's number for this proposal (answers to older ones are ignored)
+    n: int
+    seed: int  # the draft's sampling draws come from this seed
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    data: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Drafted(Message):
+    """A DraftActor's answer: the drafted tokens and, for sampled drafts, their probabilities
+    (float32 [len(tokens), V]; an empty [0, 0] tensor means each is one-hot on its token)."""
+
+    KIND: ClassVar[str] = "drafted"
+    TENSOR: ClassVar[bool] = True
+    rid: str
+    src: str
+    seq: int
+    tokens: list[int]
+    data: np.ndarray
+
+
 @dataclass(frozen=True)
 class Failure(Message):
     """A shard could not run a request; the router ends it with this message."""
@@ -168,7 +203,7 @@ class Failure(Message):
 
 
 KINDS: dict[str, type[Message]] = {
-    m.KIND: m for m in (Hello, Beacon, Ping, Pong, Forward, Logits, Free, Truncate, Failure)
+    m.KIND: m for m in (Hello, Beacon, Ping, Pong, Forward, Logits, Free, Truncate, Draft, Drafted, Failure)
 }
 
 
@@ -179,6 +214,17 @@ def _check_field(kind: str, name: str, expected: str, value: Any) -> Any:
     elif expected == "int":
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_INT:
             raise ProtocolError(f"{kind}.{name} must be a non-negative integer")
+    elif expected == "float":
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ProtocolError(f"{kind}.{name} must be a finite number")
+        value = float(value)
+    elif expected == "list[int]":
+        if (
+            not isinstance(value, list)
+            or len(value) > MAX_LIST
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_INT for v in value)
+        ):
+            raise ProtocolError(f"{kind}.{name} must be a list of at most {MAX_LIST} non-negative integers")
     return value
 
 

@@ -6,6 +6,7 @@ exactly the accepted positions (the Truncate message)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -19,39 +20,50 @@ from exo_actor.sampling import SamplingParams
 from exo_actor.speculative import Speculation
 from exo_actor.speculative.drafts import load_drafter
 from exo_actor.tokenizer import chat_prompt_ids
+from exo_actor.transport import Draft
 from tests.api.servers import free_port
 from tests.speculative.test_smollm2 import GROUNDED, OPEN
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def cluster():
+@contextlib.contextmanager
+def in_process_cluster(memories_gib, draft_model=None):
+    """ClusterNodes node0..N-1 on one event loop thread, peered on loopback, ready."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    ports = [free_port() for _ in range(3)]
+    ports = [free_port() for _ in memories_gib]
     nodes = []
-    for i, mem in enumerate((8, 4, 4)):
+    for i, mem in enumerate(memories_gib):
         cfg = ClusterConfig(
             host="127.0.0.1",
             port=ports[i],
             advertise="127.0.0.1",
             peers=[f"127.0.0.1:{p}" for p in ports],
-            memory=mem << 30,
-            wait_for_peers=2,
+            memory=int(mem * 2**30),
+            wait_for_peers=len(ports) - 1,
         )
-        nodes.append(ClusterNode(NodeConfig(model="smollm2-135m"), cfg, node_id=f"node{i}"))
-    for n in nodes:
-        asyncio.run_coroutine_threadsafe(n.start_async(), loop).result(60)
-    deadline = time.monotonic() + 120
-    while not all(n.state == "ready" for n in nodes):
-        assert time.monotonic() < deadline, [(n.node_id, n.state, n.error) for n in nodes]
-        time.sleep(0.2)
-    yield nodes
-    for n in nodes:
-        asyncio.run_coroutine_threadsafe(n.stop_async(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
+        node_cfg = NodeConfig(model="smollm2-135m", draft_model=draft_model, draft_tokens=4, adaptive_draft=False)
+        nodes.append(ClusterNode(node_cfg, cfg, node_id=f"node{i}"))
+    try:
+        for n in nodes:
+            asyncio.run_coroutine_threadsafe(n.start_async(), loop).result(60)
+        deadline = time.monotonic() + 120
+        while not all(n.state == "ready" for n in nodes):
+            assert time.monotonic() < deadline, [(n.node_id, n.state, n.error) for n in nodes]
+            time.sleep(0.2)
+        yield nodes
+    finally:
+        for n in nodes:
+            asyncio.run_coroutine_threadsafe(n.stop_async(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with in_process_cluster([8, 4, 4]) as nodes:
+        yield nodes
 
 
 class CheckedRing:
@@ -105,3 +117,45 @@ def test_ring_speculation_equals_plain_decoding(cluster, single, draft):
     while any(n.shard.role.runner.caches for n in cluster):  # Free reached every shard
         assert time.monotonic() < deadline
         time.sleep(0.01)
+
+
+def test_a_node_without_room_for_the_draft_uses_a_remote_draft_actor(single):
+    """node0 advertises 0.3 GiB: beside its layers the 8-layer self-draft (227 MB) does not fit, so
+    its router asks the DraftActor on the node with the most free memory; nodes with room draft
+    locally. Greedy output still equals plain decoding, and sampled drafts (probabilities on the
+    wire) work too. A draft host that stops answering only turns speculation off."""
+    files, pipe = single
+    ids = chat_prompt_ids(files.tokenizer, OPEN)
+    params = SamplingParams(max_tokens=24)
+    expected = [t for d in generate(pipe, files.tokenizer, ids, params, 2048) for t in d.token_ids]
+    with in_process_cluster([0.3, 4, 4], draft_model="smollm2-135m:layers=8") as nodes:
+        info = nodes[0].cluster_info()
+        host = info["draft"]["host"]
+        assert host in ("node1", "node2") and not info["draft"]["hosted_here"]
+        assert nodes[1].draft_host == "node1" and nodes[2].draft_host == "node2"  # room: local drafts
+        ring, router = nodes[0].rings[0]
+        spec = router.speculation
+        deltas = list(generate(ring, files.tokenizer, ids, params, 2048, "remote-1", spec))
+        assert [t for d in deltas for t in d.token_ids] == expected
+        assert deltas[-1].stats.draft_tokens > 0
+        host_node = next(n for n in nodes if n.node_id == host)
+        served = host_node.draft_actor.served
+        assert served > 0
+        sampled = SamplingParams(max_tokens=16, temperature=0.7, seed=3)
+        deltas = list(generate(ring, files.tokenizer, ids, sampled, 2048, "remote-2", spec))
+        assert deltas[-1].finish_reason and deltas[-1].stats.draft_tokens > 0
+        assert host_node.draft_actor.served > served
+        deadline = time.monotonic() + 2.0
+        while host_node.draft_actor.drafter.seen:  # Free reached the draft host too
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+        async def silent(msg):
+            return None
+
+        host_node.net.on(Draft, silent)
+        spec.drafter.timeout = 0.5
+        short = SamplingParams(max_tokens=6)
+        deltas = list(generate(ring, files.tokenizer, ids, short, 2048, "remote-3", spec))
+        assert [t for d in deltas for t in d.token_ids] == expected[:6]  # no drafts, same answer
+        assert deltas[-1].stats.draft_tokens == 0
