@@ -9,11 +9,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from exo_actor.transport import Failure, Forward, Free, Hello, Logits, Ping, Pong, ProtocolError, Truncate, decode
+from exo_actor.transport import (
+    Draft,
+    Drafted,
+    Failure,
+    Forward,
+    Free,
+    Hello,
+    Logits,
+    Ping,
+    Pong,
+    ProtocolError,
+    Truncate,
+    decode,
+)
 from exo_actor.transport.messages import MAX_HEADER_BYTES, Beacon
 
 text = st.text(max_size=40)
 count = st.integers(0, 2**53 - 1)
+finite = st.floats(allow_nan=False, allow_infinity=False)
 arrays = st.sampled_from([np.float32, np.float16, np.int32, np.int64]).flatmap(
     lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5))
 )
@@ -27,6 +41,9 @@ messages = st.one_of(
     st.builds(Failure, text, text, text, text),
     st.builds(Forward, text, text, text, count, count, count, arrays),
     st.builds(Logits, text, text, count, arrays),
+    st.builds(Hello, text, text, count, text, text, count, count, text),
+    st.builds(Draft, text, text, count, count, count, finite, count, finite, finite, arrays),
+    st.builds(Drafted, text, text, count, st.lists(count, max_size=64), arrays),
 )
 
 
@@ -65,6 +82,35 @@ def _header(**fields):
 
 
 GOOD_TENSOR = np.zeros(2, np.float32).tobytes()
+
+
+def _drafted(**fields):
+    base = {"v": 1, "k": "drafted", "rid": "r", "src": "n", "seq": 1, "tokens": [1, 2], "dt": "float32", "sh": [0]}
+    base.update(fields)
+    return [msgpack.packb(base), b""]
+
+
+def _draft(**fields):
+    base = {"v": 1, "k": "draft", "rid": "r", "src": "n", "seq": 1, "n": 4, "seed": 0, "temperature": 0.5}
+    base.update({"top_k": 0, "top_p": 1.0, "min_p": 0.0, "dt": "int64", "sh": [0]}, **fields)
+    return [msgpack.packb(base), b""]
+
+
+@pytest.mark.parametrize(
+    ("frames", "needle"),
+    [
+        (_drafted(tokens=[1, -2]), "tokens must be a list"),
+        (_drafted(tokens=list(range(65))), "tokens must be a list"),
+        (_drafted(tokens="12"), "tokens must be a list"),
+        (_drafted(tokens=[True]), "tokens must be a list"),
+        (_draft(temperature=float("nan")), "temperature must be a finite number"),
+        (_draft(top_p="1"), "top_p must be a finite number"),
+        (_draft(min_p=False), "min_p must be a finite number"),
+    ],
+)
+def test_malformed_draft_messages_are_rejected(frames, needle):
+    with pytest.raises(ProtocolError, match=needle):
+        decode(frames)
 
 
 @pytest.mark.parametrize(
