@@ -108,9 +108,7 @@ def ring(tokens: int, delays: list[float], repeats: int, draft_tokens: int) -> l
                     drafted = after["drafted_tokens"] - before["drafted_tokens"]
                     accepted = after["accepted_tokens"] - before["accepted_tokens"]
                     passes = after["passes"] - before["passes"]
-                    pass_tokens = (
-                        after["tokens_per_pass"] * after["passes"] - before["tokens_per_pass"] * before["passes"]
-                    )
+                    pass_tokens = after["pass_tokens"] - before["pass_tokens"]
                     a = accepted / drafted if drafted else 0.0
                     row = {
                         "delay_ms": delay,

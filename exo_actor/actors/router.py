@@ -139,6 +139,7 @@ class RouterActor:
             "accepted_tokens": spec.accepted,
             "acceptance_rate": round(spec.acceptance_rate, 4),
             "passes": spec.passes,
+            "pass_tokens": spec.pass_tokens,
             "tokens_per_pass": round(spec.tokens_per_pass, 3),
         }
 
