@@ -128,33 +128,36 @@ def ring(tokens: int, delays: list[float], repeats: int, draft_tokens: int) -> l
     return rows
 
 
-def _best_decode(pipe, files, ids, params, spec: Speculation | None):  # type: ignore[no-untyped-def]
-    """Best decode tok/s of two runs, and the last run's stats."""
-    best, stats = 0.0, None
-    for _ in range(2):
-        deltas = list(generate(pipe, files.tokenizer, ids, params, 8192, speculation=spec))
-        stats = deltas[-1].stats
-        best = max(best, stats.decode_tokens_per_second)
-    return best, stats
+def _decode(pipe, files, ids, params, spec: Speculation | None):  # type: ignore[no-untyped-def]
+    deltas = list(generate(pipe, files.tokenizer, ids, params, 8192, speculation=spec))
+    return deltas[-1].stats
 
 
-def single(tokens: int) -> list[dict[str, object]]:
+def single(tokens: int, repeats: int = 3) -> list[dict[str, object]]:
+    """Plain and speculative runs alternate (best of `repeats` each), so both see the same machine."""
     files, pipe = load_local("smollm2-135m")
     rows = []
     for name, messages in PROMPTS.items():
         ids = chat_prompt_ids(files.tokenizer, messages)
         params = SamplingParams(max_tokens=tokens)
-        plain, _ = _best_decode(pipe, files, ids, params, None)
         for draft in ("ngram", "smollm2-135m:layers=24", "smollm2-135m"):
-            tps, st = _best_decode(pipe, files, ids, params, Speculation(load_drafter(draft, files)))
+            spec = Speculation(load_drafter(draft, files))
+            plain = fast = 0.0
+            drafted = accepted = passes = produced = 0
+            for _ in range(repeats):
+                plain = max(plain, _decode(pipe, files, ids, params, None).decode_tokens_per_second)
+                st = _decode(pipe, files, ids, params, spec)
+                fast = max(fast, st.decode_tokens_per_second)
+                drafted, accepted = drafted + st.draft_tokens, accepted + st.accepted_tokens
+                passes, produced = passes + st.decode_passes, produced + st.completion_tokens - 1
             rows.append(
                 {
                     "prompt": name,
                     "draft": draft,
                     "plain_tps": plain,
-                    "spec_tps": tps,
-                    "acceptance": st.acceptance_rate,
-                    "tokens_per_pass": st.tokens_per_pass,
+                    "spec_tps": fast,
+                    "acceptance": accepted / drafted if drafted else 0.0,
+                    "tokens_per_pass": produced / passes if passes else 1.0,
                 }
             )
             print(rows[-1], flush=True)
