@@ -231,7 +231,7 @@ def _tokens(
             if n > 0:
                 t = time.perf_counter()
                 proposal = spec.drafter.propose(rid, context, n, params, draft_rng)
-                drafted, q = proposal.tokens[:n], proposal.q
+                drafted, q = _usable(proposal.tokens[:n], proposal.q, logits.shape[-1])
                 draft_time = time.perf_counter() - t
         block = np.array([token, *drafted], dtype=np.int64)
         t = time.perf_counter()
@@ -266,6 +266,15 @@ def _tokens(
         for tok, r in out:
             emit(tok)
             yield tok, r
+
+
+def _usable(tokens: list[int], q: np.ndarray | None, vocab: int) -> tuple[list[int], np.ndarray | None]:
+    """A draft cut before its first token outside the vocabulary; none if its probabilities do not
+    match the target's vocabulary (a draft from elsewhere is never trusted to be well-formed)."""
+    if q is not None and (q.ndim != 2 or q.shape[1] != vocab or q.shape[0] < len(tokens)):
+        return [], None
+    good = next((i for i, t in enumerate(tokens) if not 0 <= t < vocab), len(tokens))
+    return tokens[:good], q
 
 
 def _argmax(p: np.ndarray) -> int:

@@ -92,3 +92,13 @@ def test_rate_estimate_counts_trials_up_to_the_rejection():
     r.observe(drafted=4, accepted=4, decay=1.0)
     r.observe(drafted=4, accepted=1, decay=1.0)  # 1 success, then the rejection: 2 trials
     assert r.rate == pytest.approx(5 / 6)
+
+
+def test_malformed_drafts_are_cut_or_dropped():
+    from exo_actor.generation import _usable
+
+    q = np.full((3, 5), 0.2)
+    assert _usable([1, 2, 3], q, 5) == ([1, 2, 3], q)
+    assert _usable([1, 7, 3], None, 5) == ([1], None)  # a token outside the vocabulary ends the draft
+    assert _usable([1, 2], np.full((2, 6), 0.1), 5) == ([], None)  # probabilities over another vocabulary
+    assert _usable([1, 2, 3], np.full((2, 5), 0.2), 5) == ([], None)  # fewer rows than tokens
