@@ -65,6 +65,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _speculation_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The NodeConfig part that --enable-speculative / --draft-model / --draft-tokens set."""
+    from .engines import resolve_engine
     from .node import NodeConfig
     from .registry import load_registry
 
@@ -83,7 +84,7 @@ def _speculation_config(args: argparse.Namespace):  # type: ignore[no-untyped-de
         raise ExoError("--draft-tokens and --fixed-draft need --enable-speculative")
     return NodeConfig(
         model=args.model,
-        engine=args.engine,
+        engine=resolve_engine(args.engine),
         draft_model=draft,
         draft_tokens=args.draft_tokens or 8,
         adaptive_draft=not args.fixed_draft,
@@ -287,14 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability")
     run.add_argument("--seed", type=int, help="random seed: the same seed gives the same output")
     run.add_argument("--stop", action="append", help="stop when this text appears (repeatable)")
-    run.add_argument("--engine", default="numpy", help="compute engine (numpy)")
+    run.add_argument("--engine", default="numpy", help="numpy (default), mlx, tinygrad, or auto")
     run.add_argument("--shards", type=_positive_int, default=1, help="split the model into K chained shards")
     _speculation_flags(run)
     run.set_defaults(func=_cmd_run)
 
     start = sub.add_parser("start", help="start this device's node and the OpenAI-compatible gateway")
     start.add_argument("--model", default="smollm2-135m", help="model to serve (default smollm2-135m)")
-    start.add_argument("--engine", default="numpy", help="compute engine (numpy)")
+    start.add_argument("--engine", default="numpy", help="numpy (default), mlx, tinygrad, or auto")
     start.add_argument("--api-host", default="0.0.0.0", help="address the gateway listens on (0.0.0.0)")
     start.add_argument("--api-port", type=_port, default=52415, help="gateway port (52415; 0 picks a free one)")
     start.add_argument("--no-api", action="store_true", help="run the node without the HTTP gateway")

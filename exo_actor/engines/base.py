@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Protocol
 
 import numpy as np
 
+from ..errors import ExoError
 from ..weights import ModelFiles
+
+
+class EngineUnavailableError(ExoError):
+    """An engine whose package is not installed (or cannot run on this machine)."""
+
+
+def require_module(module: str, extra: str) -> None:
+    """Import `module` or raise one clear error naming the extra that installs it."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise EngineUnavailableError(
+            f"the {extra} engine needs the `{module.split('.')[0]}` package: pip install 'exo-actor[{extra}]' ({exc})"
+        ) from None
 
 
 class ShardRunner(Protocol):
