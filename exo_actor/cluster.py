@@ -21,7 +21,7 @@ from .actors.draft import DraftActor, RemoteDrafter
 from .actors.ring import RemoteRing
 from .actors.router import RouterActor
 from .actors.shard import ShardActor, ShardRole
-from .engines import get_engine
+from .engines import Engine, get_engine
 from .errors import ExoError
 from .node import Node, total_memory_bytes
 from .partition import Assignment, NodeCapacity, PartitionError, memory_weighted, place_draft, split_rings
@@ -76,6 +76,7 @@ class ClusterNode(Node):
         self.net: PeerNetwork | None = None
         self.layer_bytes = 0
         self.draft_bytes = 0
+        self.engine: Engine | None = None
         self.draft_host: str | None = None  # the node whose DraftActor serves this node's routers
         self.draft_actor: DraftActor | None = None  # the draft this node hosts, once loaded
         self.remote_drafters: list[RemoteDrafter] = []
@@ -282,9 +283,11 @@ class ClusterNode(Node):
 
     async def _load(self, version: int, mine: Assignment) -> None:
         assert self.files is not None and self.net is not None
-        engine = get_engine(self.config.engine)
         try:
-            runner = await self.loop.run_in_executor(self.compute, engine.load_shard, self.files, mine.start, mine.end)
+            if self.engine is None:  # built off the event loop: an engine may block while it probes its backend
+                self.engine = await self.loop.run_in_executor(None, get_engine, self.config.engine)
+            load = self.engine.load_shard
+            runner = await self.loop.run_in_executor(self.compute, load, self.files, mine.start, mine.end)
         except ExoError as exc:
             self.state, self.error = "failed", str(exc)
             return

@@ -164,3 +164,19 @@ def test_speculative_ring_with_a_different_draft_on_each_node(tmp_path):
         off = {"model": "smollm2-135m", "messages": STORY, "temperature": 0, "max_tokens": 24, "draft_tokens": 0}
         resp = httpx.post(r["urls"][1] + "/v1/chat/completions", json=off, timeout=120)
         assert resp.json()["choices"][0]["message"]["content"] == expected
+
+
+def test_a_ring_that_mixes_engines_gives_numpy_tokens(tmp_path):
+    """numpy -> mlx -> tinygrad, one `exo-actor start` process each: activations cross engine
+    boundaries as float32 bytes, and the greedy tokens are those of numpy alone."""
+    engines = ["numpy", "mlx", "tinygrad"]
+    per_node = [("--engine", e) for e in engines]
+    expected = _local_greedy(16)
+    with loopback_ring(tmp_path, ["4", "4", "4"], ready_timeout=300, per_node=per_node) as r:
+        info = httpx.get(r["urls"][0] + "/v1/cluster").json()
+        assert {n["id"]: n["engine"] for n in info["nodes"]} == {"node0": "numpy", "node1": "mlx", "node2": "tinygrad"}
+        assert [p["node"] for p in info["plan"]] == ["node0", "node1", "node2"]
+        body = {"model": "smollm2-135m", "messages": STORY, "temperature": 0, "max_tokens": 16}
+        resp = httpx.post(r["urls"][0] + "/v1/chat/completions", json=body, timeout=300)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["choices"][0]["message"]["content"] == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import platform
 import shutil
@@ -26,11 +27,17 @@ def resolve_engine(name: str) -> str:
     return "numpy"
 
 
+@functools.cache
 def _tinygrad_has_gpu() -> bool:
-    try:
+    from .tinygrad_thread import on_tinygrad_thread
+
+    def probe() -> bool:
         from tinygrad import Device
 
         return Device.DEFAULT not in ("CPU", "CLANG", "LLVM", "PYTHON")
+
+    try:
+        return on_tinygrad_thread(probe)
     except Exception:  # noqa: BLE001 - a broken GPU runtime means: no GPU
         return False
 

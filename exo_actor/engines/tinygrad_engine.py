@@ -21,6 +21,7 @@ from ..models.llama import ShardWeights
 from ..models.rope import inv_frequencies, rope_tables
 from ..weights import ModelFiles
 from .base import require_module
+from .tinygrad_thread import on_tinygrad_thread
 
 _GROW = 256
 
@@ -101,6 +102,9 @@ class TinygradShardRunner:
         cache.capacity = cap
 
     def forward(self, request_id: str, x: np.ndarray, start_pos: int, num_logits: int = 1) -> np.ndarray:
+        return on_tinygrad_thread(self._forward, request_id, x, start_pos, num_logits)
+
+    def _forward(self, request_id: str, x: np.ndarray, start_pos: int, num_logits: int) -> np.ndarray:
         Tensor = self.T_
         cache = self.caches.get(request_id)
         if cache is None:
@@ -191,4 +195,5 @@ class TinygradEngine:
         check_tinygrad_compiler()
 
     def load_shard(self, model: ModelFiles, start: int, end: int) -> TinygradShardRunner:
-        return TinygradShardRunner(model.args, start, end, model.shard_weights(start, end))
+        weights = model.shard_weights(start, end)
+        return on_tinygrad_thread(TinygradShardRunner, model.args, start, end, weights)

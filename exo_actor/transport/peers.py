@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -63,6 +64,7 @@ class PeerNetwork:
         self.on_peer_down: Callable[[Peer], None] = lambda p: None
         self.dropped = 0  # malformed messages received
         self._tasks: list[asyncio.Task[None]] = []
+        self._handling: set[asyncio.Future[Any]] = set()  # handler tasks in flight
 
     def on(self, kind: type[Message], handler: Handler) -> None:
         self.handlers[kind] = handler
@@ -146,7 +148,17 @@ class PeerNetwork:
         if handler is not None:
             result = handler(msg)
             if asyncio.iscoroutine(result):
-                await result
+                # Run it as a task: a handler waiting on compute (a slow engine's prefill) must not
+                # stop this loop from receiving, or heartbeats go unanswered and peers look dead.
+                # Tasks start in arrival order, so handlers still see messages in order.
+                task = asyncio.ensure_future(result)
+                self._handling.add(task)
+                task.add_done_callback(self._handled)
+
+    def _handled(self, task: asyncio.Future[Any]) -> None:
+        self._handling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("handler failed", exc_info=task.exception())
 
     def _hello_from(self, msg: Hello) -> None:
         known = self.peers.get(msg.src)
