@@ -120,3 +120,19 @@ def test_tinygrad_on_a_cpu_without_clang_says_so(monkeypatch):
     monkeypatch.setattr(engines.shutil, "which", lambda cmd: None)
     with pytest.raises(EngineUnavailableError, match="apt-get install clang"):
         engines.check_tinygrad_compiler()
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_interleaved_requests_keep_their_own_caches(tiny, name):
+    """Decode steps of two requests alternate (tinygrad replays one compiled step for both, with
+    each request's cache as its input): each matches numpy run on its own."""
+    files, _ = tiny
+    runner, ref = engine(name).load_shard(files, 0, 4), get_engine("numpy").load_shard(files, 0, 4)
+    for rid, prompt in (("x", [3, 4, 5]), ("y", [9, 1])):
+        runner.forward(rid, np.array(prompt), 0), ref.forward(rid, np.array(prompt), 0)
+    for step in range(6):
+        for rid, base in (("x", 3), ("y", 2)):
+            tok = np.array([(step * 5 + base) % 50 + 3])
+            np.testing.assert_allclose(
+                runner.forward(rid, tok, base + step), ref.forward(rid, tok, base + step), atol=TINY_ATOL
+            )
