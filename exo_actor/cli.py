@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
@@ -89,6 +90,30 @@ def _speculation_config(args: argparse.Namespace):  # type: ignore[no-untyped-de
         draft_tokens=args.draft_tokens or 8,
         adaptive_draft=not args.fixed_draft,
     )
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .downloads import download
+    from .registry import exo_home, load_registry
+
+    entry = load_registry().get(args.model)
+    repo = entry.hf_repo if entry else args.model
+    if entry is None and (repo.count("/") != 1 or repo.startswith("/") or repo.endswith("/")):
+        raise ExoError(f"{args.model!r} is neither a registry name nor a Hugging Face repo id (ORG/NAME)")
+    dest = Path(args.dir) if args.dir else exo_home() / "models" / (entry.name if entry else repo.replace("/", "--"))
+    layers = None
+    if args.layers:
+        first, sep, last = args.layers.partition("-")
+        if not (sep and first.isdigit() and last.isdigit() and int(first) <= int(last)):
+            raise ExoError(f"--layers {args.layers}: expected A-B with A <= B (e.g. 0-15)")
+        layers = (int(first), int(last) + 1)
+
+    def progress(name: str, i: int, n: int) -> None:
+        print(f"[{i + 1}/{n}] {name}", file=sys.stderr, flush=True)
+
+    path = download(repo, dest, layers, revision=args.revision, on_file=progress)
+    print(path)
+    return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -332,6 +357,18 @@ def build_parser() -> argparse.ArgumentParser:
     peers.add_argument("--timeout", type=_positive_float, default=3.0, help="seconds to listen (3)")
     peers.add_argument("--discovery-port", type=_port, default=52417, help="UDP beacon port (52417)")
     peers.set_defaults(func=_cmd_peers)
+
+    dl = sub.add_parser(
+        "download",
+        help="download a model from the Hugging Face Hub (only the files some layers need, with --layers)",
+    )
+    dl.add_argument("model", help="registry name or Hugging Face repo id (ORG/NAME)")
+    dl.add_argument(
+        "--layers", help="A-B: only the weights files holding layers A..B (plus embedding/head at the ends)"
+    )
+    dl.add_argument("--dir", help="where to put it (default: $EXO_HOME/models/NAME)")
+    dl.add_argument("--revision", default="main", help="branch, tag or commit (main)")
+    dl.set_defaults(func=_cmd_download)
 
     models = sub.add_parser("models", help="list the registry and what is available locally")
     models.set_defaults(func=_cmd_models)

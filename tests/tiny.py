@@ -116,8 +116,12 @@ def hf_config(spec: TinySpec, vocab: int) -> dict[str, Any]:
     return cfg
 
 
-def write_hf_folder(path: Path, spec: TinySpec, *, dtype: str = "F32", index_files: int = 0) -> dict[str, np.ndarray]:
-    """Write config.json, tokenizer files and safetensors; returns the float32 weights."""
+def write_hf_folder(
+    path: Path, spec: TinySpec, *, dtype: str = "F32", index_files: int = 0, by_layer: bool = False
+) -> dict[str, np.ndarray]:
+    """Write config.json, tokenizer files and safetensors; returns the float32 weights. With
+    index_files, tensors are spread over that many files round-robin, or, by_layer, in contiguous
+    layer ranges like real checkpoints (embedding in the first file, norm and head in the last)."""
     from safetensors.numpy import save_file
 
     path.mkdir(parents=True, exist_ok=True)
@@ -135,6 +139,13 @@ def write_hf_folder(path: Path, spec: TinySpec, *, dtype: str = "F32", index_fil
     if index_files:
         names = sorted(stored)
         groups = [names[i::index_files] for i in range(index_files)]
+        if by_layer:
+            groups = [[] for _ in range(index_files)]
+            for n in names:
+                if n.startswith("model.layers."):
+                    groups[int(n.split(".")[2]) * index_files // spec.layers].append(n)
+                else:
+                    groups[0 if n == "model.embed_tokens.weight" else index_files - 1].append(n)
         weight_map = {}
         for i, group in enumerate(groups):
             fname = f"model-{i + 1:05d}-of-{index_files:05d}.safetensors"

@@ -1,0 +1,122 @@
+"""Downloads from a local stand-in for the Hugging Face Hub (tests/hub_server.py; no internet here):
+shard-aware file selection, resume, integrity, clear errors, and a downloaded model that generates."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from exo_actor.downloads import DownloadError, download, files_for_layers
+from exo_actor.engines import get_engine
+from exo_actor.generation import LocalPipeline, generate
+from exo_actor.sampling import SamplingParams
+from exo_actor.weights import open_model
+from tests.hub_server import Hub, start_hub
+from tests.tiny import TinySpec, write_hf_folder
+
+FILES = [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)]
+
+
+@pytest.fixture()
+def hub(tmp_path, monkeypatch):
+    write_hf_folder(tmp_path / "repo", TinySpec(layers=4, tied=False), index_files=4, by_layer=True)
+    hub = Hub(repos={"org/tiny": tmp_path / "repo", "org/gated": tmp_path / "repo"}, gated={"org/gated"})
+    server, url = start_hub(hub)
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    yield hub
+    server.shutdown()
+    server.server_close()
+
+
+def _weights(hub: Hub) -> list[str]:
+    return [f for f in hub.requested("GET") if f.endswith(".safetensors")]
+
+
+def test_file_selection_follows_the_layers():
+    wm = {f"model.layers.{i}.mlp.up_proj.weight": f"f{i // 2}" for i in range(8)}
+    wm |= {"model.embed_tokens.weight": "f0", "model.norm.weight": "f3", "lm_head.weight": "f3"}
+    assert files_for_layers(wm, 8, 0, 2) == ["f0"]
+    assert files_for_layers(wm, 8, 2, 6) == ["f1", "f2"]
+    assert files_for_layers(wm, 8, 6, 8) == ["f3"]
+    tied = {k: v for k, v in wm.items() if k != "lm_head.weight"}
+    assert files_for_layers(tied, 8, 6, 8) == ["f0", "f3"]  # a tied head is the embedding
+    with pytest.raises(DownloadError, match="outside"):
+        files_for_layers(wm, 8, 6, 9)
+
+
+def test_a_shard_downloads_only_its_files(hub, tmp_path):
+    download("org/tiny", tmp_path / "mid", layers=(1, 3))
+    assert _weights(hub) == FILES[1:3]
+    assert "config.json" in hub.requested("GET") and "tokenizer.json" in hub.requested("GET")
+    hub.log.clear()
+    download("org/tiny", tmp_path / "last", layers=(3, 4))
+    assert _weights(hub) == FILES[3:]
+
+
+def test_the_downloaded_model_generates_like_the_original(hub, tmp_path):
+    dest = download("org/tiny", tmp_path / "all")
+    assert _weights(hub) == FILES
+    outs = []
+    for folder in (dest, hub.repos["org/tiny"]):
+        files = open_model(folder)
+        pipe = LocalPipeline([get_engine("numpy").load_shard(files, 0, 4)])
+        outs.append(
+            [
+                t
+                for d in generate(pipe, files.tokenizer, [5, 6, 7], SamplingParams(max_tokens=8), 64)
+                for t in d.token_ids
+            ]
+        )
+    assert outs[0] == outs[1] and len(outs[0]) == 8
+
+
+def test_a_corrupted_file_is_detected_and_removed(hub, tmp_path):
+    hub.corrupt.add(FILES[0])
+    with pytest.raises(DownloadError, match="corrupt"):
+        download("org/tiny", tmp_path / "bad", layers=(0, 1))
+    assert not (tmp_path / "bad" / FILES[0]).exists()
+
+
+def test_gated_repo_says_to_set_hf_token(hub, tmp_path, monkeypatch):
+    with pytest.raises(DownloadError, match="HF_TOKEN.*accepted the model's license"):
+        download("org/gated", tmp_path / "g")
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    download("org/gated", tmp_path / "g", layers=(0, 1))
+
+
+def test_missing_repo_and_no_network(hub, tmp_path, monkeypatch):
+    with pytest.raises(DownloadError, match="org/nope was not found"):
+        download("org/nope", tmp_path / "n")
+    closed = "http://127.0.0.1:9"  # nothing listens on the discard port
+    monkeypatch.setenv("HF_ENDPOINT", closed)
+    with pytest.raises(DownloadError, match="no network"):
+        download("org/tiny", tmp_path / "off")
+
+
+def test_cli_download_with_layers(hub, tmp_path):
+    env = {**os.environ, "HF_ENDPOINT": os.environ["HF_ENDPOINT"], "HF_HUB_DISABLE_XET": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "exo_actor.cli",
+        "download",
+        "org/tiny",
+        "--layers",
+        "2-3",
+        "--dir",
+        str(tmp_path / "c"),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "c")
+    assert _weights(hub) == FILES[2:]
+    bad = subprocess.run([*cmd[:5], "--layers", "3-1"], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 1 and bad.stderr.startswith("exo-actor: error: --layers 3-1")
+    assert np.all([line.startswith("exo-actor: error") for line in bad.stderr.strip().splitlines()])
