@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import ExoError
+from ..models.llama import ShardWeights
 from ..weights import ModelFiles
 
 
@@ -64,3 +66,28 @@ class Engine(Protocol):
     def load_shard(self, model: ModelFiles, start: int, end: int) -> ShardRunner:
         """Load layers [start, end) of a model (only those layers' weights are read)."""
         ...
+
+
+class RequestCaches:
+    """Per-request cache bookkeeping shared by the MLX and tinygrad runners: each cache object has a
+    `length` (valid positions); truncation only lowers it (positions are overwritten later)."""
+
+    caches: dict[str, Any]
+
+    def cached_length(self, request_id: str) -> int:
+        cache = self.caches.get(request_id)
+        return cache.length if cache else 0
+
+    def truncate(self, request_id: str, length: int) -> None:
+        cache = self.caches.get(request_id)
+        if cache is not None:
+            cache.length = min(cache.length, max(0, length))
+
+    def free(self, request_id: str) -> None:
+        self.caches.pop(request_id, None)
+
+
+def layer_tensors(weights: ShardWeights, convert: Callable[[np.ndarray | None], Any]) -> list[dict[str, Any]]:
+    """Each layer's weights converted to an engine's arrays, by name (None stays None)."""
+    names = ("attn_norm", "wqkv", "bqkv", "wo", "ffn_norm", "w_gate_up", "w_down")
+    return [{n: convert(getattr(w, n)) for n in names} for w in weights.layers]

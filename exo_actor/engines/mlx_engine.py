@@ -16,7 +16,7 @@ from ..models.config import ModelArgs
 from ..models.llama import ShardWeights
 from ..models.rope import inv_frequencies, rope_tables
 from ..weights import ModelFiles
-from .base import require_module
+from .base import RequestCaches, layer_tensors, require_module
 
 _GROW = 256
 
@@ -45,7 +45,7 @@ class _Cache:
         self.capacity = cap
 
 
-class MlxShardRunner:
+class MlxShardRunner(RequestCaches):
     """Layers [start, end) on MLX, with one KV cache per request."""
 
     def __init__(self, args: ModelArgs, start: int, end: int, weights: ShardWeights) -> None:
@@ -55,18 +55,7 @@ class MlxShardRunner:
         self.start, self.end = start, end
         self.is_first, self.is_last = start == 0, end == args.num_hidden_layers
         arr = lambda a: None if a is None else mx.array(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
-        self.layers = [
-            {
-                "attn_norm": arr(w.attn_norm),
-                "wqkv": arr(w.wqkv),
-                "bqkv": arr(w.bqkv),
-                "wo": arr(w.wo),
-                "ffn_norm": arr(w.ffn_norm),
-                "w_gate_up": arr(w.w_gate_up),
-                "w_down": arr(w.w_down),
-            }
-            for w in weights.layers
-        ]
+        self.layers = layer_tensors(weights, arr)
         self.embed_table = arr(weights.embed)
         self.final_norm, self.lm_head_t = arr(weights.final_norm), arr(weights.lm_head_t)
         if self.is_first and self.embed_table is None:  # tied: the head's columns are the embedding
@@ -81,18 +70,6 @@ class MlxShardRunner:
     @property
     def weight_bytes(self) -> int:
         return self._bytes
-
-    def cached_length(self, request_id: str) -> int:
-        cache = self.caches.get(request_id)
-        return cache.length if cache else 0
-
-    def truncate(self, request_id: str, length: int) -> None:
-        cache = self.caches.get(request_id)
-        if cache is not None:
-            cache.length = min(cache.length, max(0, length))
-
-    def free(self, request_id: str) -> None:
-        self.caches.pop(request_id, None)
 
     def forward(self, request_id: str, x: np.ndarray, start_pos: int, num_logits: int = 1) -> np.ndarray:
         mx = self.mx

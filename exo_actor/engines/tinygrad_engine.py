@@ -20,7 +20,7 @@ from ..models.config import ModelArgs
 from ..models.llama import ShardWeights
 from ..models.rope import inv_frequencies, rope_tables
 from ..weights import ModelFiles
-from .base import require_module
+from .base import RequestCaches, layer_tensors, require_module
 from .tinygrad_thread import on_tinygrad_thread
 
 _GROW = 256
@@ -33,7 +33,7 @@ class _Cache:
         self.length = self.capacity = 0
 
 
-class TinygradShardRunner:
+class TinygradShardRunner(RequestCaches):
     """Layers [start, end) on tinygrad, with one fixed-capacity KV cache per request."""
 
     def __init__(self, args: ModelArgs, start: int, end: int, weights: ShardWeights) -> None:
@@ -46,18 +46,7 @@ class TinygradShardRunner:
         def arr(a: np.ndarray | None) -> Any:
             return None if a is None else Tensor(np.ascontiguousarray(a, dtype=np.float32)).realize()
 
-        self.layers = [
-            {
-                "attn_norm": arr(w.attn_norm),
-                "wqkv": arr(w.wqkv),
-                "bqkv": arr(w.bqkv),
-                "wo": arr(w.wo),
-                "ffn_norm": arr(w.ffn_norm),
-                "w_gate_up": arr(w.w_gate_up),
-                "w_down": arr(w.w_down),
-            }
-            for w in weights.layers
-        ]
+        self.layers = layer_tensors(weights, arr)
         embed = weights.embed
         if self.is_first and embed is None:  # tied: the head's columns are the embedding
             embed = np.ascontiguousarray(weights.lm_head_t.T)
@@ -73,18 +62,6 @@ class TinygradShardRunner:
     @property
     def weight_bytes(self) -> int:
         return self._bytes
-
-    def cached_length(self, request_id: str) -> int:
-        cache = self.caches.get(request_id)
-        return cache.length if cache else 0
-
-    def truncate(self, request_id: str, length: int) -> None:
-        cache = self.caches.get(request_id)
-        if cache is not None:
-            cache.length = min(cache.length, max(0, length))
-
-    def free(self, request_id: str) -> None:
-        self.caches.pop(request_id, None)
 
     def _reserve(self, cache: _Cache, end: int) -> None:
         if end <= cache.capacity:
