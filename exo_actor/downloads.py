@@ -1,9 +1,9 @@
 """Model downloads from the Hugging Face Hub: only the files a shard needs, resumable, verified.
 
 Goes through `huggingface_hub` (so HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE apply). Files land in a
-model folder (default $EXO_HOME/models/NAME); partial files stay in huggingface_hub's `.incomplete`
-files under that folder, so an interrupted download resumes where it stopped, and a file only takes
-its final name once complete. Each weights file is checked against the Hub's SHA-256 afterwards.
+model folder (default $EXO_HOME/models/NAME). Weights files are fetched by Range requests into
+`.exo-partial/NAME.part`, so a dropped connection or a killed process resumes where it stopped, and
+a file takes its final name only once complete and checked against the Hub's SHA-256.
 """
 
 from __future__ import annotations
@@ -101,24 +101,69 @@ def _fetch(repo: str, filename: str, dest: Path, revision: str, optional: bool =
         raise err from None
 
 
-def _verify(repo: str, filename: str, path: Path, revision: str) -> None:
-    """Compare a downloaded file with the Hub's SHA-256 (LFS files); delete it if it differs."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
-    meta = get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision, endpoint=_endpoint()))
-    expected = (meta.etag or "").strip('"')
-    if len(expected) != 64:  # not an LFS SHA-256 (small files): the size check of the download suffices
-        return
+def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    if h.hexdigest() != expected:
-        path.unlink(missing_ok=True)
+    return h.hexdigest()
+
+
+def _fetch_weights(repo: str, filename: str, dest: Path, revision: str, attempts: int = 3) -> Path:
+    """A weights file, resumable: bytes accumulate in `.exo-partial/NAME.part` (kept when the transfer
+    or the process is interrupted, continued by a Range request next time), are checked against the
+    Hub's SHA-256, and only then take the final name."""
+    import httpx
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    url = hf_hub_url(repo, filename, revision=revision, endpoint=_endpoint())
+    try:
+        meta = get_hf_file_metadata(url)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
+        raise _explain(exc, repo, filename, dest) from None
+    expected, size = (meta.etag or "").strip('"'), meta.size
+    final = dest / filename
+    if final.exists() and final.stat().st_size == size and (len(expected) != 64 or _sha256(final) == expected):
+        return final
+    part = dest / ".exo-partial" / f"{filename}.part"
+    part.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(attempts):
+        offset = part.stat().st_size if part.exists() else 0
+        if size is not None and offset > size:
+            part.unlink()
+            offset = 0
+        headers = build_hf_headers()
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        try:
+            with httpx.stream("GET", meta.location or url, headers=headers, follow_redirects=True, timeout=60) as r:
+                if r.status_code not in (200, 206):
+                    raise _explain(httpx.HTTPStatusError("", request=r.request, response=r), repo, filename, dest)
+                with part.open("ab" if r.status_code == 206 else "wb") as f:
+                    for chunk in r.iter_bytes():  # as it arrives: a cut transfer keeps what came
+                        f.write(chunk)
+            break
+        except DownloadError:
+            raise
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise _explain(exc, repo, filename, dest) from None
+            if attempt + 1 == attempts:
+                raise _explain(exc, repo, filename, dest) from None
+        except httpx.HTTPError as exc:  # a dropped connection: resume from what arrived
+            log.warning("download of %s interrupted (%s); resuming", filename, exc)
+            if attempt + 1 == attempts:
+                raise _explain(exc, repo, filename, dest) from None
+    got = _sha256(part)
+    if len(expected) == 64 and got != expected:
+        part.unlink(missing_ok=True)
         raise DownloadError(
-            f"{filename} of {repo} is corrupt (SHA-256 {h.hexdigest()[:12]}..., the Hub says {expected[:12]}...): "
+            f"{filename} of {repo} is corrupt (SHA-256 {got[:12]}..., the Hub says {expected[:12]}...): "
             "it was deleted; run the download again"
         )
+    part.replace(final)
+    return final
 
 
 def download(
@@ -152,8 +197,6 @@ def download(
     for i, name in enumerate(weights):
         if on_file is not None:
             on_file(name, i, len(weights))
-        path = _fetch(repo, name, dest, revision)
-        assert path is not None
-        _verify(repo, name, path, revision)
+        _fetch_weights(repo, name, dest, revision)
     log.info("%s: %d weights file(s) in %s", repo, len(weights), dest)
     return dest

@@ -25,6 +25,8 @@ class Hub:
     token: str = "hf_test_token"
     cut_once: set[str] = field(default_factory=set)  # files whose first GET stops half way
     corrupt: set[str] = field(default_factory=set)  # files served with a flipped byte
+    stall_once: set[str] = field(default_factory=set)  # files whose first GET sends half, then hangs
+    stalled: threading.Event = field(default_factory=threading.Event)  # set once a stalled GET hangs
     log: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -87,6 +89,13 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if self.command == "HEAD":
+                return
+            if filename in hub.stall_once:
+                hub.stall_once.discard(filename)
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                hub.stalled.set()
+                threading.Event().wait(30)  # the client is killed meanwhile
                 return
             if filename in hub.cut_once:
                 hub.cut_once.discard(filename)
