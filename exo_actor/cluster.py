@@ -79,6 +79,7 @@ class ClusterNode(Node):
         self.engine: Engine | None = None
         self.draft_host: str | None = None  # the node whose DraftActor serves this node's routers
         self.draft_actor: DraftActor | None = None  # the draft this node hosts, once loaded
+        self._draft_loading = False
         self.remote_drafters: list[RemoteDrafter] = []
 
     @property
@@ -245,7 +246,7 @@ class ClusterNode(Node):
         serves = self.draft_host == self.node_id or any(
             place_draft(free, router, self.draft_bytes) == self.node_id for router in free
         )
-        if serves and self.draft_actor is None and not getattr(self, "_draft_loading", False):
+        if serves and self.draft_actor is None and not self._draft_loading:
             self._draft_loading = True
             asyncio.ensure_future(self._load_draft(spec))
 
