@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
 from .errors import ExoError
+
+if TYPE_CHECKING:
+    from .downloads import Progress
 
 log = logging.getLogger("exo_actor")
 
@@ -30,7 +34,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         stop=tuple(args.stop or ()),
     )
-    files, pipeline = load_local(args.model, engine=args.engine, shards=args.shards)
+    with progress_bar() as progress:
+        files, pipeline = load_local(args.model, engine=args.engine, shards=args.shards, progress=progress)
     spec = _speculation_config(args).speculation(files)
     tok = files.tokenizer
     if args.raw:
@@ -94,11 +99,12 @@ def _speculation_config(args: argparse.Namespace):  # type: ignore[no-untyped-de
 
 def _cmd_download(args: argparse.Namespace) -> int:
     from .downloads import download
+    from .model_store import is_repo_id
     from .registry import exo_home, load_registry
 
     entry = load_registry().get(args.model)
     repo = entry.hf_repo if entry else args.model
-    if entry is None and (repo.count("/") != 1 or repo.startswith("/") or repo.endswith("/")):
+    if entry is None and not is_repo_id(repo):
         raise ExoError(f"{args.model!r} is neither a registry name nor a Hugging Face repo id (ORG/NAME)")
     dest = Path(args.dir) if args.dir else exo_home() / "models" / (entry.name if entry else repo.replace("/", "--"))
     layers = None
@@ -107,13 +113,48 @@ def _cmd_download(args: argparse.Namespace) -> int:
         if not (sep and first.isdigit() and last.isdigit() and int(first) <= int(last)):
             raise ExoError(f"--layers {args.layers}: expected A-B with A <= B (e.g. 0-15)")
         layers = (int(first), int(last) + 1)
-
-    def progress(name: str, i: int, n: int) -> None:
-        print(f"[{i + 1}/{n}] {name}", file=sys.stderr, flush=True)
-
-    path = download(repo, dest, layers, revision=args.revision, on_file=progress)
+    with progress_bar() as progress:
+        path = download(repo, dest, layers, revision=args.revision, progress=progress)
     print(path)
     return 0
+
+
+@contextlib.contextmanager
+def progress_bar() -> Iterator[Progress]:
+    """A download Progress drawn as a tqdm bar on stderr (bytes, speed, time left)."""
+    from tqdm import tqdm
+
+    from .downloads import Progress
+
+    bar: list[tqdm] = []
+
+    def draw(p: Progress) -> None:
+        if p.state != "downloading" or not p.total_bytes:
+            return
+        if not bar:
+            bar.append(
+                tqdm(
+                    total=p.total_bytes,
+                    initial=p.done_bytes,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=f"downloading {p.repo}",
+                    file=sys.stderr,
+                    mininterval=0.5,
+                )
+            )
+        b = bar[0]
+        if b.total != p.total_bytes:
+            b.total = p.total_bytes
+        b.update(p.done_bytes - b.n)
+
+    progress = Progress(draw)
+    try:
+        yield progress
+    finally:
+        if bar:
+            bar[0].close()
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -382,6 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:  # its retry warnings would bury the one-line error a failed download ends with
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except ExoError as exc:

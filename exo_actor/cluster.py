@@ -10,8 +10,10 @@ node re-plan; requests on the old ring end with a clear error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,11 +23,12 @@ from .actors.draft import DraftActor, RemoteDrafter
 from .actors.ring import RemoteRing
 from .actors.router import RouterActor
 from .actors.shard import ShardActor, ShardRole
+from .downloads import DownloadCancelled, Progress
 from .engines import Engine, get_engine
 from .errors import ExoError
+from .model_store import ensure_layers, ensure_model
 from .node import Node, total_memory_bytes
 from .partition import Assignment, NodeCapacity, PartitionError, memory_weighted, place_draft, split_rings
-from .registry import resolve_model
 from .speculative import Drafter, Speculation
 from .speculative.drafts import draft_bytes, load_drafter
 from .transport.discovery import Discovery
@@ -81,6 +84,7 @@ class ClusterNode(Node):
         self.draft_actor: DraftActor | None = None  # the draft this node hosts, once loaded
         self._draft_loading = False
         self.remote_drafters: list[RemoteDrafter] = []
+        self._download_announced = 0.0
 
     @property
     def endpoint(self) -> str:
@@ -96,7 +100,19 @@ class ClusterNode(Node):
             self.loaded,
             1,
             self.config.draft_model or "",
+            self.download.done_bytes if self.download.state == "downloading" else 0,
+            self.download.total_bytes if self.download.state == "downloading" else 0,
         )
+
+    def _on_download(self, p: Progress) -> None:
+        """Peers learn this node's download progress from its Hello (about once a second)."""
+        super()._on_download(p)
+        now = time.monotonic()
+        if p.state == "downloading" and now - self._download_announced < 1.0:
+            return
+        self._download_announced = now
+        if self.net is not None and getattr(self, "loop", None) is not None:
+            self.loop.call_soon_threadsafe(self.net.announce)
 
     def start(self) -> None:  # the synchronous entry of Node: cluster nodes start on the event loop
         raise RuntimeError("ClusterNode starts with `await start_async()`")
@@ -105,7 +121,8 @@ class ClusterNode(Node):
         self.state = "loading"
         self.loop = asyncio.get_running_loop()
         try:
-            path = await self.loop.run_in_executor(self.compute, resolve_model, self.config.model)
+            fetch = functools.partial(ensure_model, self.config.model, weights=False, progress=self.download)
+            path = await self.loop.run_in_executor(self.compute, fetch)  # config, tokenizer, index: enough to plan
             self.files = await self.loop.run_in_executor(self.compute, open_model, path)
             if self.config.draft_model:  # sized now (and checked against the target); loaded once placed
                 self.draft_bytes = await self.loop.run_in_executor(
@@ -285,12 +302,27 @@ class ClusterNode(Node):
     async def _load(self, version: int, mine: Assignment) -> None:
         assert self.files is not None and self.net is not None
         try:
+            if self.files.path.is_dir():  # a folder downloaded from the Hub: fetch this shard's files
+                self.state = f"downloading layers {mine.start}-{mine.end - 1}"
+                stale = lambda: version != self.version  # noqa: E731 - a re-plan stops this download
+                layers = (mine.start, mine.end)
+                fetch = functools.partial(ensure_layers, self.files.path, layers, None, self.download, stale)
+                try:
+                    await self.loop.run_in_executor(None, fetch)
+                except DownloadCancelled:
+                    return
+                if stale():
+                    return
             if self.engine is None:  # built off the event loop: an engine may block while it probes its backend
                 self.engine = await self.loop.run_in_executor(None, get_engine, self.config.engine)
             load = self.engine.load_shard
             runner = await self.loop.run_in_executor(self.compute, load, self.files, mine.start, mine.end)
         except ExoError as exc:
             self.state, self.error = "failed", str(exc)
+            return
+        except Exception as exc:  # a bug must show as a failed node, not a node loading forever
+            log.exception("loading layers [%d, %d) failed", mine.start, mine.end)
+            self.state, self.error = "failed", f"internal error: {type(exc).__name__}: {exc}"
             return
         if version != self.version:  # re-planned while loading
             return
@@ -382,6 +414,11 @@ class ClusterNode(Node):
                     "model": p.hello.model,
                     "loaded_plan": p.hello.loaded,
                     "alive": self.net.alive(p.node_id),
+                    "download": (
+                        {"done_bytes": p.hello.download_done, "total_bytes": p.hello.download_total}
+                        if p.hello.download_total
+                        else None
+                    ),
                 }
             )
         info["nodes"] = sorted(nodes, key=lambda n: n["id"]) or info["nodes"]
@@ -400,6 +437,16 @@ class ClusterNode(Node):
                 "speculative": self.rings[i][1].speculation_info() if i in self.rings else None,
             }
             for i, plan in enumerate(self.ring_plans)
+        ]
+        info["downloads"] = self.downloads_info() + [
+            {
+                "node": n["id"],
+                "state": "downloading",
+                "percent": round(100.0 * n["download"]["done_bytes"] / n["download"]["total_bytes"], 1),
+                **n["download"],
+            }
+            for n in nodes
+            if n["download"] and n["id"] != self.node_id
         ]
         info["plan_version"] = self.version
         info["this_node"] = self.node_id

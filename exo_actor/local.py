@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from .engines import get_engine
 from .generation import LocalPipeline
+from .model_store import ensure_model
 from .partition import even_ranges
-from .registry import resolve_model
 from .weights import ModelFiles, open_model
+
+if TYPE_CHECKING:
+    from .downloads import Progress
 
 log = logging.getLogger(__name__)
 
 
-def load_local(model: str, engine: str = "numpy", shards: int = 1) -> tuple[ModelFiles, LocalPipeline]:
-    """Open a model (registry name or path) and load it as `shards` chained shards."""
-    files = open_model(resolve_model(model))
+def load_local(
+    model: str, engine: str = "numpy", shards: int = 1, progress: Progress | None = None
+) -> tuple[ModelFiles, LocalPipeline]:
+    """Open a model (registry name, path or Hub repo id; downloaded if missing) and load it as
+    `shards` chained shards."""
+    files = open_model(ensure_model(model, progress=progress))
     eng = get_engine(engine)
     ranges = even_ranges(files.args.num_hidden_layers, shards)
     log.info("loading %s as %d shard(s) on %s: %s", files.path.name, shards, eng.name, ranges)

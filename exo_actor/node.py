@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .actors.router import RouterActor
+from .downloads import Progress
 from .errors import ExoError
 from .local import load_local
 from .registry import load_registry
@@ -67,6 +68,26 @@ class Node:
     router: RouterActor | None = None
     plan: list[tuple[int, int]] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
+    download: Progress = field(default_factory=Progress)  # the Hub download of this node's files, if any
+
+    def __post_init__(self) -> None:
+        self.download.listener = self._on_download
+        self._download_logged = 0.0
+
+    def _on_download(self, p: Progress) -> None:
+        """Log a download's progress every few seconds (the dashboard and /v1/cluster show it live)."""
+        now = time.monotonic()
+        if p.state == "downloading" and now - self._download_logged < 5.0:
+            return
+        self._download_logged = now
+        if p.state == "downloading" and p.total_bytes:
+            log.info(
+                "downloading %s: %.0f%% of %.1f MB, %.1f MB/s",
+                p.repo,
+                100 * p.done_bytes / p.total_bytes,
+                p.total_bytes / 1e6,
+                p.speed() / 1e6,
+            )
 
     @property
     def model_id(self) -> str:
@@ -94,7 +115,7 @@ class Node:
 
     def _load(self) -> None:
         try:
-            files, pipeline = load_local(self.config.model, engine=self.config.engine)
+            files, pipeline = load_local(self.config.model, engine=self.config.engine, progress=self.download)
             router = RouterActor(
                 pipeline,
                 files.tokenizer,
@@ -123,6 +144,12 @@ class Node:
             raise ModelLoadingError(f"the model {self.config.model} is still loading; retry in a few seconds")
         return self.files, self.router
 
+    def downloads_info(self) -> list[dict[str, Any]]:
+        """Hub downloads this node made or is making (its own files only)."""
+        if self.download.state == "idle":
+            return []
+        return [{"node": self.node_id, **self.download.snapshot()}]
+
     def cluster_info(self) -> dict[str, Any]:
         """The JSON of /v1/cluster: nodes, layer plan, ring state, loading progress."""
         n_layers = self.files.args.num_hidden_layers if self.files else None
@@ -150,6 +177,6 @@ class Node:
                 "tokens_generated": router.tokens_generated if router else 0,
             },
             "speculative": router.speculation_info() if router else None,
-            "downloads": [],  # Hub downloads come with the downloads issue
+            "downloads": self.downloads_info(),
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }

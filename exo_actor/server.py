@@ -14,8 +14,8 @@ import uvicorn
 from .api import GatewayConfig, create_app
 from .cluster import ClusterConfig, ClusterNode
 from .errors import ExoError
+from .model_store import check_model
 from .node import Node, NodeConfig
-from .registry import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def serve(
 ) -> None:
     """Run until Ctrl-C / SIGTERM. gateway=None runs the node without the HTTP API; cluster=None
     serves the whole model in this process (a cluster of one without sockets)."""
-    resolve_model(node_config.model)  # an unknown model is an error now, not a log line later
+    check_model(node_config.model)  # an unknown model is an error now, not a log line later
     sock = bind_socket(host, port) if gateway is not None else None
     if sock is not None:
         node_config.address = f"{host}:{sock.getsockname()[1]}"

@@ -4,13 +4,14 @@ Serves the files of model folders on disk under /{repo}/resolve/{revision}/{file
 with Range requests for resuming), with the headers huggingface_hub reads: X-Repo-Commit, ETag, and
 for weights files the LFS X-Linked-Etag (SHA-256) / X-Linked-Size, and X-Error-Code on errors. It
 logs every request, and can cut a file's first transfer short, serve a corrupted body, or demand a
-token, to exercise resume, integrity checks and authorization.
+token, to exercise resume, integrity checks and authorization, or serve weights slowly (progress).
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,6 +28,7 @@ class Hub:
     corrupt: set[str] = field(default_factory=set)  # files served with a flipped byte
     stall_once: set[str] = field(default_factory=set)  # files whose first GET sends half, then hangs
     stalled: threading.Event = field(default_factory=threading.Event)  # set once a stalled GET hangs
+    rate: int | None = None  # bytes per second for weights files (None: as fast as possible)
     log: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -103,6 +105,13 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
                 self.wfile.flush()
                 self.close_connection = True
                 self.connection.shutdown(2)
+                return
+            if hub.rate and filename.endswith(".safetensors"):
+                step = max(1, hub.rate // 20)
+                for i in range(0, len(body), step):
+                    self.wfile.write(body[i : i + step])
+                    self.wfile.flush()
+                    time.sleep(0.05)
                 return
             self.wfile.write(body)
 

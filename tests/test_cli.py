@@ -72,8 +72,11 @@ def test_missing_file(tmp_path):
     assert_one_line_error(cli("run", str(tmp_path / "nope.gguf"), "--prompt", "x"), "no such file")
 
 
-def test_registry_model_not_available_locally():
-    assert_one_line_error(cli("run", "llama-3.1-70b", "--prompt", "x"), "not available locally", "meta-llama/")
+def test_registry_model_not_available_locally(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # (cli() passes the environment on)
+    assert_one_line_error(
+        cli("run", "llama-3.1-70b", "--prompt", "x"), "not available locally", "meta-llama/", "HF_HUB_OFFLINE"
+    )
 
 
 def test_truncated_gguf(tmp_path, tiny_gguf):

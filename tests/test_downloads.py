@@ -151,3 +151,99 @@ def test_cli_download_with_layers(hub, tmp_path):
     bad = subprocess.run([*cmd[:5], "--layers", "3-1"], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 1 and bad.stderr.startswith("exo-actor: error: --layers 3-1")
     assert np.all([line.startswith("exo-actor: error") for line in bad.stderr.strip().splitlines()])
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "exo_actor.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, timeout=180)
+
+
+def test_run_downloads_a_missing_model_then_needs_no_network(hub, tmp_path):
+    """`exo-actor run ORG/NAME` fetches the model into $EXO_HOME with a progress bar, answers like the
+    original folder, and the next run works with HF_HUB_OFFLINE=1 without asking the Hub anything."""
+    home = {"EXO_HOME": str(tmp_path / "home")}
+    prompt = ("--prompt", "hello there", "--raw", "--max-tokens", "8")
+    original = _cli("run", str(hub.repos["org/tiny"]), *prompt, env=home)
+    assert original.returncode == 0, original.stderr
+    first = _cli("run", "org/tiny", *prompt, env=home)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == original.stdout and first.stdout.strip()
+    assert "downloading org/tiny" in first.stderr and "100%" in first.stderr  # the tqdm bar
+    assert sorted(p.name for p in (tmp_path / "home/models/org--tiny").glob("*.safetensors")) == FILES
+    hub.log.clear()
+    again = _cli("run", "org/tiny", *prompt, env={**home, "HF_HUB_OFFLINE": "1"})
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == original.stdout and hub.log == []
+
+
+def test_a_model_that_cannot_be_downloaded_is_one_clear_error(hub, tmp_path):
+    home = {"EXO_HOME": str(tmp_path / "home")}
+    for repo, needle in (("org/nope", "org/nope was not found"), ("org/gated", "set HF_TOKEN")):
+        proc = _cli("run", repo, "--prompt", "x", env=home)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1 and needle in lines[0], proc.stderr
+        assert lines[0].startswith("exo-actor: error: model " + repo + " is not available locally")
+    proc = _cli("run", "org/tiny", "--prompt", "x", env={**home, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 1 and "HF_HUB_OFFLINE is set" in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_a_ring_downloads_each_shard_s_own_files_and_shows_progress(hub, tmp_path):
+    """Two `exo-actor start --model org/tiny` nodes, each with its own $EXO_HOME (two devices): each
+    fetches config, tokenizer and index, plans the ring, then only the weights files of its layers;
+    /v1/cluster shows both nodes' download progress while it runs; the ring then answers like the
+    original folder run in one process."""
+    import threading
+
+    import httpx
+
+    from tests.api.servers import free_port, loopback_ring
+
+    hub.rate = 100_000  # ~2 s per weights file: time to watch the progress
+    api = [free_port(), free_port()]
+    seen: list[dict] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(httpx.get(f"http://127.0.0.1:{api[0]}/v1/cluster", timeout=2).json())
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    homes = [{"EXO_HOME": str(tmp_path / f"home{i}")} for i in range(2)]
+    body = {"model": "org/tiny", "prompt": "hello there", "max_tokens": 8, "temperature": 0}
+    files, pipe = _load_original(hub)
+    ids = files.tokenizer.encode("hello there")
+    expected = "".join(d.text for d in generate(pipe, files.tokenizer, ids, SamplingParams(max_tokens=8), 64))
+    try:
+        with loopback_ring(
+            tmp_path, ["4", "4"], ready_timeout=120, extra=("--model", "org/tiny"), per_node_env=homes, api_ports=api
+        ) as r:
+            stop.set()
+            info = httpx.get(r["urls"][0] + "/v1/cluster").json()
+            resp = httpx.post(r["urls"][0] + "/v1/completions", json=body, timeout=60)
+    finally:
+        stop.set()
+    assert [(p["node"], p["start"], p["end"]) for p in info["plan"]] == [("node0", 0, 2), ("node1", 2, 4)]
+    for i, mine in enumerate((FILES[:2], FILES[2:])):
+        folder = tmp_path / f"home{i}" / "models" / "org--tiny"
+        assert sorted(p.name for p in folder.glob("*.safetensors")) == mine
+    assert set(_weights(hub)) == set(FILES)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["text"] == expected
+    own = [d for s in seen for d in s.get("downloads", []) if d["node"] == "node0"]
+    peer = [d for s in seen for d in s.get("downloads", []) if d["node"] == "node1"]
+    assert any(d["state"] == "downloading" and 0 < d["done_bytes"] < d["total_bytes"] for d in own), own[-3:]
+    assert any(d["state"] == "downloading" and 0 < d["done_bytes"] < d["total_bytes"] for d in peer), peer[-3:]
+    final = [d for d in info["downloads"] if d["node"] == "node0"]
+    assert final and final[0]["state"] == "done" and final[0]["done_bytes"] == final[0]["total_bytes"] > 0
+    assert sorted(f["name"] for f in final[0]["files"]) == FILES[:2]
+
+
+def _load_original(hub: Hub):  # type: ignore[no-untyped-def]
+    files = open_model(hub.repos["org/tiny"])
+    return files, LocalPipeline([get_engine("numpy").load_shard(files, 0, 4)])

@@ -18,7 +18,7 @@ import numpy as np
 from ..engines import get_engine
 from ..errors import ExoError
 from ..generation import LocalPipeline
-from ..registry import resolve_model
+from ..model_store import ensure_layers, ensure_model
 from ..sampling import SamplingParams
 from ..sampling.sampler import draw, filtered_probs
 from ..weights import ModelFiles, open_model
@@ -141,7 +141,7 @@ def check_vocabulary(target: ModelFiles, draft: ModelFiles, draft_name: str) -> 
 def open_draft(spec: str, target: ModelFiles) -> ModelFiles:
     """The draft model's files (cut to K layers for NAME:layers=K), checked against the target."""
     name, layers = parse_draft_spec(spec)
-    files = open_model(resolve_model(name))
+    files = open_model(ensure_model(name, weights=False))  # the weights come when the draft is loaded
     check_vocabulary(target, files, name)
     if layers is not None:
         total = files.args.num_hidden_layers
@@ -165,6 +165,7 @@ def load_drafter(spec: str, target: ModelFiles, engine: str = "numpy") -> Drafte
         return NgramDrafter()
     files = open_draft(spec, target)
     n = files.args.num_hidden_layers
+    ensure_layers(files.path, (0, n), head=True)
     runner = get_engine(engine).load_shard(files, 0, n)
     log.info("draft model %s: %d layers, %.0f MB", spec, n, runner.weight_bytes / 1e6)
     return ModelDrafter(spec, LocalPipeline([runner]), files.args.max_position_embeddings)

@@ -77,6 +77,8 @@ class Hello(Message):
     loaded: int  # version of the plan whose shard this node has loaded (0: none yet)
     reply: int  # 1: please answer with your own Hello
     draft: str = ""  # the draft model this node's routers speculate with ("": none)
+    download_done: int = 0  # bytes of this node's model files on disk, while it downloads them
+    download_total: int = 0  # bytes it needs (0: no download)
 
 
 @dataclass(frozen=True)

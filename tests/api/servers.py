@@ -106,10 +106,12 @@ def loopback_ring(
     extra: tuple[str, ...] = (),
     per_node: list[tuple[str, ...]] | None = None,
     ports: list[int] | None = None,
+    per_node_env: list[dict[str, str]] | None = None,
+    api_ports: list[int] | None = None,
 ) -> Iterator[dict[str, list]]:
     """`exo-actor start` processes node0..N-1 on loopback with manual peers and the given --memory (GiB);
-    `extra` flags go to every node, per_node[i] to node i."""
-    ports, api = ports or [free_port() for _ in memories], [free_port() for _ in memories]
+    `extra` flags go to every node, per_node[i] to node i, per_node_env[i] into node i's environment."""
+    ports, api = ports or [free_port() for _ in memories], api_ports or [free_port() for _ in memories]
     advertised = [next((f[j + 1] for j, x in enumerate(f) if x == "--advertise"), None) for f in per_node or []]
     peers = [a or f"127.0.0.1:{p}" for a, p in zip(advertised or [None] * len(ports), ports)]
     (folder / "peers.toml").write_text(f"peers = {json.dumps(peers)}\n")
@@ -138,7 +140,8 @@ def loopback_ring(
             *(per_node[i] if per_node else ()),
         ]
         with open(folder / f"node{i}.log", "w") as log:  # the child keeps its own copy of the descriptor
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or os.environ.copy()))
+            node_env = {**(env or os.environ), **(per_node_env[i] if per_node_env else {})}
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=node_env))
     urls = [f"http://127.0.0.1:{p}" for p in api]
     try:
         for url in urls:
