@@ -313,6 +313,7 @@ class ClusterNode(Node):
                     return
                 if stale():
                     return
+                self.state = "loading"
             if self.engine is None:  # built off the event loop: an engine may block while it probes its backend
                 self.engine = await self.loop.run_in_executor(None, get_engine, self.config.engine)
             load = self.engine.load_shard

@@ -76,6 +76,10 @@ class Node:
 
     def _on_download(self, p: Progress) -> None:
         """Log a download's progress every few seconds (the dashboard and /v1/cluster show it live)."""
+        if p.state == "downloading" and self.state == "loading":
+            self.state = "downloading"
+        elif p.state != "downloading" and self.state == "downloading":
+            self.state = "loading"
         now = time.monotonic()
         if p.state == "downloading" and now - self._download_logged < 5.0:
             return

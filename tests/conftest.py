@@ -23,3 +23,25 @@ def require(module: str) -> None:
     """Fail (not skip) when a test-only dependency is missing: CI installs all of them."""
     if importlib.util.find_spec(module) is None:
         pytest.fail(f"test dependency {module} is missing: install exo-actor[test,reference]")
+
+
+TINY_REPO_FILES = [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)]  # one per layer
+
+
+@pytest.fixture()
+def hub(tmp_path, monkeypatch):
+    """A local stand-in for the Hub (tests/hub_server.py) serving org/tiny (4 layers, one weights file
+    per layer) and org/gated (the same, behind a token), with HF_ENDPOINT pointing at it."""
+    from tests.hub_server import Hub, start_hub
+    from tests.tiny import TinySpec, write_hf_folder
+
+    write_hf_folder(tmp_path / "repo", TinySpec(layers=4, tied=False), index_files=4, by_layer=True)
+    hub = Hub(repos={"org/tiny": tmp_path / "repo", "org/gated": tmp_path / "repo"}, gated={"org/gated"})
+    server, url = start_hub(hub)
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    yield hub
+    server.shutdown()
+    server.server_close()

@@ -4,6 +4,7 @@ shard-aware file selection, resume, integrity, clear errors, and a downloaded mo
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,24 +18,8 @@ from exo_actor.engines import get_engine
 from exo_actor.generation import LocalPipeline, generate
 from exo_actor.sampling import SamplingParams
 from exo_actor.weights import open_model
-from tests.hub_server import Hub, start_hub
-from tests.tiny import TinySpec, write_hf_folder
-
-FILES = [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)]
-
-
-@pytest.fixture()
-def hub(tmp_path, monkeypatch):
-    write_hf_folder(tmp_path / "repo", TinySpec(layers=4, tied=False), index_files=4, by_layer=True)
-    hub = Hub(repos={"org/tiny": tmp_path / "repo", "org/gated": tmp_path / "repo"}, gated={"org/gated"})
-    server, url = start_hub(hub)
-    monkeypatch.setenv("HF_ENDPOINT", url)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    yield hub
-    server.shutdown()
-    server.server_close()
+from tests.conftest import TINY_REPO_FILES as FILES
+from tests.hub_server import Hub
 
 
 def _weights(hub: Hub) -> list[str]:
@@ -247,3 +232,40 @@ def test_a_ring_downloads_each_shard_s_own_files_and_shows_progress(hub, tmp_pat
 def _load_original(hub: Hub):  # type: ignore[no-untyped-def]
     files = open_model(hub.repos["org/tiny"])
     return files, LocalPipeline([get_engine("numpy").load_shard(files, 0, 4)])
+
+
+def test_a_full_disk_leaves_no_corrupt_file_and_resumes_once_there_is_room(hub, tmp_path):
+    """The model folder on a 400 KB tmpfs (a private mount namespace): the download stops with the
+    disk-full message, every file with a final name is exact (the cut one stays a .part), and once
+    the disk is bigger the same command finishes from where it stopped."""
+    if not shutil.which("unshare") or subprocess.run(["unshare", "--mount", "true"]).returncode != 0:
+        pytest.skip("needs root and mount namespaces (unshare --mount) for a small tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    script = """
+set -u
+mount -t tmpfs -o size=400k tmpfs "$MNT" || exit 99
+check() { for f in "$MNT"/m/*.safetensors; do [ -e "$f" ] || continue
+  cmp -s "$f" "$REPO/$(basename "$f")" && echo "exact $(basename "$f")" || echo "CORRUPT $(basename "$f")"; done; }
+"$PY" -m exo_actor.cli download org/tiny --dir "$MNT/m" >/dev/null 2>"$MNT/err1"; echo "rc1=$?"
+tail -n 1 "$MNT/err1"; check; ls "$MNT/m/.exo-partial"
+mount -o remount,size=4m "$MNT"
+"$PY" -m exo_actor.cli download org/tiny --dir "$MNT/m" >/dev/null 2>&1; echo "rc2=$?"; check
+"""
+    env = {**os.environ, "MNT": str(mnt), "REPO": str(hub.repos["org/tiny"]), "PY": sys.executable}
+    proc = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    if proc.returncode == 99:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    out = proc.stdout.splitlines()
+    first, second = (
+        out[: out.index("rc2=0")] if "rc2=0" in out else out,
+        out[out.index("rc2=0") + 1 :] if "rc2=0" in out else [],
+    )
+    assert "rc1=1" in first, proc.stdout + proc.stderr
+    error = first[first.index("rc1=1") + 1]
+    assert error.startswith("exo-actor: error:") and "disk is full" in error and "run the same command again" in error
+    assert not any(line.startswith("CORRUPT") for line in out), out
+    assert any(line.endswith(".safetensors.part") for line in first), first  # the cut file, kept to resume
+    assert sorted(line.split()[1] for line in second if line.startswith("exact")) == FILES, proc.stdout

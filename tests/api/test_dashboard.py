@@ -77,3 +77,55 @@ def test_dashboard_shows_the_ring_and_streams_a_chat_reply(browser, speculative_
     assert spec.is_displayed() and browser.find_element(By.ID, "draft").text == "ngram"
     assert browser.find_element(By.ID, "acceptance").text.endswith("%")
     assert float(browser.find_element(By.ID, "tpp").text) >= 1.0
+
+
+def test_dashboard_shows_download_progress(browser, hub, tmp_path, monkeypatch):
+    """`exo-actor start --model org/tiny` with an empty $EXO_HOME: while the weights come from the
+    (deliberately slow) Hub, the dashboard's Downloads table shows a moving progress bar, then done."""
+    import contextlib
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.api.servers import free_port, wait_ready
+
+    hub.rate = 100_000  # the 0.66 MB of weights take ~7 s
+    monkeypatch.setenv("EXO_HOME", str(tmp_path / "home"))
+    port = free_port()
+    cmd = [sys.executable, "-m", "exo_actor.cli", "start", "--model", "org/tiny", "--api-host", "127.0.0.1"]
+    proc = subprocess.Popen([*cmd, "--api-port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait = WebDriverWait(browser, 60, poll_frequency=0.1)
+        for _ in range(300):  # the gateway comes up while the model downloads
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        browser.get(url + "/")
+
+        def rows(state: str):  # type: ignore[no-untyped-def]
+            # read in one script: the table is rebuilt every second, so element handles go stale
+            return browser.execute_script(
+                "return [...document.querySelectorAll(`#downloads tr.download[data-state='${arguments[0]}']`)]"
+                ".map((r) => [r.querySelector('progress').value, r.querySelector('progress').max, r.textContent])",
+                state,
+            )
+
+        def downloading(_):  # type: ignore[no-untyped-def]
+            return [value for value, top, _ in rows("downloading") if 0 < value < top]
+
+        values = wait.until(downloading)
+        assert browser.find_element(By.ID, "state").text == "downloading"
+        later = wait.until(lambda d: (v := downloading(d)) and v[0] > values[0] and v)
+        assert later[0] > values[0]  # the bar moves
+        done = wait.until(lambda _: rows("done"))
+        assert "100% of" in done[0][2]
+        wait_ready(url)
+    finally:
+        proc.terminate()
+        proc.wait(15)
