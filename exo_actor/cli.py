@@ -343,7 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="generate a completion locally", description="Generate a completion for one prompt."
     )
-    run.add_argument("model", help="registry name (see `exo-actor models`), a .gguf file or a Hugging Face folder")
+    run.add_argument(
+        "model",
+        help="registry name (see `exo-actor models`), a .gguf file, a Hugging Face folder, or a Hub repo id "
+        "ORG/NAME (downloaded into $EXO_HOME when missing)",
+    )
     run.add_argument("--prompt", required=True, help="the user message (or raw text with --raw)")
     run.add_argument("--system", help="a system message")
     run.add_argument("--raw", action="store_true", help="send the prompt as plain text, without the chat template")
@@ -360,7 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     start = sub.add_parser("start", help="start this device's node and the OpenAI-compatible gateway")
-    start.add_argument("--model", default="smollm2-135m", help="model to serve (default smollm2-135m)")
+    start.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="model to serve: a registry name, path or Hub repo id, downloaded when missing (default smollm2-135m)",
+    )
     start.add_argument("--engine", default="numpy", help="numpy (default), mlx, tinygrad, or auto")
     start.add_argument("--api-host", default="0.0.0.0", help="address the gateway listens on (0.0.0.0)")
     start.add_argument("--api-port", type=_port, default=52415, help="gateway port (52415; 0 picks a free one)")

@@ -121,12 +121,12 @@ def _fetch(repo: str, filename: str, dest: Path, revision: str, optional: bool =
         raise err from None
 
 
-def _sha256(path: Path) -> str:
+def _sha256_of(path: Path) -> Any:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
+    return h
 
 
 class Progress:
@@ -237,12 +237,15 @@ def _fetch_weights(
     expected, size = (meta.etag or "").strip('"'), meta.size
     part = _partial(dest, filename)
     part.parent.mkdir(parents=True, exist_ok=True)
+    digest: Any = None  # SHA-256 of the .part's bytes, kept up to date as they arrive
     for attempt in range(attempts):
         offset = part.stat().st_size if part.exists() else 0
         if size is not None and offset > size:
             part.unlink()
             progress.reset_file(filename)
             offset = 0
+        if digest is None or offset == 0:
+            digest = _sha256_of(part) if offset else hashlib.sha256()
         headers = build_hf_headers()
         if offset:
             headers["Range"] = f"bytes={offset}-"
@@ -252,9 +255,11 @@ def _fetch_weights(
                     raise _explain(httpx.HTTPStatusError("", request=r.request, response=r), repo, filename, dest)
                 if r.status_code == 200 and offset:  # the server ignored the Range: start over
                     progress.reset_file(filename)
+                    digest = hashlib.sha256()
                 with part.open("ab" if r.status_code == 206 else "wb") as f:
                     for chunk in r.iter_bytes():  # as it arrives: a cut transfer keeps what came
                         f.write(chunk)
+                        digest.update(chunk)  # hashed while the network waits, not in a second pass
                         progress.advance(filename, len(chunk))
                         if cancelled is not None and cancelled():
                             raise DownloadCancelled(f"download of {filename} cancelled")
@@ -268,7 +273,7 @@ def _fetch_weights(
             log.warning("download of %s interrupted (%s); resuming", filename, exc)
             if attempt + 1 == attempts:
                 raise _explain(exc, repo, filename, dest) from None
-    got = _sha256(part)
+    got = digest.hexdigest()
     if len(expected) == 64 and got != expected:
         part.unlink(missing_ok=True)
         progress.reset_file(filename)

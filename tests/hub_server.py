@@ -25,6 +25,7 @@ class Hub:
     gated: set[str] = field(default_factory=set)  # repos that need a token
     token: str = "hf_test_token"
     cut_once: set[str] = field(default_factory=set)  # files whose first GET stops half way
+    cut_fresh: set[str] = field(default_factory=set)  # files whose every GET without a Range stops half way
     corrupt: set[str] = field(default_factory=set)  # files served with a flipped byte
     stall_once: set[str] = field(default_factory=set)  # files whose first GET sends half, then hangs
     stalled: threading.Event = field(default_factory=threading.Event)  # set once a stalled GET hangs
@@ -34,6 +35,18 @@ class Hub:
 
     def requested(self, method: str = "GET") -> list[str]:
         return [p.rsplit("/", 1)[-1] for m, p, _ in self.log if m == method]
+
+
+_SHAS: dict[tuple[Path, int, int], str] = {}
+
+
+def _sha256(path: Path, data: bytes) -> str:
+    """The file's SHA-256, computed once per version of the file (as the Hub stores it)."""
+    st = path.stat()
+    key = (path, st.st_mtime_ns, st.st_size)
+    if key not in _SHAS:
+        _SHAS[key] = hashlib.sha256(data).hexdigest()
+    return _SHAS[key]
 
 
 def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
@@ -69,7 +82,7 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
             if not path.is_file():
                 return self._error(404, "EntryNotFound", f"{filename} does not exist")
             data = path.read_bytes()
-            sha = hashlib.sha256(data).hexdigest()
+            sha = _sha256(path, data)
             if filename in hub.corrupt:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
             start = 0
@@ -99,7 +112,7 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
                 hub.stalled.set()
                 threading.Event().wait(30)  # the client is killed meanwhile
                 return
-            if filename in hub.cut_once:
+            if filename in hub.cut_once or (filename in hub.cut_fresh and not start):
                 hub.cut_once.discard(filename)
                 self.wfile.write(body[: len(body) // 2])
                 self.wfile.flush()
@@ -124,3 +137,12 @@ def start_hub(hub: Hub) -> tuple[ThreadingHTTPServer, str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def serve_forever(folder: str, repo: str, cut_fresh: str = "") -> None:
+    """Serve one repo in this process until killed, printing the URL first (for a benchmark that
+    keeps the server out of its own process)."""
+    hub = Hub(repos={repo: Path(folder)}, cut_fresh={cut_fresh} if cut_fresh else set())
+    server, url = start_hub(hub)
+    print(url, flush=True)
+    threading.Event().wait()
