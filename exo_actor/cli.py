@@ -210,6 +210,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
             memory=int(args.memory * 2**30) if args.memory else None,
             wait_for_peers=args.wait_for_peers,
             rings=args.rings,
+            cluster_key=_cluster_key(args),
         )
     serve(node, gateway, args.api_host, args.api_port, cluster, args.node_id)
     return 0
@@ -257,9 +258,13 @@ def _cmd_peers(args: argparse.Namespace) -> int:
     import asyncio
 
     from .transport.discovery import Discovery
+    from .transport.security import ClusterKey
+
+    secret = _cluster_key(args)
+    key = ClusterKey.from_secret(secret) if secret else None
 
     async def listen() -> list:
-        d = Discovery(None, lambda b: None, args.discovery_port)
+        d = Discovery(None, lambda b: None, args.discovery_port, key=key)
         d.start()
         await asyncio.sleep(args.timeout)
         d.stop()
@@ -274,6 +279,25 @@ def _cmd_peers(args: argparse.Namespace) -> int:
         return 1
     for b in sorted(heard, key=lambda b: b.src):
         print(f"{b.src}  {b.endpoint}  {b.engine}  {b.memory / 2**30:.1f} GiB  {b.model}")
+    return 0
+
+
+def _cluster_key(args: argparse.Namespace) -> str | None:
+    """--cluster-key, else EXO_ACTOR_CLUSTER_KEY; checked now (too short: a one-line error)."""
+    import os
+
+    from .transport.security import ClusterKey
+
+    secret = args.cluster_key or os.environ.get("EXO_ACTOR_CLUSTER_KEY") or None
+    if secret:
+        ClusterKey.from_secret(secret)
+    return secret
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from .transport.security import new_key
+
+    print(new_key())
     return 0
 
 
@@ -387,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     start.add_argument("--rings", type=_positive_int, default=1, help="whole copies of the model (1: one ring)")
     start.add_argument("--discovery-port", type=_port, default=52417, help="UDP beacon port (52417)")
+    start.add_argument(
+        "--cluster-key",
+        help="the cluster secret (or EXO_ACTOR_CLUSTER_KEY; prefer the variable: flags show in ps): "
+        "CURVE-encrypted, authenticated actor sockets and signed beacons; every node needs the same one",
+    )
     start.add_argument("--peers", help='TOML file: peers = ["HOST:PORT", ...] (other nodes\' actor ports)')
     start.add_argument("--memory", type=_positive_float, help="memory to advertise, in GiB (default: all of it)")
     start.add_argument(
@@ -405,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     peers = sub.add_parser("peers", help="list the nodes whose UDP beacons this machine hears")
     peers.add_argument("--timeout", type=_positive_float, default=3.0, help="seconds to listen (3)")
     peers.add_argument("--discovery-port", type=_port, default=52417, help="UDP beacon port (52417)")
+    peers.add_argument(
+        "--cluster-key", help="list only nodes signing beacons with this secret (or EXO_ACTOR_CLUSTER_KEY)"
+    )
     peers.set_defaults(func=_cmd_peers)
 
     dl = sub.add_parser(
@@ -418,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--dir", help="where to put it (default: $EXO_HOME/models/NAME)")
     dl.add_argument("--revision", default="main", help="branch, tag or commit (main)")
     dl.set_defaults(func=_cmd_download)
+
+    keygen = sub.add_parser("keygen", help="print a new random cluster key (for EXO_ACTOR_CLUSTER_KEY)")
+    keygen.set_defaults(func=_cmd_keygen)
 
     models = sub.add_parser("models", help="list the registry and what is available locally")
     models.set_defaults(func=_cmd_models)

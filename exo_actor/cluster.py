@@ -34,6 +34,7 @@ from .speculative.drafts import draft_bytes, load_drafter
 from .transport.discovery import Discovery
 from .transport.messages import Beacon, Drafted, Failure, Free, Hello, Logits
 from .transport.peers import Peer, PeerNetwork
+from .transport.security import ClusterKey
 from .weights import open_model
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class ClusterConfig:
     rings: int = 1  # whole copies of the model, each on its own group of nodes
     discovery: str = "manual"  # or "udp": beacons (transport/discovery.py)
     discovery_port: int = 52417
+    cluster_key: str | None = None  # the cluster secret (transport/security.py); None: open, trusted LAN
 
 
 def plan_version(plan: list[Assignment], n_layers: int) -> int:
@@ -133,6 +135,14 @@ class ClusterNode(Node):
             log.error("cannot open %s: %s", self.config.model, exc)
             return
         self.layer_bytes = self.files.args.layer_bytes
+        key = ClusterKey.from_secret(self.cluster.cluster_key) if self.cluster.cluster_key else None
+        if key is None:
+            log.warning(
+                "no cluster key: any device that can reach port %d can join this cluster, read prompts and "
+                "inject activations; fine on a trusted LAN, otherwise start every node with "
+                "EXO_ACTOR_CLUSTER_KEY (`exo-actor keygen` makes one)",
+                self.cluster.port,
+            )
         net = self.net = PeerNetwork(
             self.node_id,
             f"tcp://{self.cluster.host}:{self.cluster.port}",
@@ -140,6 +150,7 @@ class ClusterNode(Node):
             self._hello,
             self.cluster.heartbeat,
             self.cluster.timeout,
+            key,
         )
         self.shard = ShardActor(net, self.compute)
         net.on(Free, self._on_free)
@@ -159,6 +170,7 @@ class ClusterNode(Node):
                 lambda b: net.connect(b.endpoint),
                 self.cluster.discovery_port,
                 interface=self.cluster.advertise,
+                key=key,
             )
             self.discovery.start()
         self.state = "waiting for peers"

@@ -4,7 +4,8 @@ Every node sends a Beacon (node id, actor endpoint, memory, engine, model; proto
 header) each `interval` seconds to the multicast group and to the broadcast address, on
 `port` (default 52417, --discovery-port). Listeners connect to every new endpoint they hear; the
 PeerNetwork's heartbeats then decide liveness. Entries not heard for `ttl` seconds expire.
-Beacons of another protocol version are ignored with one log line per sender.
+Beacons of another protocol version are ignored with one log line per sender. With a cluster key,
+each beacon carries an HMAC-SHA256 tag (transport/security.py) and unsigned ones are dropped.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from .messages import PROTOCOL_VERSION, Beacon, ProtocolError, decode
+from .security import ClusterKey
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,11 @@ class Discovery:
         interval: float = 1.0,
         ttl: float = 5.0,
         interface: str | None = None,
+        key: ClusterKey | None = None,
     ) -> None:
         self.beacon, self.on_peer, self.port = beacon, on_peer, port
+        self.key = key  # beacons carry an HMAC tag; untagged or wrongly tagged ones are dropped
+        self.rejected = 0
         self.interval, self.ttl, self.interface = interval, ttl, interface
         self.heard: dict[str, tuple[Beacon, float]] = {}
         self._ignored: set[str] = set()
@@ -91,6 +96,8 @@ class Discovery:
         assert self.beacon is not None
         while True:
             data = b"".join(bytes(f) for f in self.beacon().encode())
+            if self.key is not None:
+                data = self.key.sign(data)
             for addr in (GROUP, "255.255.255.255"):
                 try:
                     self.tx.sendto(data, (addr, self.port))
@@ -103,6 +110,15 @@ class Discovery:
         me = self.beacon().src if self.beacon else None
         while True:
             data, addr = await loop.sock_recvfrom(self.rx, 65536)
+            if self.key is not None:
+                payload = self.key.verify(data)
+                if payload is None:
+                    self.rejected += 1
+                    if addr[0] not in self._ignored:
+                        self._ignored.add(addr[0])
+                        log.warning("ignoring beacons from %s: not signed with this cluster's key", addr[0])
+                    continue
+                data = payload
             try:
                 msg = decode([data])
             except ProtocolError as exc:

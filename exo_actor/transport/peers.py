@@ -25,6 +25,7 @@ import zmq
 import zmq.asyncio
 
 from .messages import Hello, Message, Ping, Pong, ProtocolError, decode
+from .security import ClusterKey, start_authenticator
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,19 @@ class PeerNetwork:
         hello: Callable[[], Hello],
         heartbeat: float = 0.5,
         timeout: float = 3.0,
+        key: ClusterKey | None = None,
     ) -> None:
         self.node_id, self.bind, self.endpoint = node_id, bind, advertise
+        self.key = key
         self._hello = hello
         self.heartbeat, self.timeout = heartbeat, timeout
         self.ctx = zmq.asyncio.Context()
+        self.auth = None
+        if key is not None:  # CURVE: encrypted, and only holders of the cluster secret get in
+            self.auth, self.zap = start_authenticator(self.ctx, key)
         self.router = self.ctx.socket(zmq.ROUTER)
+        if key is not None:
+            key.serve(self.router)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.MAXMSGSIZE, 1 << 31)
         self.router.bind(bind)
@@ -65,6 +73,7 @@ class PeerNetwork:
         self.dropped = 0  # malformed messages received
         self._tasks: list[asyncio.Task[None]] = []
         self._handling: set[asyncio.Future[Any]] = set()  # handler tasks in flight
+        self._unreachable: set[str] = set()  # endpoints whose last send failed (logged once)
 
     def on(self, kind: type[Message], handler: Handler) -> None:
         self.handlers[kind] = handler
@@ -80,6 +89,8 @@ class PeerNetwork:
                 await t
         for s in [*self.dealers.values(), self.router]:
             s.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.term()
 
     def connect(self, endpoint: str) -> None:
@@ -87,6 +98,8 @@ class PeerNetwork:
         if endpoint in self.dealers:
             return
         s = self.ctx.socket(zmq.DEALER)
+        if self.key is not None:
+            self.key.client(s)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.RECONNECT_IVL, 100)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
@@ -117,9 +130,19 @@ class PeerNetwork:
             self.connect(endpoint)
             sock = self.dealers[endpoint]
         try:
-            sock.send_multipart(msg.encode(), copy=False, flags=zmq.NOBLOCK)
+            sent = sock.send_multipart(msg.encode(), copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:
-            log.warning("send queue to %s is full; dropped a %s", endpoint, msg.KIND)
+            sent = None
+            self._undelivered(endpoint, msg)
+        if isinstance(sent, asyncio.Future):  # zmq.asyncio reports a full queue on the future
+            sent.add_done_callback(lambda f: f.cancelled() or f.exception() is None or self._undelivered(endpoint, msg))
+
+    def _undelivered(self, endpoint: str, msg: Message) -> None:
+        """A message that could not be queued: no connection (a peer down, or refusing our key) or a
+        full queue. Liveness decides what that means; log it once per endpoint until it recovers."""
+        if endpoint not in self._unreachable:
+            self._unreachable.add(endpoint)
+            log.warning("cannot send to %s (not connected, or its queue is full); dropped a %s", endpoint, msg.KIND)
 
     async def _receive(self) -> None:
         while True:
@@ -141,6 +164,8 @@ class PeerNetwork:
             self._hello_from(msg)
         elif src in self.peers:
             self.peers[src].last_seen = time.monotonic()
+        if src in self.peers:
+            self._unreachable.discard(self.peers[src].endpoint)
         if isinstance(msg, Ping) and src in self.peers:
             self.send(src, Pong(self.node_id, msg.seq))
             return
