@@ -141,3 +141,61 @@ def test_beacons_alone_form_a_ring(namespaces, tmp_path):
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_with_a_cluster_key_only_key_holders_are_heard_or_joined(namespaces, tmp_path):
+    """Nodes 0 and 1 share a cluster key; node 2 has another one and also dials node 0's actor port
+    directly. The ring is nodes 0 and 1 only; node 2 is neither listed nor joined, hears nobody, and
+    `exo-actor peers` with the key lists only the key holders."""
+    from exo_actor.transport.security import new_key
+
+    model = tmp_path / "tiny.gguf"
+    write_gguf(model, TinySpec(layers=6))
+    good, bad = new_key(), new_key()
+    (tmp_path / "peers.toml").write_text('peers = ["10.77.0.1:52416"]\n')
+    procs = []
+    for i, ns in enumerate(namespaces):
+        ip = f"10.77.0.{i + 1}"
+        cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "exo_actor.cli", "start", "--model", str(model)]
+        cmd += ["--discovery", "udp", "--node-id", f"node{i}", "--host", ip, "--api-host", ip, "--memory", "4"]
+        if i == 2:
+            cmd += ["--peers", str(tmp_path / "peers.toml")]
+        env = {**os.environ, "EXO_ACTOR_CLUSTER_KEY": good if i < 2 else bad}
+        with open(tmp_path / f"node{i}.log", "w") as log:
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
+    probe = "import urllib.request,sys;print(urllib.request.urlopen(sys.argv[1],timeout=2).read().decode())"
+    try:
+        info: dict = {}
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            out = in_ns(namespaces[0], probe, "http://10.77.0.1:52415/v1/cluster")
+            if out:
+                info = json.loads(out)
+                if info.get("state") == "ready" and len(info.get("plan", [])) == 2:
+                    break
+            time.sleep(1)
+        time.sleep(3)  # give the intruder's beacons and dial every chance
+        info = json.loads(in_ns(namespaces[0], probe, "http://10.77.0.1:52415/v1/cluster"))
+        logs = "\n".join((tmp_path / f"node{i}.log").read_text()[-800:] for i in range(3))
+        assert info["state"] == "ready", logs
+        assert sorted(n["id"] for n in info["nodes"]) == ["node0", "node1"], logs
+        assert [p["node"] for p in info["plan"]] == ["node0", "node1"]
+        intruder = json.loads(in_ns(namespaces[2], probe, "http://10.77.0.3:52415/v1/cluster"))
+        assert [n["id"] for n in intruder["nodes"]] == ["node2"]
+        assert "not signed with this cluster's key" in (tmp_path / "node0.log").read_text()
+        heard = subprocess.run(
+            ["ip", "netns", "exec", namespaces[1], sys.executable, "-m", "exo_actor.cli", "peers", "--timeout", "3"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "EXO_ACTOR_CLUSTER_KEY": good},
+        ).stdout
+        assert "node0" in heard and "node2" not in heard, heard
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
