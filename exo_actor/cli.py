@@ -180,7 +180,15 @@ def _cmd_start(args: argparse.Namespace) -> int:
     from .server import serve
 
     key = args.api_key or os.environ.get("EXO_ACTOR_API_KEY") or None
-    gateway = None if args.no_api else GatewayConfig(api_key=key, max_body_bytes=args.max_body_bytes)
+    gateway = None
+    if not args.no_api:
+        gateway = GatewayConfig(
+            api_key=key,
+            max_body_bytes=args.max_body_bytes,
+            request_timeout=args.request_timeout,
+            max_tokens=args.max_tokens,
+            max_context=args.max_context,
+        )
     node = _speculation_config(args)
     node.max_concurrent = args.max_concurrent
     cluster = None
@@ -400,6 +408,20 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set EXO_ACTOR_API_KEY)")
     start.add_argument("--max-concurrent", type=_positive_int, default=8, help="requests in flight (8); more get 429")
     start.add_argument("--max-body-bytes", type=_positive_int, default=4 << 20, help="largest request body (4 MiB)")
+    start.add_argument(
+        "--request-timeout",
+        type=_positive_float,
+        default=600.0,
+        help="seconds a request may take, streamed or not, before it ends with a timeout error (600)",
+    )
+    start.add_argument(
+        "--max-tokens", type=_positive_int, help="most completion tokens a request may ask for (default: the context)"
+    )
+    start.add_argument(
+        "--max-context",
+        type=_positive_int,
+        help="most tokens (prompt + completion) a request may use (default: the model's context length)",
+    )
     start.add_argument("--node-id", help="this node's id (default: random)")
     start.add_argument("--host", default="0.0.0.0", help="address of the actor (ROUTER) socket (0.0.0.0)")
     start.add_argument("--port", type=_port, default=52416, help="actor (ROUTER) port (52416)")

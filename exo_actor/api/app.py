@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 class GatewayConfig:
     api_key: str | None = None
     max_body_bytes: int = 4 * 1024 * 1024
-    request_timeout: float = 600.0
+    request_timeout: float = 600.0  # a request (streamed or not) ends with a 504 / error event after this
+    max_tokens: int | None = None  # cap on a request's completion tokens (None: the context length)
+    max_context: int | None = None  # cap on prompt + completion tokens (None: the model's context)
 
 
 def _too_large(limit: int) -> ApiError:

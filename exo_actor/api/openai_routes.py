@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -15,6 +16,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..actors.router import GenerationStream, RouterActor
 from ..errors import ExoError
 from ..generation import Delta, GenerationStats, TokenLogprob
+from ..sampling import SamplingParams
 from ..tokenizer import TextTokenizer, chat_prompt_ids
 from . import responses as R
 from .errors import ApiError, invalid
@@ -36,6 +38,12 @@ def _check_context(ids: list[int], context_length: int) -> None:
         )
 
 
+def _within(params: SamplingParams, ids: list[int], context: int) -> SamplingParams:
+    """Completion tokens capped so prompt + completion fit the context a request may use."""
+    room = context - len(ids)
+    return params if params.max_tokens <= room else dataclasses.replace(params, max_tokens=room)
+
+
 class OpenAIRoutes:
     """The OpenAI endpoints of one gateway; `gw` gives node, config, metrics and error mapping."""
 
@@ -46,8 +54,13 @@ class OpenAIRoutes:
         return parse_json(await request.body())
 
     def _ready(self) -> tuple[TextTokenizer, int, RouterActor]:
+        """The tokenizer, the context length requests may use (the model's, or less with
+        --max-context), and the router."""
         files, router = self.gw.node.ready_router()
-        return files.tokenizer, files.args.max_position_embeddings, router
+        context = files.args.max_position_embeddings
+        if self.gw.config.max_context:
+            context = min(context, self.gw.config.max_context)
+        return files.tokenizer, context, router
 
     def _record(self, stats: GenerationStats | None) -> None:
         if stats is not None:
@@ -96,14 +109,14 @@ class OpenAIRoutes:
     async def chat(self, request: Request) -> Response:
         body = await self._body(request)
         tok, ctx, router = self._ready()
-        req = parse_chat(body, ctx)
+        req = parse_chat(body, ctx, self.gw.config.max_tokens)
         self.gw.check_model(req.model)
         try:
             ids = chat_prompt_ids(tok, req.messages)
         except ExoError as exc:
             raise invalid(str(exc), "messages") from None
         _check_context(ids, ctx)
-        stream = router.submit(ids, req.params)
+        stream = router.submit(ids, _within(req.params, ids, ctx))
         cid = R.new_id("chatcmpl")
         if req.stream:
             return self._stream_response(
@@ -138,7 +151,7 @@ class OpenAIRoutes:
     async def completions(self, request: Request) -> Response:
         body = await self._body(request)
         tok, ctx, router = self._ready()
-        req = parse_completion(body, ctx)
+        req = parse_completion(body, ctx, self.gw.config.max_tokens)
         self.gw.check_model(req.model)
         prompt_ids = [p if isinstance(p, list) else tok.encode(p) for p in req.prompts]
         for ids in prompt_ids:
@@ -151,11 +164,11 @@ class OpenAIRoutes:
             raise invalid("streaming takes a single prompt", "prompt")
         cid = R.new_id("cmpl")
         if req.stream:
-            stream = router.submit(prompt_ids[0], req.params)
+            stream = router.submit(prompt_ids[0], _within(req.params, prompt_ids[0], ctx))
             return self._stream_response(
                 self._completion_events(cid, req.model, tok, stream, req.include_usage, req.params.logprobs is not None)
             )
-        streams = [router.submit(ids, req.params) for ids in prompt_ids]
+        streams = [router.submit(ids, _within(req.params, ids, ctx)) for ids in prompt_ids]
         try:
             results = await asyncio.gather(*(self._collect(request, s) for s in streams))
         finally:
@@ -196,8 +209,20 @@ class OpenAIRoutes:
 
     async def _guard(self, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Errors after the response started go to the client as an SSE error event, then [DONE]."""
+        loop = asyncio.get_running_loop()
+        limit = self.gw.config.request_timeout
+        deadline = loop.time() + limit
+        it = events.__aiter__()
         try:
-            async for chunk in events:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(it.__anext__(), max(0.0, deadline - loop.time()))
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise ApiError(
+                        504, f"the request did not finish within {limit:g} s", "timeout_error", code="timeout"
+                    ) from None
                 yield chunk
         except (ExoError, ApiError) as exc:
             err = self.gw.to_api_error(exc)

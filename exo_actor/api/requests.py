@@ -90,7 +90,9 @@ def _range(body: dict[str, Any], key: str, lo: float, hi: float, default: float)
     return v
 
 
-def _sampling(body: dict[str, Any], context_length: int, logprobs: int | None) -> SamplingParams:
+def _sampling(
+    body: dict[str, Any], context_length: int, logprobs: int | None, max_tokens_limit: int | None = None
+) -> SamplingParams:
     n = _get(body, "n", int, 1)
     if n != 1:
         raise invalid("only n=1 is supported; send several requests for several completions", "n")
@@ -98,10 +100,12 @@ def _sampling(body: dict[str, Any], context_length: int, logprobs: int | None) -
     key = "max_completion_tokens"
     if max_tokens is None:
         max_tokens, key = _get(body, "max_tokens", int, None), "max_tokens"
+    limit = min(context_length, max_tokens_limit or context_length)
     if max_tokens is None:
-        max_tokens = context_length
-    if not 1 <= max_tokens <= context_length:
-        raise invalid(f"'{key}' must be between 1 and the context length ({context_length}), got {max_tokens}", key)
+        max_tokens = limit
+    if not 1 <= max_tokens <= limit:
+        what = "the context length" if limit == context_length else "this server's limit (--max-tokens)"
+        raise invalid(f"'{key}' must be between 1 and {what} ({limit}), got {max_tokens}", key)
     stop = body.get("stop")
     if stop is None:
         stops: tuple[str, ...] = ()
@@ -166,7 +170,7 @@ def _message_text(content: Any, i: int) -> str:
     raise invalid(f"'{param}' must be a string or an array of text parts", param)
 
 
-def parse_chat(body: dict[str, Any], context_length: int) -> ChatRequest:
+def parse_chat(body: dict[str, Any], context_length: int, max_tokens: int | None = None) -> ChatRequest:
     model = _get(body, "model", str, None)
     if not model:
         raise invalid("'model' is required", "model")
@@ -191,11 +195,11 @@ def parse_chat(body: dict[str, Any], context_length: int) -> ChatRequest:
         raise invalid("'top_logprobs' requires 'logprobs': true", "top_logprobs")
     if top is not None and not 0 <= top <= 20:
         raise invalid("'top_logprobs' must be between 0 and 20", "top_logprobs")
-    params = _sampling(body, context_length, (top or 0) if logprobs else None)
+    params = _sampling(body, context_length, (top or 0) if logprobs else None, max_tokens)
     return ChatRequest(model, parsed, params, stream, _stream_options(body, stream), logprobs)
 
 
-def parse_completion(body: dict[str, Any], context_length: int) -> CompletionRequest:
+def parse_completion(body: dict[str, Any], context_length: int, max_tokens: int | None = None) -> CompletionRequest:
     model = _get(body, "model", str, None)
     if not model:
         raise invalid("'model' is required", "model")
@@ -214,7 +218,7 @@ def parse_completion(body: dict[str, Any], context_length: int) -> CompletionReq
     lp = _get(body, "logprobs", int, None)
     if lp is not None and not 0 <= lp <= 5:
         raise invalid("'logprobs' must be between 0 and 5", "logprobs")
-    params = _sampling(body, context_length, lp)
+    params = _sampling(body, context_length, lp, max_tokens)
     return CompletionRequest(model, prompts, params, stream, _stream_options(body, stream))
 
 

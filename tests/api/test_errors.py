@@ -152,3 +152,41 @@ def test_missing_model_file_reports_failed(tmp_path):
             time.sleep(0.05)
         err = assert_error(post(srv, {"model": "x", "messages": MSG}), 503)
         assert "failed to load" in err["message"] and "missing.gguf" in err["message"]
+
+
+def test_server_limits_on_tokens_and_context(tiny_gguf):
+    """--max-tokens caps what a request may ask for (and is the default); --max-context caps prompt
+    plus completion: a longer prompt is a 400, and the completion stops at the limit."""
+    with thread_server(tiny_gguf, GatewayConfig(max_tokens=6, max_context=40)) as srv:
+        err = assert_error(post(srv, _chat(tiny_gguf, max_tokens=7)), 400, param="max_tokens")
+        assert "this server's limit (--max-tokens) (6)" in err["message"]
+        r = post(srv, {"model": str(tiny_gguf), "messages": MSG, "temperature": 0})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 6
+        long = [{"role": "user", "content": "hello " * 60}]
+        err = assert_error(post(srv, _chat(tiny_gguf, messages=long)), 400, code="context_length_exceeded")
+        assert "context length is 40" in err["message"]
+        ids = list(range(5, 40))  # 35 prompt tokens: room for 5 more within the 40-token context
+        r = post(
+            srv, {"model": str(tiny_gguf), "prompt": ids, "max_tokens": 6, "temperature": 0}, path="/v1/completions"
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] <= 5
+
+
+def test_request_timeout_ends_streams_and_plain_requests(tiny_gguf):
+    """With a 0.05 s request timeout, a long generation ends: a plain request with a 504, a stream
+    with an error event then [DONE]; the server keeps serving."""
+    import json as _json
+
+    with thread_server(tiny_gguf, GatewayConfig(request_timeout=0.05)) as srv:
+        slow = _chat(tiny_gguf, max_tokens=230, temperature=0)
+        r = post(srv, slow)
+        if r.status_code == 200:  # the tiny model may finish early: make it slow enough to time out
+            pytest.fail(f"generation finished within 0.05 s; make the test's request longer: {r.json()['usage']}")
+        assert_error(r, 504, code="timeout")
+        with httpx.stream("POST", srv.url + "/v1/chat/completions", json={**slow, "stream": True}, timeout=30) as s:
+            events = [line[6:] for line in s.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        error = _json.loads(events[-2])["error"]
+        assert error["code"] == "timeout" and "0.05 s" in error["message"]
+        assert httpx.get(srv.url + "/healthz").json()["state"] == "ready"
