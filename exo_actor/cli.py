@@ -219,7 +219,14 @@ def _cmd_start(args: argparse.Namespace) -> int:
             wait_for_peers=args.wait_for_peers,
             rings=args.rings,
             cluster_key=_cluster_key(args),
+            step_timeout=args.step_timeout,
+            heartbeat=args.heartbeat,
+            timeout=args.peer_timeout,
         )
+        if cluster.timeout <= 2 * cluster.heartbeat:
+            raise ExoError(
+                f"--peer-timeout ({cluster.timeout:g} s) must exceed twice --heartbeat ({cluster.heartbeat:g} s)"
+            )
     serve(node, gateway, args.api_host, args.api_port, cluster, args.node_id)
     return 0
 
@@ -437,6 +444,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--cluster-key",
         help="the cluster secret (or EXO_ACTOR_CLUSTER_KEY; prefer the variable: flags show in ps): "
         "CURVE-encrypted, authenticated actor sockets and signed beacons; every node needs the same one",
+    )
+    start.add_argument(
+        "--heartbeat", type=_positive_float, default=0.5, help="seconds between pings to each peer (0.5)"
+    )
+    start.add_argument(
+        "--peer-timeout",
+        type=_positive_float,
+        default=3.0,
+        help="a peer silent this long is down: its requests end with an error and the ring re-plans (3)",
+    )
+    start.add_argument(
+        "--step-timeout",
+        type=_positive_float,
+        default=300.0,
+        help="longest one ring pass may take (a long prefill on a slow device) before the request fails (300)",
     )
     start.add_argument("--peers", help='TOML file: peers = ["HOST:PORT", ...] (other nodes\' actor ports)')
     start.add_argument("--memory", type=_positive_float, help="memory to advertise, in GiB (default: all of it)")

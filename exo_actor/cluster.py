@@ -464,6 +464,8 @@ class ClusterNode(Node):
         info["plan_version"] = self.version
         info["this_node"] = self.node_id
         info["blas_threads"] = getattr(self, "blas_threads", None)
+        role = self.shard.role if getattr(self, "shard", None) is not None else None
+        info["kv_requests"] = len(getattr(role.runner, "caches", {})) if role is not None else 0
         info["idle_nodes"] = [{"id": k, "why": why} for k, why in sorted(self.idle.items())]
         info["draft"] = (
             {

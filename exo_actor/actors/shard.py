@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -20,6 +21,9 @@ from ..transport.messages import Failure, Forward, Free, Logits, Truncate
 from ..transport.peers import PeerNetwork
 
 log = logging.getLogger(__name__)
+
+
+FREED_MEMORY = 4096
 
 
 @dataclass
@@ -34,12 +38,17 @@ class ShardActor:
         self.net, self.compute = net, compute
         self.role: ShardRole | None = None
         self.last_pos: dict[str, int] = {}  # request -> start of its newest Forward here
+        # requests already freed: a Forward of a failed request still travelling the ring when its
+        # Free arrived must not build a cache nobody will free (bounded: the newest FREED_MEMORY ids)
+        self.freed: OrderedDict[str, None] = OrderedDict()
         net.on(Forward, self.on_forward)
         net.on(Free, self.on_free)
         net.on(Truncate, self.on_truncate)
 
     async def on_forward(self, msg: Forward) -> None:
         role = self.role
+        if msg.rid in self.freed:
+            return  # its router has already given up on it
         if role is None or role.plan != msg.plan:
             self._fail(msg, "plan_changed", "the cluster's layer plan changed; retry the request")
             return
@@ -83,6 +92,9 @@ class ShardActor:
 
     async def on_free(self, msg: Free) -> None:
         self.last_pos.pop(msg.rid, None)
+        self.freed[msg.rid] = None
+        while len(self.freed) > FREED_MEMORY:
+            self.freed.popitem(last=False)
         role = self.role
         if role is not None:
             await asyncio.get_running_loop().run_in_executor(self.compute, role.runner.free, msg.rid)
