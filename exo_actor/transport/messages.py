@@ -232,7 +232,7 @@ def _check_field(kind: str, name: str, expected: str, value: Any) -> Any:
 
 def _tensor(kind: str, header: dict[str, Any], frame: Any) -> np.ndarray:
     dt, shape = header.get("dt"), header.get("sh")
-    if dt not in DTYPES:
+    if not isinstance(dt, str) or dt not in DTYPES:
         raise ProtocolError(f"{kind}: dtype {dt!r} is not allowed ({', '.join(DTYPES)})")
     if (
         not isinstance(shape, list)
@@ -241,7 +241,7 @@ def _tensor(kind: str, header: dict[str, Any], frame: Any) -> np.ndarray:
     ):
         raise ProtocolError(f"{kind}: shape must be a list of at most {MAX_DIMS} non-negative integers")
     buf = memoryview(frame)
-    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(DTYPES[dt]).itemsize
+    expected = math.prod(shape) * np.dtype(DTYPES[dt]).itemsize  # exact: no int64 wrap-around
     if expected > MAX_TENSOR_BYTES or buf.nbytes != expected:
         raise ProtocolError(f"{kind}: shape {shape} of {dt} needs {expected} bytes, the frame has {buf.nbytes}")
     return np.frombuffer(buf, dtype=DTYPES[dt]).reshape(shape)
@@ -262,9 +262,10 @@ def decode(frames: list[Any]) -> Message:
         raise ProtocolError("header must be a msgpack map")
     if header.get("v") != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {header.get('v')!r} is not {PROTOCOL_VERSION}")
-    cls = KINDS.get(header.get("k"))  # type: ignore[arg-type]
+    kind = header.get("k")
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ProtocolError(f"unknown message kind {header.get('k')!r}")
+        raise ProtocolError(f"unknown message kind {kind!r}")
     if cls.TENSOR != (len(frames) == 2):
         raise ProtocolError(f"{cls.KIND} carries {'one tensor frame' if cls.TENSOR else 'no tensor frame'}")
     kwargs: dict[str, Any] = {}

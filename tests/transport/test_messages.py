@@ -187,7 +187,15 @@ def test_coverage_guided_fuzzing_of_the_decoder(tmp_path):
         (corpus / f"seed{i}").write_bytes(bytes([len(frames) - 1]) + b"||".join(frames))
     script = Path(__file__).with_name("fuzz_decode.py")
     proc = subprocess.run(
-        [sys.executable, str(script), str(corpus), "-runs=200000", "-max_total_time=120", "-max_len=4096"],
+        [
+            sys.executable,
+            str(script),
+            str(corpus),
+            "-runs=200000",
+            "-max_total_time=120",
+            "-max_len=4096",
+            f"-artifact_prefix={tmp_path}/",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -196,3 +204,38 @@ def test_coverage_guided_fuzzing_of_the_decoder(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     done = re.search(r"Done (\d+) runs", proc.stderr)
     assert done and int(done.group(1)) >= 1000, proc.stderr[-1000:]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"v": 1, "k": ["fwd"]},  # an unhashable kind (found by the fuzzer)
+        {
+            "v": 1,
+            "k": "fwd",
+            "rid": "r",
+            "src": "a",
+            "router": "a",
+            "plan": 1,
+            "pos": 0,
+            "num_logits": 1,
+            "dt": ["float32"],
+            "sh": [1],
+        },  # an unhashable dtype (found by the fuzzer)
+        {
+            "v": 1,
+            "k": "fwd",
+            "rid": "r",
+            "src": "a",
+            "router": "a",
+            "plan": 1,
+            "pos": 0,
+            "num_logits": 1,
+            "dt": "float32",
+            "sh": [2**32, 2**32, 2**32, 1],
+        },  # a shape whose size wraps around int64
+    ],
+)
+def test_fuzzer_findings_are_protocol_errors(header):
+    with pytest.raises(ProtocolError):
+        decode([msgpack.packb(header), b"\x00" * 4])
