@@ -237,6 +237,7 @@ class ClusterNode(Node):
         self.version, self.ring_plans, self.idle = version, plans, idle
         self.assignments, self.plan = mine_ring, [(a.start, a.end) for a in mine_ring]
         self._retire_router("the cluster's layer plan changed; retry the request")
+        self.shard.abandon(f"node {self.node_id} re-planned (the nodes it can reach changed); retry the request")
         self._place_draft(plans)
         self.state = "loading"
         mine = next((a for a in mine_ring if a.node_id == self.node_id), None)

@@ -41,6 +41,7 @@ class ShardActor:
         # requests already freed: a Forward of a failed request still travelling the ring when its
         # Free arrived must not build a cache nobody will free (bounded: the newest FREED_MEMORY ids)
         self.freed: OrderedDict[str, None] = OrderedDict()
+        self.routers: dict[str, str] = {}  # request -> its router, for requests this shard has served
         net.on(Forward, self.on_forward)
         net.on(Free, self.on_free)
         net.on(Truncate, self.on_truncate)
@@ -54,6 +55,7 @@ class ShardActor:
             return
         loop = asyncio.get_running_loop()
         self.last_pos[msg.rid] = msg.pos
+        self.routers[msg.rid] = msg.router
         try:
             out = await loop.run_in_executor(
                 self.compute, role.runner.forward, msg.rid, msg.data, msg.pos, msg.num_logits
@@ -82,7 +84,11 @@ class ShardActor:
                     ),
                 )
         except KeyError as exc:
-            self._fail(msg, "peer_down", f"node {exc.args[0]} left the cluster")
+            self._fail(
+                msg,
+                "peer_down",
+                f"node {exc.args[0]} cannot be reached from here; the cluster is re-planning, retry the request",
+            )
 
     async def on_truncate(self, msg: Truncate) -> None:
         role = self.role
@@ -90,8 +96,22 @@ class ShardActor:
             return  # a newer pass has arrived (it already rolled the cache back), or none did
         await asyncio.get_running_loop().run_in_executor(self.compute, role.runner.truncate, msg.rid, msg.length)
 
+    def abandon(self, reason: str) -> None:
+        """This node re-planned: tell the router of every request it served that the request is over.
+
+        A router may be waiting for a pass this node forwarded to a peer it now considers gone (a cut
+        link between two other nodes than the router): without this, only the step timeout ends it.
+        """
+        for rid, router in list(self.routers.items()):
+            try:
+                self.net.send(router, Failure(rid, self.net.node_id, "plan_changed", reason))
+            except KeyError:
+                pass
+        self.routers.clear()
+
     async def on_free(self, msg: Free) -> None:
         self.last_pos.pop(msg.rid, None)
+        self.routers.pop(msg.rid, None)
         self.freed[msg.rid] = None
         while len(self.freed) > FREED_MEMORY:
             self.freed.popitem(last=False)

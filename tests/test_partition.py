@@ -1,0 +1,177 @@
+"""A cut link between two hosts: three nodes in three network namespaces, each pair joined by its own
+veth link (a full mesh, so one link can fail while every other path stays up). Cutting node1-node2
+while node0's gateway streams a request: the stream ends with a clear error within a bounded time,
+requests during the partition fail fast instead of hanging, and once the link is back the ring heals
+and answers exactly. Needs root (ip netns); CI runs as root. No traffic leaves the namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.slow
+PEER_TIMEOUT = 3.0
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def addr(i: int) -> str:
+    return f"10.99.0.{i + 1}"  # node i's own address (on its loopback), reachable over the mesh
+
+
+@pytest.fixture()
+def mesh():
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.fail("this test needs root and iproute2 (ip netns); CI runs as root")
+    tag = uuid.uuid4().hex[:5]
+    names = [f"exo{tag}m{i}" for i in range(3)]
+    links: dict[tuple[int, int], tuple[str, str]] = {}  # (i, j) -> (i's end, j's end)
+    try:
+        for ns in names:
+            sh("ip", "netns", "add", ns)
+        for i, ns in enumerate(names):
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "addr", "add", f"{addr(i)}/32", "dev", "lo")
+        for k, (i, j) in enumerate([(0, 1), (0, 2), (1, 2)]):
+            a, b = f"l{tag}{i}{j}", f"l{tag}{j}{i}"
+            sh("ip", "link", "add", a, "netns", names[i], "type", "veth", "peer", "name", b, "netns", names[j])
+            for me, dev, other, host in ((i, a, j, 1), (j, b, i, 2)):
+                sh("ip", "-n", names[me], "addr", "add", f"10.88.{k}.{host}/30", "dev", dev)
+                sh("ip", "-n", names[me], "link", "set", dev, "up")
+                sh("ip", "-n", names[me], "route", "add", f"{addr(other)}/32", "dev", dev, "src", addr(me))
+            links[(i, j)] = (a, b)
+        yield names, links
+    finally:
+        for ns in names:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def in_ns(ns: str, code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=os.getcwd(),
+    )
+
+
+GET = "import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1],timeout=5).read().decode())"
+POST = (
+    "import json,sys,urllib.request,urllib.error\n"
+    "req=urllib.request.Request(sys.argv[1],sys.argv[2].encode(),{'Content-Type':'application/json'})\n"
+    "try:\n    r=urllib.request.urlopen(req,timeout=120);print(r.status);print(r.read().decode())\n"
+    "except urllib.error.HTTPError as e:\n    print(e.code);print(e.read().decode())\n"
+)
+STREAM = (
+    "import json,sys,urllib.request\n"
+    "req=urllib.request.Request(sys.argv[1],sys.argv[2].encode(),{'Content-Type':'application/json'})\n"
+    "for line in urllib.request.urlopen(req,timeout=120):\n    print(line.decode().strip(),flush=True)\n"
+)
+
+
+def cluster(ns: str, i: int) -> dict:
+    out = in_ns(ns, GET, f"http://{addr(i)}:52415/v1/cluster").stdout
+    return json.loads(out) if out else {}
+
+
+def wait_plan(names: list[str], nodes: list[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        infos = [cluster(ns, i) for i, ns in enumerate(names)]
+        if all(x.get("state") == "ready" and [p["node"] for p in x["plan"]] == nodes for x in infos):
+            return
+        time.sleep(1)
+    raise AssertionError(f"plans did not become {nodes}: {[x.get('plan') for x in infos]}")
+
+
+def ask(ns: str, i: int) -> tuple[int, dict]:
+    body = json.dumps({"model": "smollm2-135m", "messages": QUESTION, "temperature": 0, "max_tokens": 12})
+    out = in_ns(ns, POST, f"http://{addr(i)}:52415/v1/chat/completions", body).stdout.split("\n", 1)
+    return int(out[0]), json.loads(out[1])
+
+
+def test_a_cut_link_ends_requests_promptly_and_the_ring_heals(mesh, tmp_path, smollm2_path):
+    from exo_actor.generation import generate
+    from exo_actor.local import load_local
+    from exo_actor.sampling import SamplingParams
+    from exo_actor.tokenizer import chat_prompt_ids
+
+    names, links = mesh
+    files, pipe = load_local("smollm2-135m")
+    ids = chat_prompt_ids(files.tokenizer, QUESTION)
+    expected = "".join(d.text for d in generate(pipe, files.tokenizer, ids, SamplingParams(max_tokens=12), 8192))
+    (tmp_path / "peers.toml").write_text(f"peers = {json.dumps([f'{addr(i)}:52416' for i in range(3)])}\n")
+    procs = []
+    for i, ns in enumerate(names):
+        cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "exo_actor.cli", "start", "--node-id", f"node{i}"]
+        cmd += ["--host", addr(i), "--api-host", addr(i), "--peers", str(tmp_path / "peers.toml"), "--memory", "4"]
+        with open(tmp_path / f"node{i}.log", "w") as log:
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        wait_plan(names, ["node0", "node1", "node2"])
+        story = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
+        body = json.dumps({"model": "smollm2-135m", "messages": story, "stream": True, "max_tokens": 2000})
+        client = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                names[0],
+                sys.executable,
+                "-c",
+                STREAM,
+                f"http://{addr(0)}:52415/v1/chat/completions",
+                body,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert client.stdout is not None
+        events = 0
+        while events < 6:
+            line = client.stdout.readline()
+            assert line, "the stream ended before the cut"
+            events += line.startswith("data: ")
+        end1, end2 = links[(1, 2)]
+        sh("ip", "-n", names[1], "link", "set", end1, "down")  # node1 <-> node2 only
+        cut = time.monotonic()
+        rest = [line.strip() for line in client.stdout if line.strip()]
+        elapsed = time.monotonic() - cut
+        client.wait(10)
+        logs = "\n".join((tmp_path / f"node{i}.log").read_text()[-1500:] for i in range(3))
+        assert elapsed < PEER_TIMEOUT + 5, (elapsed, logs)
+        assert rest[-1] == "data: [DONE]", rest[-3:]
+        error = json.loads(rest[-2][6:])["error"]
+        assert "retry" in error["message"], error
+        t = time.monotonic()
+        status, answer = ask(names[0], 0)  # during the partition: a prompt, clear failure, not a hang
+        assert time.monotonic() - t < 30 and status == 503, (status, answer)
+        assert "retry" in answer["error"]["message"]
+        sh("ip", "-n", names[1], "link", "set", end1, "up")  # (a link going down drops its routes)
+        sh("ip", "-n", names[1], "route", "replace", f"{addr(2)}/32", "dev", end1, "src", addr(1))
+        sh("ip", "-n", names[2], "route", "replace", f"{addr(1)}/32", "dev", end2, "src", addr(2))
+        wait_plan(names, ["node0", "node1", "node2"])
+        for i, ns in enumerate(names):
+            status, answer = ask(ns, i)
+            assert status == 200 and answer["choices"][0]["message"]["content"] == expected, answer
+            assert cluster(ns, i)["kv_requests"] == 0
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
