@@ -182,5 +182,8 @@ class Node:
             },
             "speculative": router.speculation_info() if router else None,
             "downloads": self.downloads_info(),
+            "kv_requests": max(
+                (len(getattr(r, "caches", {})) for r in getattr(router.pipeline, "shards", []) if router), default=0
+            ),
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }
