@@ -161,3 +161,23 @@ def test_run_with_speculation_prints_the_same_text_and_the_acceptance(tiny_gguf)
 )
 def test_bad_speculation_flags(tiny_gguf, flags, needle):
     assert_one_line_error(cli("run", str(tiny_gguf), "--prompt", "x", *flags), needle)
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda c: "{not json", "not valid JSON"),
+        (lambda c: "[1, 2]", "JSON object"),
+        (lambda c: json.dumps({**c, "model_type": "gpt9"}), "not supported"),
+        (lambda c: json.dumps({k: v for k, v in c.items() if k != "hidden_size"}), "config.json"),
+        (lambda c: json.dumps({**c, "hidden_size": "wide"}), "hidden_size"),
+        (lambda c: json.dumps({**c, "num_hidden_layers": -3}), "num_hidden_layers"),
+        (lambda c: json.dumps({**c, "num_attention_heads": 0}), "num_attention_heads"),
+        (lambda c: json.dumps({**c, "rms_norm_eps": [1]}), "rms_norm_eps"),
+    ],
+)
+def test_bad_config_json_is_one_line(tmp_path, change, needle):
+    write_hf_folder(tmp_path, TinySpec())
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(change(cfg))
+    assert_one_line_error(cli("run", str(tmp_path), "--prompt", "x"), needle)

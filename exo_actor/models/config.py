@@ -9,6 +9,16 @@ from typing import Any
 from ..errors import UnsupportedModelError
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+_POSITIVE_INTS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+    "max_position_embeddings",
+    "head_dim",
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,18 @@ class ModelArgs:
             raise UnsupportedModelError(
                 f"architecture {self.architecture!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
             )
+        for name in _POSITIVE_INTS:
+            value = getattr(self, name)
+            if value is None and name == "head_dim":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UnsupportedModelError(f"the model's {name} must be a positive integer, got {value!r}")
+        for name in ("rms_norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < float("inf"):
+                raise UnsupportedModelError(f"the model's {name} must be a positive number, got {value!r}")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
+            raise UnsupportedModelError(f"the model's rope_scaling must be an object, got {self.rope_scaling!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise UnsupportedModelError(
                 f"num_attention_heads ({self.num_attention_heads}) is not a multiple of "
