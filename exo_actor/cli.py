@@ -191,6 +191,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         )
     node = _speculation_config(args)
     node.max_concurrent = args.max_concurrent
+    node.prefix_cache_mb = args.prefix_cache_mb
     cluster = None
     if args.discovery or args.peers:
         if args.discovery == "manual" and not args.peers:
@@ -316,6 +317,16 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
+
 def _port(text: str) -> int:
     v = _positive_int(text) if text != "0" else 0
     if v > 65535:
@@ -415,6 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set EXO_ACTOR_API_KEY)")
     start.add_argument("--max-concurrent", type=_positive_int, default=8, help="requests in flight (8); more get 429")
     start.add_argument("--max-body-bytes", type=_positive_int, default=4 << 20, help="largest request body (4 MiB)")
+    start.add_argument(
+        "--prefix-cache-mb",
+        type=_non_negative_int,
+        default=512,
+        help="memory for KV caches kept for the next chat turn, which then prefills only its new tokens (512; 0: off)",
+    )
     start.add_argument(
         "--request-timeout",
         type=_positive_float,

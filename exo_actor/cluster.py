@@ -373,7 +373,12 @@ class ClusterNode(Node):
             if drafter:
                 spec = Speculation(drafter, self.config.draft_tokens, self.config.adaptive_draft)
             router = RouterActor(
-                ring, self.files.tokenizer, self.files.args.max_position_embeddings, self.config.max_concurrent, spec
+                ring,
+                self.files.tokenizer,
+                self.files.args.max_position_embeddings,
+                self.config.max_concurrent,
+                spec,
+                self.config.prefix_cache_tokens(self.files.args),
             )
             router.start()
             self.rings[i] = (ring, router)
@@ -449,6 +454,7 @@ class ClusterNode(Node):
                 "in_flight": self.rings[i][1].in_flight if i in self.rings else 0,
                 "tokens_generated": self.rings[i][1].tokens_generated if i in self.rings else 0,
                 "speculative": self.rings[i][1].speculation_info() if i in self.rings else None,
+                "prefix_cache": self.rings[i][1].prefix_cache_info() if i in self.rings else None,
             }
             for i, plan in enumerate(self.ring_plans)
         ]

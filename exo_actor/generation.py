@@ -16,6 +16,7 @@ import numpy as np
 
 from .engines import ShardRunner
 from .errors import ContextLengthError
+from .prefix_cache import PrefixCache
 from .sampling import Sampler, SamplingParams, StopMatcher, filtered_probs
 from .speculative import RateEstimate, Speculation, accept_drafts
 from .tokenizer import IncrementalDetokenizer, TextTokenizer
@@ -33,6 +34,11 @@ class Pipeline(Protocol):
         ...
 
     def free(self, request_id: str) -> None: ...
+
+    def adopt(self, source: str, request_id: str, length: int) -> int:
+        """Give request_id the KV caches of finished request `source`, cut to `length` positions, on
+        every shard (the prefix cache); returns the positions it starts with."""
+        ...
 
 
 class LocalPipeline:
@@ -60,6 +66,9 @@ class LocalPipeline:
         for shard in self.shards:
             shard.free(request_id)
 
+    def adopt(self, source: str, request_id: str, length: int) -> int:
+        return min(shard.adopt(source, request_id, length) for shard in self.shards)
+
 
 @dataclass
 class GenerationStats:
@@ -68,6 +77,7 @@ class GenerationStats:
     time_to_first_token: float = 0.0  # seconds, request start -> first token sampled
     decode_seconds: float = 0.0  # first token -> last token
     decode_passes: int = 0  # forward passes after the prompt (one per token without speculation)
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache (not prefilled)
     draft_tokens: int = 0  # tokens drafted for verification
     accepted_tokens: int = 0  # drafted tokens the target accepted
 
@@ -128,8 +138,12 @@ def generate(
     context_length: int,
     request_id: str | None = None,
     speculation: Speculation | None = None,
+    prefix: PrefixCache | None = None,
 ) -> Iterator[Delta]:
-    """Generate a completion for prompt_ids, yielding text deltas as tokens arrive."""
+    """Generate a completion for prompt_ids, yielding text deltas as tokens arrive.
+
+    With a PrefixCache the prompt continues the longest cached prefix (prefilling only the rest), and
+    a request that completes keeps its KV caches there for the next turn instead of freeing them."""
     if not prompt_ids:
         raise ContextLengthError("the prompt is empty")
     if len(prompt_ids) >= context_length:
@@ -143,7 +157,15 @@ def generate(
     if params.draft_tokens == 0:
         speculation = None
     t0 = time.perf_counter()
-    tokens = _tokens(pipeline, rid, list(prompt_ids), params, max_new, context_length, stats, speculation)
+    context = list(prompt_ids)  # grows with every token handed out
+    cached = 0
+    if prefix is not None:
+        source, length = prefix.take(context)
+        if source is not None:
+            cached = pipeline.adopt(source, rid, length)
+    stats.cached_tokens = cached
+    tokens = _tokens(pipeline, rid, context, params, max_new, context_length, stats, speculation, cached)
+    completed = False
     try:
         finish = "length"
         for step, (token, row) in enumerate(tokens):
@@ -164,10 +186,19 @@ def generate(
             if step + 1 >= max_new:
                 break
         tail = "" if finish == "stop" else stopper.feed(detok.flush())[0] + stopper.flush()
+        completed = True
         yield Delta(tail, [], finish_reason=finish, stats=stats)
     finally:
         tokens.close()
-        pipeline.free(rid)
+        to_free = [rid]
+        if completed and prefix is not None:
+            # every token handed out but the last has its KV on the pipeline (and maybe some drafts
+            # past a stop: cut them), so the cache holds exactly context[:n]
+            n = len(prompt_ids) + stats.completion_tokens - 1
+            pipeline.truncate(rid, n)
+            to_free = prefix.keep(rid, context[:n])
+        for r in to_free:
+            pipeline.free(r)
         if speculation is not None:
             speculation.drafter.free(rid)
 
@@ -181,12 +212,13 @@ def _tokens(
     context_length: int,
     stats: GenerationStats,
     spec: Speculation | None,
+    cached: int = 0,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(token, the logits row it was chosen from) for each generated token, computed lazily: the
     pass for the next token runs only when the caller asks for it."""
     sampler = Sampler(params)
     prompt = np.asarray(context, dtype=np.int64)
-    for start in range(0, len(prompt), PREFILL_CHUNK):
+    for start in range(cached, len(prompt), PREFILL_CHUNK):  # positions < cached: the prefix cache
         logits = pipeline.forward(rid, prompt[start : start + PREFILL_CHUNK], start)
     counts = np.zeros(logits.shape[-1], dtype=np.float32) if params.penalized else None
 

@@ -18,6 +18,7 @@ from .actors.router import RouterActor
 from .downloads import Progress
 from .errors import ExoError
 from .local import load_local
+from .models.config import ModelArgs
 from .registry import load_registry
 from .speculative import Speculation
 from .weights import ModelFiles
@@ -41,6 +42,12 @@ class NodeConfig:
     draft_model: str | None = None  # speculative decoding: ngram, NAME or NAME:layers=K (None: off)
     draft_tokens: int = 8  # longest draft (the adaptive length stays at or below it)
     adaptive_draft: bool = True  # pick the draft length from the measured acceptance rate and costs
+    prefix_cache_mb: int = 512  # KV caches of finished requests kept for the next chat turn (0: off)
+
+    def prefix_cache_tokens(self, args: ModelArgs) -> int:
+        """The prefix cache budget in tokens: MB / the model's float32 KV bytes per token."""
+        per_token = 2 * args.num_hidden_layers * args.num_key_value_heads * args.dim_head * 4
+        return self.prefix_cache_mb * 2**20 // per_token
 
     def speculation(self, files: ModelFiles) -> Speculation | None:
         """Load the configured draft for a target model (None when speculation is off)."""
@@ -126,6 +133,7 @@ class Node:
                 files.args.max_position_embeddings,
                 self.config.max_concurrent,
                 self.config.speculation(files),
+                self.config.prefix_cache_tokens(files.args),
             )
             router.start()
             self.files, self.router = files, router
@@ -181,6 +189,7 @@ class Node:
                 "tokens_generated": router.tokens_generated if router else 0,
             },
             "speculative": router.speculation_info() if router else None,
+            "prefix_cache": router.prefix_cache_info() if router else None,
             "downloads": self.downloads_info(),
             "kv_requests": max(
                 (len(getattr(r, "caches", {})) for r in getattr(router.pipeline, "shards", []) if router), default=0

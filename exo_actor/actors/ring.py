@@ -33,6 +33,9 @@ class RemoteRing:
         self.pending: dict[str, asyncio.Future[np.ndarray]] = {}
         self.broken: str | None = None
         self.last_pos: dict[str, int] = {}  # request -> start of its latest pass (for Truncate)
+        self.adopting: dict[
+            str, tuple[str, int]
+        ] = {}  # request -> (cache it takes over, length): sent with its first pass
 
     # called on the event loop ------------------------------------------------------------
     def on_logits(self, msg: Logits) -> None:
@@ -63,8 +66,9 @@ class RemoteRing:
         fut: asyncio.Future[np.ndarray] = self.loop.create_future()
         self.pending[rid] = fut
         me = self.net.node_id
+        src, length = self.adopting.pop(rid, ("", 0))
         try:
-            self.net.send(self.nodes[0], Forward(rid, me, me, self.plan, start_pos, num_logits, tokens))
+            self.net.send(self.nodes[0], Forward(rid, me, me, self.plan, start_pos, num_logits, tokens, src, length))
         except KeyError:
             self.pending.pop(rid, None)
             raise RingError(f"node {self.nodes[0]} left the cluster") from None
@@ -85,8 +89,15 @@ class RemoteRing:
         msg = Truncate(request_id, self.net.node_id, length, self.last_pos.get(request_id, 0))
         self.loop.call_soon_threadsafe(self._send_all, msg)
 
+    def adopt(self, source: str, request_id: str, length: int) -> int:
+        """Each shard moves `source`'s cache to request_id when the request's first pass reaches it
+        (carried by that Forward, so no separate message can overtake or trail it)."""
+        self.adopting[request_id] = (source, length)
+        return length
+
     def free(self, request_id: str) -> None:
         self.last_pos.pop(request_id, None)
+        self.adopting.pop(request_id, None)
         self.loop.call_soon_threadsafe(self._send_all, Free(request_id, self.net.node_id))
 
     def _send_all(self, msg: Free | Truncate) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ExoError
 from ..generation import Delta, Pipeline, generate
+from ..prefix_cache import PrefixCache
 from ..sampling import SamplingParams
 from ..speculative import Speculation
 from ..tokenizer import TextTokenizer
@@ -81,9 +82,12 @@ class RouterActor:
         context_length: int,
         max_concurrent: int = 8,
         speculation: Speculation | None = None,
+        prefix_cache_tokens: int = 0,
     ) -> None:
         self.pipeline, self.tokenizer, self.context_length = pipeline, tokenizer, context_length
         self.speculation = speculation
+        # finished requests' KV caches kept for the next chat turn (used on the worker thread only)
+        self.prefix = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
         self.max_concurrent = max_concurrent
         self._inbox: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._in_flight: set[str] = set()
@@ -143,6 +147,10 @@ class RouterActor:
             "tokens_per_pass": round(spec.tokens_per_pass, 3),
         }
 
+    def prefix_cache_info(self) -> dict[str, int] | None:
+        """Entries, tokens kept, budget, hits, misses and reused tokens (None when disabled)."""
+        return self.prefix.info() if self.prefix is not None else None
+
     def _done(self, request_id: str) -> None:
         with self._lock:
             self._in_flight.discard(request_id)
@@ -173,6 +181,7 @@ class RouterActor:
                         self.context_length,
                         req.request_id,
                         self.speculation,
+                        self.prefix,
                     )
                     active[req.request_id] = (req, gen)
             except queue.Empty:

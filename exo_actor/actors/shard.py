@@ -57,9 +57,7 @@ class ShardActor:
         self.last_pos[msg.rid] = msg.pos
         self.routers[msg.rid] = msg.router
         try:
-            out = await loop.run_in_executor(
-                self.compute, role.runner.forward, msg.rid, msg.data, msg.pos, msg.num_logits
-            )
+            out = await loop.run_in_executor(self.compute, self._run, role.runner, msg)
         except ExoError as exc:
             self._fail(msg, "invalid_request", str(exc))
             return
@@ -81,6 +79,8 @@ class ShardActor:
                         msg.pos,
                         msg.num_logits,
                         np.asarray(out, np.float32),
+                        msg.adopt,
+                        msg.adopt_len,
                     ),
                 )
         except KeyError as exc:
@@ -89,6 +89,20 @@ class ShardActor:
                 "peer_down",
                 f"node {exc.args[0]} cannot be reached from here; the cluster is re-planning, retry the request",
             )
+        except Exception as exc:  # noqa: BLE001 - whatever goes wrong, the router must hear of it
+            log.exception("shard could not pass on request %s", msg.rid)
+            self._fail(msg, "shard_error", f"{type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _run(runner: ShardRunner, msg: Forward) -> np.ndarray:
+        if msg.adopt:  # the prefix cache: continue a finished request's KV cache
+            got = runner.adopt(msg.adopt, msg.rid, msg.adopt_len)
+            if got != msg.adopt_len:
+                raise ExoError(
+                    f"the cached prefix of this conversation is gone from node layers [{runner.start}, "
+                    f"{runner.end}) (has {got} of {msg.adopt_len} positions); retry the request"
+                )
+        return runner.forward(msg.rid, msg.data, msg.pos, msg.num_logits)
 
     async def on_truncate(self, msg: Truncate) -> None:
         role = self.role

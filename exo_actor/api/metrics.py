@@ -16,6 +16,10 @@ class GatewayMetrics:
         self.errors = Counter("exo_errors", "Requests that ended in an error, by kind", ["kind"], registry=r)
         self.prompt_tokens = Counter("exo_prompt_tokens", "Prompt tokens processed", registry=r)
         self.completion_tokens = Counter("exo_completion_tokens", "Tokens generated", registry=r)
+        self.cached_tokens = Counter(
+            "exo_prompt_tokens_cached", "Prompt tokens taken from the prefix cache (not prefilled)", registry=r
+        )
+        self.prefilled_tokens = Counter("exo_prompt_tokens_prefilled", "Prompt tokens prefilled", registry=r)
         self.ttft = Histogram(
             "exo_time_to_first_token_seconds",
             "Time from request to its first generated token",
@@ -46,6 +50,8 @@ class GatewayMetrics:
         """Count one finished request."""
         self.prompt_tokens.inc(stats.prompt_tokens)
         self.completion_tokens.inc(stats.completion_tokens)
+        self.cached_tokens.inc(stats.cached_tokens)
+        self.prefilled_tokens.inc(stats.prompt_tokens - stats.cached_tokens)
         if stats.completion_tokens:
             self.ttft.observe(stats.time_to_first_token)
         if stats.decode_tokens_per_second:

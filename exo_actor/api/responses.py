@@ -14,10 +14,16 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def usage(stats: GenerationStats | None) -> dict[str, int]:
+def usage(stats: GenerationStats | None) -> dict[str, Any]:
     p = stats.prompt_tokens if stats else 0
     c = stats.completion_tokens if stats else 0
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+    cached = stats.cached_tokens if stats else 0
+    return {
+        "prompt_tokens": p,
+        "completion_tokens": c,
+        "total_tokens": p + c,
+        "prompt_tokens_details": {"cached_tokens": cached},  # from the prefix cache, not prefilled
+    }
 
 
 def _token_text(tok: TextTokenizer, token_id: int) -> tuple[str, list[int]]:

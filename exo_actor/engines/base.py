@@ -56,6 +56,11 @@ class ShardRunner(Protocol):
         """Drop a request's KV cache."""
         ...
 
+    def adopt(self, source: str, request_id: str, length: int) -> int:
+        """Move a finished request's KV cache to a new request, cut to `length` positions (the
+        prefix cache); returns the positions the new request starts with (0 if `source` is unknown)."""
+        ...
+
     @property
     def weight_bytes(self) -> int: ...
 
@@ -85,6 +90,14 @@ class RequestCaches:
 
     def free(self, request_id: str) -> None:
         self.caches.pop(request_id, None)
+
+    def adopt(self, source: str, request_id: str, length: int) -> int:
+        cache = self.caches.pop(source, None)
+        if cache is None:
+            return 0
+        cache.length = min(cache.length, max(0, length))
+        self.caches[request_id] = cache
+        return cache.length
 
 
 def layer_tensors(weights: ShardWeights, convert: Callable[[np.ndarray | None], Any]) -> list[dict[str, Any]]:

@@ -46,6 +46,14 @@ class NumpyShardRunner:
     def free(self, request_id: str) -> None:
         self.caches.pop(request_id, None)
 
+    def adopt(self, source: str, request_id: str, length: int) -> int:
+        cache = self.caches.pop(source, None)
+        if cache is None:
+            return 0
+        cache.truncate(length)
+        self.caches[request_id] = cache
+        return cache.length
+
 
 class NumpyEngine:
     """float32 numpy; matrix products on OpenBLAS, which uses the process's threads."""

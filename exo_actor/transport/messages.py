@@ -122,6 +122,8 @@ class Forward(Message):
     pos: int
     num_logits: int
     data: np.ndarray
+    adopt: str = ""  # prefix cache: first take over this finished request's KV cache ("": none) ...
+    adopt_len: int = 0  # ... cut to this many positions
 
 
 @dataclass(frozen=True, eq=False)

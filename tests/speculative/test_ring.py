@@ -119,6 +119,36 @@ def test_ring_speculation_equals_plain_decoding(cluster, single, draft):
         time.sleep(0.01)
 
 
+def test_the_prefix_cache_through_the_ring(cluster, single):
+    """A chat's next turn over the ring: each shard takes over the previous turn's KV cache when the
+    request's first pass reaches it (Forward.adopt), prefills only the new tokens, and generates
+    exactly what plain decoding of the whole conversation gives."""
+    from exo_actor.prefix_cache import PrefixCache
+
+    files, pipe = single
+    params = SamplingParams(max_tokens=16)
+    turn1 = chat_prompt_ids(files.tokenizer, OPEN)
+    ring = cluster[0].rings[0][0]
+    cache = PrefixCache(10_000)
+    first = [t for d in generate(ring, files.tokenizer, turn1, params, 2048, "turn1", None, cache) for t in d.token_ids]
+    assert set(cache.entries) == {"turn1"}
+    reply = files.tokenizer.decode(first[:-1] if first[-1] in files.tokenizer.stop_ids else first)
+    messages = [*OPEN, {"role": "assistant", "content": reply}, {"role": "user", "content": "And a fourth?"}]
+    turn2 = chat_prompt_ids(files.tokenizer, messages)
+    expected = [t for d in generate(pipe, files.tokenizer, turn2, params, 2048) for t in d.token_ids]
+    deltas = list(generate(ring, files.tokenizer, turn2, params, 2048, "turn2", None, cache))
+    assert [t for d in deltas for t in d.token_ids] == expected
+    assert deltas[-1].stats.cached_tokens >= len(turn1)
+    assert set(cache.entries) == {"turn2"}
+    for n in cluster:  # every shard holds exactly the kept entry
+        assert set(n.shard.role.runner.caches) == {"turn2"}
+    ring.free("turn2")
+    deadline = time.monotonic() + 2.0
+    while any(n.shard.role.runner.caches for n in cluster):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
 def test_a_node_without_room_for_the_draft_uses_a_remote_draft_actor(single):
     """node0 advertises 0.3 GiB: beside its layers the 8-layer self-draft (227 MB) does not fit, so
     its router asks the DraftActor on the node with the most free memory; nodes with room draft
