@@ -158,7 +158,7 @@ class ClusterNode(Node):
         net.on(Logits, lambda m: [ring.on_logits(m) for ring, _ in list(self.rings.values())])
         net.on(Failure, lambda m: [ring.on_failure(m) for ring, _ in list(self.rings.values())])
         net.on(Hello, lambda m: self._check_ready())
-        net.on_peer_up = lambda p: self._replan()
+        net.on_peer_up = lambda p: self._replan(f"node {p.node_id} joined")
         net.on_peer_down = self._peer_down
         net.start()
         net.connect(self.endpoint)  # ourselves: a ring of one works the same way
@@ -200,9 +200,9 @@ class ClusterNode(Node):
     def _peer_down(self, peer: Peer) -> None:
         for ring, _ in list(self.rings.values()):
             ring.node_down(peer.node_id)
-        self._replan()
+        self._replan(f"node {peer.node_id} stopped answering")
 
-    def _replan(self) -> None:
+    def _replan(self, why: str = "the nodes changed") -> None:
         assert self.net is not None and self.files is not None
         nodes = [
             NodeCapacity(p.node_id, p.hello.memory)
@@ -237,7 +237,7 @@ class ClusterNode(Node):
         self.version, self.ring_plans, self.idle = version, plans, idle
         self.assignments, self.plan = mine_ring, [(a.start, a.end) for a in mine_ring]
         self._retire_router("the cluster's layer plan changed; retry the request")
-        self.shard.abandon(f"node {self.node_id} re-planned (the nodes it can reach changed); retry the request")
+        self.shard.abandon(f"{why} (seen from {self.node_id}); the cluster is re-planning, retry the request")
         self._place_draft(plans)
         self.state = "loading"
         mine = next((a for a in mine_ring if a.node_id == self.node_id), None)
@@ -397,6 +397,10 @@ class ClusterNode(Node):
     def in_flight(self) -> int:
         return sum(router.in_flight for _, router in self.rings.values())
 
+    def kv_requests(self) -> int:
+        role = self.shard.role if getattr(self, "shard", None) is not None else None
+        return len(getattr(role.runner, "caches", {})) if role is not None else 0
+
     def ready_router(self):  # type: ignore[no-untyped-def]
         if self.state == "ready" and self.rings and self.files is not None:
             # spread requests over the ready rings by load
@@ -471,8 +475,7 @@ class ClusterNode(Node):
         info["plan_version"] = self.version
         info["this_node"] = self.node_id
         info["blas_threads"] = getattr(self, "blas_threads", None)
-        role = self.shard.role if getattr(self, "shard", None) is not None else None
-        info["kv_requests"] = len(getattr(role.runner, "caches", {})) if role is not None else 0
+        info["kv_requests"] = self.kv_requests()
         info["idle_nodes"] = [{"id": k, "why": why} for k, why in sorted(self.idle.items())]
         info["draft"] = (
             {

@@ -156,6 +156,11 @@ class Node:
             raise ModelLoadingError(f"the model {self.config.model} is still loading; retry in a few seconds")
         return self.files, self.router
 
+    def kv_requests(self) -> int:
+        """Requests whose KV caches this node holds (kept prefix-cache entries included)."""
+        shards = getattr(self.router.pipeline, "shards", []) if self.router is not None else []
+        return max((len(getattr(r, "caches", {})) for r in shards), default=0)
+
     def downloads_info(self) -> list[dict[str, Any]]:
         """Hub downloads this node made or is making (its own files only)."""
         if self.download.state == "idle":
@@ -191,8 +196,6 @@ class Node:
             "speculative": router.speculation_info() if router else None,
             "prefix_cache": router.prefix_cache_info() if router else None,
             "downloads": self.downloads_info(),
-            "kv_requests": max(
-                (len(getattr(r, "caches", {})) for r in getattr(router.pipeline, "shards", []) if router), default=0
-            ),
+            "kv_requests": self.kv_requests(),
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }

@@ -69,14 +69,17 @@ def _wait_plan(urls: list[str], nodes: list[str], timeout: float = 60) -> None:
 
 
 def _no_dead_caches(urls: list[str]) -> None:
-    """Every node's shard holds no KV cache once nothing is in flight (dead requests freed)."""
+    """Once nothing is in flight, every node's shard holds exactly the KV caches the routers keep in
+    their prefix caches (each router's entries live on every shard of the ring): no dead request's."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        counts = [_cluster(u)["kv_requests"] for u in urls]
-        if counts == [0] * len(urls):
+        infos = [_cluster(u) for u in urls]
+        kept = sum((i["prefix_cache"] or {}).get("entries", 0) for i in infos)
+        counts = [i["kv_requests"] for i in infos]
+        if counts == [kept] * len(urls) and all(i["ring"]["in_flight"] == 0 for i in infos):
             return
         time.sleep(0.2)
-    raise AssertionError(f"KV caches still held: {counts}")
+    raise AssertionError(f"KV caches held: {counts}, prefix-cache entries: {kept}")
 
 
 @pytest.fixture(scope="module")

@@ -174,12 +174,11 @@ class OpenAIRoutes:
         finally:
             for s in streams:
                 s.cancel()
-        choices, use = [], {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        for i, (text, finish, stats, lps) in enumerate(results):
+        choices = []
+        for i, (text, finish, _, lps) in enumerate(results):
             lp = R.completion_logprobs(tok, lps) if req.params.logprobs is not None else None
             choices.append(R.completion_choice(i, text, finish, lp))
-            for k, v in R.usage(stats).items():
-                use[k] += v
+        use = R.total_usage([stats for _, _, stats, _ in results])
         return JSONResponse(R.text_completion(cid, int(time.time()), req.model, choices, use))
 
     async def _completion_events(

@@ -14,6 +14,14 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
+def total_usage(all_stats: list[GenerationStats | None]) -> dict[str, Any]:
+    """The usage of several choices (a completion request with a list of prompts): summed."""
+    parts = [usage(s) for s in all_stats]
+    total = {k: sum(p[k] for p in parts) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    total["prompt_tokens_details"] = {"cached_tokens": sum(p["prompt_tokens_details"]["cached_tokens"] for p in parts)}
+    return total
+
+
 def usage(stats: GenerationStats | None) -> dict[str, Any]:
     p = stats.prompt_tokens if stats else 0
     c = stats.completion_tokens if stats else 0
