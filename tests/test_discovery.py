@@ -16,6 +16,7 @@ import uuid
 
 import pytest
 
+from tests.api.servers import stop_processes
 from tests.tiny import TinySpec, write_gguf
 
 pytestmark = pytest.mark.slow
@@ -134,13 +135,7 @@ def test_beacons_alone_form_a_ring(namespaces, tmp_path):
         ).stdout
         assert "node0" in heard and "node2" in heard
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
 
 
 def test_with_a_cluster_key_only_key_holders_are_heard_or_joined(namespaces, tmp_path):
@@ -192,10 +187,4 @@ def test_with_a_cluster_key_only_key_holders_are_heard_or_joined(namespaces, tmp
         ).stdout
         assert "node0" in heard and "node2" not in heard, heard
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)

@@ -17,6 +17,8 @@ import uuid
 
 import pytest
 
+from tests.api.servers import stop_processes
+
 pytestmark = pytest.mark.slow
 PEER_TIMEOUT = 3.0
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -170,10 +172,4 @@ def test_a_cut_link_ends_requests_promptly_and_the_ring_heals(mesh, tmp_path, sm
         kept = sum((x["prefix_cache"] or {}).get("entries", 0) for x in infos)
         assert [x["kv_requests"] for x in infos] == [kept] * 3  # only what the prefix caches keep
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)

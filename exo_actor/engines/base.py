@@ -74,7 +74,7 @@ class Engine(Protocol):
 
 
 class RequestCaches:
-    """Per-request cache bookkeeping shared by the MLX and tinygrad runners: each cache object has a
+    """Per-request cache bookkeeping shared by the engines' runners: each cache object has a
     `length` (valid positions); truncation only lowers it (positions are overwritten later)."""
 
     caches: dict[str, Any]

@@ -8,9 +8,10 @@ from ..errors import ContextLengthError
 from ..models.kv_cache import KVCache
 from ..models.llama import LlamaShard
 from ..weights import ModelFiles
+from .base import RequestCaches
 
 
-class NumpyShardRunner:
+class NumpyShardRunner(RequestCaches):
     """A LlamaShard plus per-request KV caches."""
 
     def __init__(self, shard: LlamaShard) -> None:
@@ -34,25 +35,6 @@ class NumpyShardRunner:
         if start_pos > cache.length:
             raise ValueError(f"request {request_id}: position {start_pos} skips past cached {cache.length}")
         return self.shard.forward(x, cache, start_pos, num_logits)
-
-    def cached_length(self, request_id: str) -> int:
-        cache = self.caches.get(request_id)
-        return cache.length if cache else 0
-
-    def truncate(self, request_id: str, length: int) -> None:
-        if request_id in self.caches:
-            self.caches[request_id].truncate(length)
-
-    def free(self, request_id: str) -> None:
-        self.caches.pop(request_id, None)
-
-    def adopt(self, source: str, request_id: str, length: int) -> int:
-        cache = self.caches.pop(source, None)
-        if cache is None:
-            return 0
-        cache.truncate(length)
-        self.caches[request_id] = cache
-        return cache.length
 
 
 class NumpyEngine:

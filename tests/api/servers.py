@@ -148,11 +148,16 @@ def loopback_ring(
             wait_ready(url, timeout=ready_timeout)
         yield {"urls": urls, "procs": procs, "ports": ports}
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs)
+
+
+def stop_processes(procs: list[subprocess.Popen]) -> None:  # type: ignore[type-arg]
+    """SIGTERM every process, then wait up to 15 s each (SIGKILL the ones still running)."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
