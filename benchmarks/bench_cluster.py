@@ -33,15 +33,18 @@ import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 
 from exo_actor.transport.messages import Logits, decode  # noqa: E402
+from exo_actor.transport.security import ClusterKey  # noqa: E402
 from tests.api.servers import free_port, loopback_ring  # noqa: E402
 
 SIZES = [2 << 10, 32 << 10, 1 << 20, 4 << 20]
 MESSAGES = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
 
 
-def _zmq_echo(port: int) -> None:
+def _zmq_echo(port: int, secret: str | None = None) -> None:
     ctx = zmq.Context()
     s = ctx.socket(zmq.ROUTER)
+    if secret:  # CURVE, with the keys --cluster-key derives
+        ClusterKey.from_secret(secret).serve(s)
     s.bind(f"tcp://127.0.0.1:{port}")
     while True:
         frames = s.recv_multipart(copy=False)
@@ -69,44 +72,59 @@ def _tcp_echo(port: int) -> None:
         conn.sendall(struct.pack("<Q", n) + _recv_exact(conn, n))
 
 
-def round_trips(repeats: int = 200) -> list[dict[str, float]]:
-    zport, tport = free_port(), free_port()
-    procs = [
-        mp.Process(target=_zmq_echo, args=(zport,), daemon=True),
-        mp.Process(target=_tcp_echo, args=(tport,), daemon=True),
-    ]
-    for p in procs:
-        p.start()
+def _repeats(size: int, repeats: int) -> int:
+    return max(20, repeats * (2 << 10) // size)
+
+
+def zmq_round_trips(secret: str | None = None, repeats: int = 200) -> dict[int, float]:
+    """Microseconds per round trip of a Logits message of each size to an echo process over
+    DEALER/ROUTER with the wire codec (CURVE when `secret` is given), best of 3."""
+    port = free_port()
+    proc = mp.Process(target=_zmq_echo, args=(port, secret), daemon=True)
+    proc.start()
     time.sleep(0.5)
     ctx = zmq.Context()
     d = ctx.socket(zmq.DEALER)
-    d.connect(f"tcp://127.0.0.1:{zport}")
-    t = socket.create_connection(("127.0.0.1", tport))
-    t.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    rows = []
+    if secret:
+        ClusterKey.from_secret(secret).client(d)
+    d.connect(f"tcp://127.0.0.1:{port}")
+    out = {}
     for size in SIZES:
-        arr = np.zeros(size // 4, np.float32)
-        n = max(20, repeats * (2 << 10) // size)
-        zmq_best = tcp_best = float("inf")
+        arr, n, best = np.zeros(size // 4, np.float32), _repeats(size, repeats), float("inf")
         for _ in range(3):
             t0 = time.perf_counter()
             for _ in range(n):
                 d.send_multipart(Logits("r", "bench", 0, arr).encode(), copy=False)
                 decode(d.recv_multipart(copy=False))
-            zmq_best = min(zmq_best, (time.perf_counter() - t0) / n)
-            payload = arr.tobytes()
+            best = min(best, (time.perf_counter() - t0) / n)
+        out[size] = best * 1e6
+    d.close(linger=0)
+    ctx.term()
+    proc.kill()
+    return out
+
+
+def round_trips(repeats: int = 200) -> list[dict[str, float]]:
+    zmq_us = zmq_round_trips(repeats=repeats)
+    tport = free_port()
+    proc = mp.Process(target=_tcp_echo, args=(tport,), daemon=True)
+    proc.start()
+    time.sleep(0.5)
+    t = socket.create_connection(("127.0.0.1", tport))
+    t.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    rows = []
+    for size in SIZES:
+        payload, n, best = np.zeros(size // 4, np.float32).tobytes(), _repeats(size, repeats), float("inf")
+        for _ in range(3):
             t0 = time.perf_counter()
             for _ in range(n):
                 t.sendall(struct.pack("<Q", len(payload)) + payload)
                 (k,) = struct.unpack("<Q", _recv_exact(t, 8))
                 _recv_exact(t, k)
-            tcp_best = min(tcp_best, (time.perf_counter() - t0) / n)
-        rows.append({"bytes": size, "zmq_us": zmq_best * 1e6, "tcp_us": tcp_best * 1e6})
-    d.close(linger=0)
-    ctx.term()
+            best = min(best, (time.perf_counter() - t0) / n)
+        rows.append({"bytes": size, "zmq_us": zmq_us[size], "tcp_us": best * 1e6})
     t.close()
-    for p in procs:
-        p.kill()
+    proc.kill()
     return rows
 
 

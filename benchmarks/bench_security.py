@@ -18,57 +18,11 @@ for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import multiprocessing as mp  # noqa: E402
-import time  # noqa: E402
 from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
-import zmq  # noqa: E402
-
-from benchmarks.bench_cluster import SIZES, ring_decode  # noqa: E402
-from exo_actor.transport.messages import Logits, decode  # noqa: E402
-from exo_actor.transport.security import ClusterKey, new_key  # noqa: E402
-from tests.api.servers import free_port  # noqa: E402
-
-
-def _echo(port: int, secret: str | None) -> None:
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.ROUTER)
-    if secret:
-        ClusterKey.from_secret(secret).serve(s)
-    s.bind(f"tcp://127.0.0.1:{port}")
-    while True:
-        frames = s.recv_multipart(copy=False)
-        s.send_multipart([frames[0], *decode(frames[1:]).encode()], copy=False)
-
-
-def round_trip_us(secret: str | None, repeats: int = 200) -> dict[int, float]:
-    port = free_port()
-    proc = mp.Process(target=_echo, args=(port, secret), daemon=True)
-    proc.start()
-    time.sleep(0.5)
-    ctx = zmq.Context()
-    d = ctx.socket(zmq.DEALER)
-    if secret:
-        ClusterKey.from_secret(secret).client(d)
-    d.connect(f"tcp://127.0.0.1:{port}")
-    out = {}
-    for size in SIZES:
-        arr = np.zeros(size // 4, np.float32)
-        n = max(20, repeats * (2 << 10) // size)
-        best = float("inf")
-        for _ in range(3):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                d.send_multipart(Logits("r", "bench", 0, arr).encode(), copy=False)
-                decode(d.recv_multipart(copy=False))
-            best = min(best, (time.perf_counter() - t0) / n)
-        out[size] = best * 1e6
-    d.close(linger=0)
-    ctx.term()
-    proc.kill()
-    return out
+from benchmarks.bench_cluster import SIZES, ring_decode, zmq_round_trips  # noqa: E402
+from exo_actor.transport.security import new_key  # noqa: E402
 
 
 def main() -> None:
@@ -77,7 +31,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=96)
     args = ap.parse_args()
     secret = new_key()
-    plain, curve = round_trip_us(None), round_trip_us(secret)
+    plain, curve = zmq_round_trips(), zmq_round_trips(secret)
     tps_plain = ring_decode(3, args.tokens, False)
     os.environ["EXO_ACTOR_CLUSTER_KEY"] = secret
     try:
