@@ -32,7 +32,7 @@ from .partition import Assignment, NodeCapacity, PartitionError, memory_weighted
 from .speculative import Drafter, Speculation
 from .speculative.drafts import draft_bytes, load_drafter
 from .transport.discovery import Discovery
-from .transport.messages import Beacon, Drafted, Failure, Free, Hello, Logits
+from .transport.messages import Beacon, Drafted, Failure, Free, Hello, Logits, LogitsBatch
 from .transport.peers import Peer, PeerNetwork
 from .transport.security import ClusterKey
 from .weights import open_model
@@ -156,6 +156,7 @@ class ClusterNode(Node):
         net.on(Free, self._on_free)
         net.on(Drafted, lambda m: [d.on_drafted(m) for d in self.remote_drafters])
         net.on(Logits, lambda m: [ring.on_logits(m) for ring, _ in list(self.rings.values())])
+        net.on(LogitsBatch, lambda m: [ring.on_logits_batch(m) for ring, _ in list(self.rings.values())])
         net.on(Failure, lambda m: [ring.on_failure(m) for ring, _ in list(self.rings.values())])
         net.on(Hello, lambda m: self._check_ready())
         net.on_peer_up = lambda p: self._replan(f"node {p.node_id} joined")

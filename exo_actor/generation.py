@@ -1,20 +1,23 @@
 """The generation loop: prompt ids -> chunked prefill -> decode -> text deltas, with stats.
 
-It drives any Pipeline (shards chained in one process now; a ring of remote shards later), so the
-loop itself knows nothing of engines or sockets.
+It drives any Pipeline (shards chained in one process, or a ring of remote shards), so the loop
+itself knows nothing of engines or sockets. `generation()` is the loop as a coroutine: it yields a
+Pass whenever it needs a forward pass and is sent back the logits, so a scheduler can run the passes
+of many requests together (continuous batching: actors/router.py); `generate()` runs the passes one
+at a time and yields only the text.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from .engines import ShardRunner
+from .engines import Pass, ShardRunner
 from .errors import ContextLengthError
 from .prefix_cache import PrefixCache
 from .sampling import Sampler, SamplingParams, StopMatcher, filtered_probs
@@ -27,6 +30,11 @@ PREFILL_CHUNK = 512  # prompt tokens per forward: bounds attention memory on lon
 class Pipeline(Protocol):
     def forward(self, request_id: str, tokens: np.ndarray, start_pos: int, num_logits: int = 1) -> np.ndarray:
         """Token ids at positions [start_pos, ...) -> logits [num_logits, V] of the last positions."""
+        ...
+
+    def forward_batch(self, passes: Sequence[Pass]) -> list[np.ndarray | Exception]:
+        """Several requests' passes at once (their single-token decode steps batched together); one
+        result per pass: its logits, or the error that ended that request alone."""
         ...
 
     def truncate(self, request_id: str, length: int) -> None:
@@ -57,6 +65,16 @@ class LocalPipeline:
         for shard in self.shards:
             x = shard.forward(request_id, x, start_pos, num_logits)
         return x
+
+    def forward_batch(self, passes: Sequence[Pass]) -> list[np.ndarray | Exception]:
+        results: list[np.ndarray | Exception] = [p.tokens for p in passes]
+        live = list(range(len(passes)))  # passes that have not failed on an earlier shard
+        for shard in self.shards:
+            steps = [Pass(passes[i].request_id, results[i], passes[i].start_pos, passes[i].num_logits) for i in live]  # type: ignore[arg-type]
+            for i, out in zip(live, shard.forward_batch(steps)):
+                results[i] = out
+            live = [i for i in live if not isinstance(results[i], Exception)]
+        return results
 
     def truncate(self, request_id: str, length: int) -> None:
         for shard in self.shards:
@@ -140,10 +158,42 @@ def generate(
     speculation: Speculation | None = None,
     prefix: PrefixCache | None = None,
 ) -> Iterator[Delta]:
-    """Generate a completion for prompt_ids, yielding text deltas as tokens arrive.
+    """Generate a completion for prompt_ids, yielding text deltas as tokens arrive (its passes run
+    one at a time on the pipeline; see generation())."""
+    steps = generation(pipeline, tokenizer, prompt_ids, params, context_length, request_id, speculation, prefix)
+    try:
+        item = next(steps)
+        while True:
+            if isinstance(item, Pass):
+                item = steps.send(pipeline.forward(item.request_id, item.tokens, item.start_pos, item.num_logits))
+            else:
+                yield item
+                item = next(steps)
+    except StopIteration:
+        return
+    finally:
+        steps.close()
+
+
+Steps = Generator["Pass | Delta", "np.ndarray | None", None]
+
+
+def generation(
+    pipeline: Pipeline,
+    tokenizer: TextTokenizer,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    context_length: int,
+    request_id: str | None = None,
+    speculation: Speculation | None = None,
+    prefix: PrefixCache | None = None,
+) -> Steps:
+    """The generation of one request as a coroutine: yields a Pass when it needs a forward pass (send
+    it the logits) and a Delta for each piece of text (send None, or call next()).
 
     With a PrefixCache the prompt continues the longest cached prefix (prefilling only the rest), and
-    a request that completes keeps its KV caches there for the next turn instead of freeing them."""
+    a request that completes keeps its KV caches there for the next turn instead of freeing them.
+    Closing it early frees the request's caches on the pipeline."""
     if not prompt_ids:
         raise ContextLengthError("the prompt is empty")
     if len(prompt_ids) >= context_length:
@@ -168,7 +218,13 @@ def generate(
     completed = False
     try:
         finish = "length"
-        for step, (token, row) in enumerate(tokens):
+        step = 0
+        item = next(tokens)
+        while True:
+            if isinstance(item, Pass):  # hand the pass to whoever runs them, the logits back down
+                item = tokens.send((yield item))
+                continue
+            token, row = item
             lp = [token_logprob(row, token, params.logprobs)] if params.logprobs is not None else []
             now = time.perf_counter()
             if step == 0:
@@ -183,8 +239,10 @@ def generate(
             if stopped:
                 finish = "stop"
                 break
-            if step + 1 >= max_new:
+            step += 1
+            if step >= max_new:
                 break
+            item = next(tokens)
         tail = "" if finish == "stop" else stopper.feed(detok.flush())[0] + stopper.flush()
         completed = True
         yield Delta(tail, [], finish_reason=finish, stats=stats)
@@ -213,13 +271,13 @@ def _tokens(
     stats: GenerationStats,
     spec: Speculation | None,
     cached: int = 0,
-) -> Iterator[tuple[int, np.ndarray]]:
+) -> Generator[Pass | tuple[int, np.ndarray], np.ndarray | None, None]:
     """(token, the logits row it was chosen from) for each generated token, computed lazily: the
-    pass for the next token runs only when the caller asks for it."""
+    pass for the next token is yielded (and its logits awaited) only when the caller asks for it."""
     sampler = Sampler(params)
     prompt = np.asarray(context, dtype=np.int64)
     for start in range(cached, len(prompt), PREFILL_CHUNK):  # positions < cached: the prefix cache
-        logits = pipeline.forward(rid, prompt[start : start + PREFILL_CHUNK], start)
+        logits = yield Pass(rid, prompt[start : start + PREFILL_CHUNK], start)
     counts = np.zeros(logits.shape[-1], dtype=np.float32) if params.penalized else None
 
     def penalized(row: np.ndarray, extra: Sequence[int] = ()) -> np.ndarray:
@@ -267,7 +325,7 @@ def _tokens(
                 draft_time = time.perf_counter() - t
         block = np.array([token, *drafted], dtype=np.int64)
         t = time.perf_counter()
-        logits = pipeline.forward(rid, block, pos, len(block))
+        logits = yield Pass(rid, block, pos, len(block))
         pass_time = time.perf_counter() - t
         stats.decode_passes += 1
         if not drafted:

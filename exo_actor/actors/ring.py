@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..engines import Pass
 from ..errors import ExoError
-from ..transport.messages import Failure, Forward, Free, Logits, Truncate
+from ..transport.messages import MAX_LIST, Failure, Forward, ForwardBatch, Free, Logits, LogitsBatch, Truncate
 from ..transport.peers import PeerNetwork
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,12 @@ class RemoteRing:
         if fut is not None and not fut.done():
             fut.set_result(np.array(msg.data))  # copy out of the receive buffer
 
+    def on_logits_batch(self, msg: LogitsBatch) -> None:
+        for i, rid in enumerate(msg.rids):
+            fut = self.pending.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(np.array(msg.data[i : i + 1]))
+
     def on_failure(self, msg: Failure) -> None:
         fut = self.pending.pop(msg.rid, None)
         if fut is not None and not fut.done():
@@ -63,15 +70,61 @@ class RemoteRing:
     async def _step(self, rid: str, tokens: np.ndarray, start_pos: int, num_logits: int) -> np.ndarray:
         if self.broken:
             raise RingError(self.broken)
-        fut: asyncio.Future[np.ndarray] = self.loop.create_future()
-        self.pending[rid] = fut
         me = self.net.node_id
         src, length = self.adopting.pop(rid, ("", 0))
+        futs = self._send(Forward(rid, me, me, self.plan, start_pos, num_logits, tokens, src, length), [rid])
+        return await self._answer(rid, futs[0])
+
+    async def _batch(self, passes: Sequence[Pass]) -> list[np.ndarray | BaseException]:
+        """Decode steps go as ForwardBatch messages of up to MAX_LIST rows, any longer pass as its own
+        Forward; all travel the ring at once."""
+        if self.broken:
+            raise RingError(self.broken)
+        me = self.net.node_id
+        waits: list[asyncio.Future[np.ndarray] | asyncio.Task[np.ndarray]] = [None] * len(passes)  # type: ignore[list-item]
+        rows = [i for i, p in enumerate(passes) if len(p.tokens) == 1 and p.num_logits == 1]
+        for i, p in enumerate(passes):
+            if i not in rows:
+                waits[i] = self.loop.create_task(self._step(p.request_id, p.tokens, p.start_pos, p.num_logits))
+        for k in range(0, len(rows), MAX_LIST):
+            chunk = rows[k : k + MAX_LIST]
+            rids = [passes[i].request_id for i in chunk]
+            adopting = [self.adopting.pop(rid, ("", 0)) for rid in rids]
+            msg = ForwardBatch(
+                me,
+                me,
+                self.plan,
+                rids,
+                [passes[i].start_pos for i in chunk],
+                [a[0] for a in adopting],
+                [a[1] for a in adopting],
+                np.concatenate([np.asarray(passes[i].tokens, dtype=np.int64) for i in chunk]),
+            )
+            try:
+                futs = self._send(msg, rids)
+            except RingError as exc:
+                futs = [self.loop.create_future() for _ in chunk]
+                for f in futs:
+                    f.set_exception(exc)
+            for i, rid, fut in zip(chunk, rids, futs):
+                waits[i] = self.loop.create_task(self._answer(rid, fut))
+        return list(await asyncio.gather(*waits, return_exceptions=True))
+
+    def _send(self, msg: Forward | ForwardBatch, rids: list[str]) -> list[asyncio.Future[np.ndarray]]:
+        futs = []
+        for rid in rids:
+            fut: asyncio.Future[np.ndarray] = self.loop.create_future()
+            self.pending[rid] = fut
+            futs.append(fut)
         try:
-            self.net.send(self.nodes[0], Forward(rid, me, me, self.plan, start_pos, num_logits, tokens, src, length))
+            self.net.send(self.nodes[0], msg)
         except KeyError:
-            self.pending.pop(rid, None)
+            for rid in rids:
+                self.pending.pop(rid, None)
             raise RingError(f"node {self.nodes[0]} left the cluster") from None
+        return futs
+
+    async def _answer(self, rid: str, fut: asyncio.Future[np.ndarray]) -> np.ndarray:
         try:
             return await asyncio.wait_for(fut, self.step_timeout)
         except TimeoutError:
@@ -84,6 +137,13 @@ class RemoteRing:
         self.last_pos[request_id] = start_pos
         fut = asyncio.run_coroutine_threadsafe(self._step(request_id, tokens, start_pos, num_logits), self.loop)
         return fut.result(self.step_timeout + 5)
+
+    def forward_batch(self, passes: Sequence[Pass]) -> list[np.ndarray | Exception]:
+        for p in passes:
+            self.last_pos[p.request_id] = p.start_pos
+        fut = asyncio.run_coroutine_threadsafe(self._batch(passes), self.loop)
+        results = fut.result(self.step_timeout + 5)
+        return [r if isinstance(r, (np.ndarray, Exception)) else RingError(str(r)) for r in results]
 
     def truncate(self, request_id: str, length: int) -> None:
         msg = Truncate(request_id, self.net.node_id, length, self.last_pos.get(request_id, 0))

@@ -1,8 +1,9 @@
 """RouterActor: drives generation for many concurrent requests over one pipeline.
 
 Compute runs on one worker thread so the asyncio event loop (HTTP, heartbeats) never waits on it.
-The worker interleaves requests: each turn advances every active request by one step (its prefill,
-or one decoded token), so simultaneous requests all progress. Results flow back to each request's
+The worker batches requests continuously (batching.py): each turn runs one batched pass holding the
+decode step of every running request plus a piece of any new prompt, so simultaneous requests all
+progress and share each pass over the weights; requests join and leave between turns. Results flow back to each request's
 asyncio queue. Cancelling a request (a client that went away) closes its generator at the worker's
 next turn, which frees its KV caches on every shard.
 """
@@ -18,8 +19,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from ..batching import Pending, plan_turn
 from ..errors import ExoError
-from ..generation import Delta, Pipeline, generate
+from ..generation import Delta, Pipeline, Steps, generation
 from ..prefix_cache import PrefixCache
 from ..sampling import SamplingParams
 from ..speculative import Speculation
@@ -40,6 +44,13 @@ class _Request:
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue[Delta | BaseException | None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Active:
+    req: _Request
+    gen: Steps
+    pending: Pending | None = None  # the pass it waits on (None: between passes)
 
 
 class GenerationStream:
@@ -94,6 +105,8 @@ class RouterActor:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.tokens_generated = 0
+        self.passes = 0  # batched passes run (turns)
+        self.batched_rows = 0  # request passes they carried: / passes = the mean batch size
         self._recent: list[tuple[float, int]] = []  # (time, tokens) of the last seconds, for tok/s
 
     @property
@@ -162,18 +175,19 @@ class RouterActor:
             req.cancelled.set()
 
     def _run(self) -> None:
-        active: dict[str, tuple[_Request, object]] = {}
+        active: dict[str, _Active] = {}  # in arrival order
+        turn = 0
         while True:
             try:  # block only when idle
                 while True:
                     req = self._inbox.get(block=not active, timeout=None if not active else 0)
                     if req is None:
-                        for r, gen in active.values():
-                            gen.close()  # type: ignore[attr-defined]
-                            self._deliver(r, ExoError("the server is shutting down or re-planning; retry"))
-                            self._done(r.request_id)
+                        for a in active.values():
+                            a.gen.close()
+                            self._deliver(a.req, ExoError("the server is shutting down or re-planning; retry"))
+                            self._done(a.req.request_id)
                         return
-                    gen = generate(
+                    gen = generation(
                         self.pipeline,
                         self.tokenizer,
                         req.prompt_ids,
@@ -183,35 +197,75 @@ class RouterActor:
                         self.speculation,
                         self.prefix,
                     )
-                    active[req.request_id] = (req, gen)
+                    a = active[req.request_id] = _Active(req, gen)
+                    self._advance(a, None, active)  # up to its first pass
             except queue.Empty:
                 pass
-            for rid, (req, gen) in list(active.items()):
-                if req.cancelled.is_set():
-                    gen.close()  # type: ignore[attr-defined]  # runs generate()'s finally: frees caches
+            for rid, a in list(active.items()):
+                if a.req.cancelled.is_set():
+                    a.gen.close()  # runs generation()'s finally: frees the caches
                     del active[rid]
+            if not active:
+                continue
+            order = list(active.values())
+            k = turn % len(order)  # rotate, so that beyond MAX_ROWS every request gets its turns
+            order = order[k:] + order[:k]
+            turn += 1
+            waiting = [a for a in order if a.pending is not None]
+            pieces = plan_turn([a.pending for a in waiting])  # type: ignore[misc]
+            try:
+                results = self.pipeline.forward_batch([p.run for p in pieces])
+            except Exception as exc:  # noqa: BLE001 - the whole batch failed: so did each of its requests
+                if not isinstance(exc, ExoError):
+                    log.exception("batched pass failed")
+                results = [exc] * len(pieces)
+            with self._lock:
+                self.passes += 1
+                self.batched_rows += len(pieces)
+            for piece, result in zip(pieces, results):
+                a = waiting[piece.index]
+                if a.req.request_id not in active:
                     continue
-                try:
-                    delta = next(gen)  # type: ignore[call-overload]
-                except StopIteration:
-                    delta = None
-                except Exception as exc:  # noqa: BLE001 - reported to the request, the worker lives on
-                    if not isinstance(exc, ExoError):
-                        log.exception("request %s failed", rid)
-                    self._deliver(req, exc)
-                    del active[rid]
-                    self._done(rid)
-                    continue
-                if delta is not None and delta.token_ids:
-                    with self._lock:
-                        self.tokens_generated += len(delta.token_ids)
-                        self._recent.append((time.monotonic(), len(delta.token_ids)))
-                if delta is None or delta.finish_reason is not None:
-                    if delta is not None:
-                        self._deliver(req, delta)
-                    self._deliver(req, None)
-                    gen.close()  # type: ignore[attr-defined]  # frees the caches here, not in the GC
-                    del active[rid]
-                    self._done(rid)
+                if isinstance(result, Exception):
+                    self._fail(a, result, active)
+                elif piece.last:
+                    a.pending = None
+                    self._advance(a, result, active)
                 else:
-                    self._deliver(req, delta)
+                    a.pending.done += len(piece.run.tokens)  # type: ignore[union-attr]
+
+    def _advance(self, a: _Active, logits: np.ndarray | None, active: dict[str, _Active]) -> None:
+        """Resume a request's generation with the logits it waited for; deliver its text up to its
+        next pass (or its end)."""
+        rid = a.req.request_id
+        try:
+            item = a.gen.send(logits) if logits is not None else next(a.gen)
+            while isinstance(item, Delta):
+                if item.token_ids:
+                    with self._lock:
+                        self.tokens_generated += len(item.token_ids)
+                        self._recent.append((time.monotonic(), len(item.token_ids)))
+                self._deliver(a.req, item)
+                if item.finish_reason is not None:
+                    a.gen.close()  # frees the caches (or keeps them as a prefix) here, not in the GC
+                    self._finish(a, None, active)
+                    return
+                item = next(a.gen)
+        except StopIteration:
+            self._finish(a, None, active)
+            return
+        except Exception as exc:  # noqa: BLE001 - reported to the request, the worker lives on
+            self._fail(a, exc, active)
+            return
+        a.pending = Pending(item)
+
+    def _fail(self, a: _Active, exc: BaseException, active: dict[str, _Active]) -> None:
+        if not isinstance(exc, ExoError):
+            log.error("request %s failed", a.req.request_id, exc_info=exc)
+        a.gen.close()  # frees its caches
+        self._finish(a, exc, active)
+
+    def _finish(self, a: _Active, exc: BaseException | None, active: dict[str, _Active]) -> None:
+        self._deliver(a.req, exc)  # None: the end of the stream
+        active.pop(a.req.request_id, None)
+        self._done(a.req.request_id)

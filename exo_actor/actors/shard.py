@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engines import ShardRunner
+from ..engines import Pass, ShardRunner
 from ..errors import ExoError
-from ..transport.messages import Failure, Forward, Free, Logits, Truncate
+from ..transport.messages import Failure, Forward, ForwardBatch, Free, Logits, LogitsBatch, Truncate
 from ..transport.peers import PeerNetwork
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class ShardActor:
         self.freed: OrderedDict[str, None] = OrderedDict()
         self.routers: dict[str, str] = {}  # request -> its router, for requests this shard has served
         net.on(Forward, self.on_forward)
+        net.on(ForwardBatch, self.on_forward_batch)
         net.on(Free, self.on_free)
         net.on(Truncate, self.on_truncate)
 
@@ -95,14 +96,75 @@ class ShardActor:
 
     @staticmethod
     def _run(runner: ShardRunner, msg: Forward) -> np.ndarray:
-        if msg.adopt:  # the prefix cache: continue a finished request's KV cache
-            got = runner.adopt(msg.adopt, msg.rid, msg.adopt_len)
-            if got != msg.adopt_len:
-                raise ExoError(
-                    f"the cached prefix of this conversation is gone from node layers [{runner.start}, "
-                    f"{runner.end}) (has {got} of {msg.adopt_len} positions); retry the request"
-                )
+        _adopt(runner, msg.rid, msg.adopt, msg.adopt_len)
         return runner.forward(msg.rid, msg.data, msg.pos, msg.num_logits)
+
+    async def on_forward_batch(self, msg: ForwardBatch) -> None:
+        """Decode steps of several requests: one batched pass, rows failing alone."""
+        role = self.role
+        rows = [i for i, rid in enumerate(msg.rids) if rid not in self.freed]
+        for i in rows:
+            self.last_pos[msg.rids[i]] = msg.positions[i]
+            self.routers[msg.rids[i]] = msg.router
+        if role is None or role.plan != msg.plan:
+            for i in rows:
+                self._fail_row(
+                    msg.router, msg.rids[i], "plan_changed", "the cluster's layer plan changed; retry the request"
+                )
+            return
+        if not rows:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self.compute, self._run_batch, role.runner, msg, rows)
+        except Exception as exc:  # noqa: BLE001 - reported to the routers, the actor lives on
+            log.exception("shard failed on a batch of %d requests", len(rows))
+            for i in rows:
+                self._fail_row(msg.router, msg.rids[i], "shard_error", f"{type(exc).__name__}: {exc}")
+            return
+        ok: list[int] = []
+        outs: list[np.ndarray] = []
+        for i, out in zip(rows, results):
+            if isinstance(out, Exception):
+                self._fail_row(msg.router, msg.rids[i], "invalid_request", str(out))
+            else:
+                ok.append(i)
+                outs.append(np.asarray(out, np.float32))
+        if not ok:
+            return
+        data = np.concatenate(outs)
+        rids, positions = [msg.rids[i] for i in ok], [msg.positions[i] for i in ok]
+        me = self.net.node_id
+        try:
+            if role.next_node is None:
+                self.net.send(msg.router, LogitsBatch(me, rids, positions, data))
+            else:
+                adopt, adopt_len = [msg.adopt[i] for i in ok], [msg.adopt_len[i] for i in ok]
+                self.net.send(
+                    role.next_node, ForwardBatch(me, msg.router, msg.plan, rids, positions, adopt, adopt_len, data)
+                )
+        except Exception as exc:  # noqa: BLE001 - whatever goes wrong, the routers must hear of it
+            text = (
+                f"node {exc.args[0]} cannot be reached from here; the cluster is re-planning, retry the request"
+                if isinstance(exc, KeyError)
+                else f"{type(exc).__name__}: {exc}"
+            )
+            for rid in rids:
+                self._fail_row(msg.router, rid, "peer_down" if isinstance(exc, KeyError) else "shard_error", text)
+
+    @staticmethod
+    def _run_batch(runner: ShardRunner, msg: ForwardBatch, rows: list[int]) -> list[np.ndarray | Exception]:
+        passes: list[Pass] = []
+        results: dict[int, Exception] = {}
+        for k, i in enumerate(rows):
+            try:
+                _adopt(runner, msg.rids[i], msg.adopt[i], msg.adopt_len[i])
+            except ExoError as exc:
+                results[k] = exc
+                continue
+            passes.append(Pass(msg.rids[i], msg.data[i : i + 1], msg.positions[i]))
+        outs = iter(runner.forward_batch(passes))
+        return [results[k] if k in results else next(outs) for k in range(len(rows))]
 
     async def on_truncate(self, msg: Truncate) -> None:
         role = self.role
@@ -134,7 +196,22 @@ class ShardActor:
             await asyncio.get_running_loop().run_in_executor(self.compute, role.runner.free, msg.rid)
 
     def _fail(self, msg: Forward, code: str, text: str) -> None:
+        self._fail_row(msg.router, msg.rid, code, text)
+
+    def _fail_row(self, router: str, rid: str, code: str, text: str) -> None:
         try:
-            self.net.send(msg.router, Failure(msg.rid, self.net.node_id, code, text))
+            self.net.send(router, Failure(rid, self.net.node_id, code, text))
         except KeyError:
-            log.warning("cannot report failure of %s: its router %s is gone", msg.rid, msg.router)
+            log.warning("cannot report failure of %s: its router %s is gone", rid, router)
+
+
+def _adopt(runner: ShardRunner, rid: str, source: str, length: int) -> None:
+    """The prefix cache: continue a finished request's KV cache (no-op without a source)."""
+    if not source:
+        return
+    got = runner.adopt(source, rid, length)
+    if got != length:
+        raise ExoError(
+            f"the cached prefix of this conversation is gone from node layers [{runner.start}, "
+            f"{runner.end}) (has {got} of {length} positions); retry the request"
+        )

@@ -8,7 +8,7 @@ import platform
 import shutil
 
 from ..errors import InvalidRequestError
-from .base import Engine, EngineUnavailableError, ShardRunner
+from .base import Engine, EngineUnavailableError, Pass, ShardRunner
 
 ENGINES = ("numpy", "mlx", "tinygrad")
 
@@ -67,4 +67,4 @@ def check_tinygrad_compiler() -> None:
         )
 
 
-__all__ = ["ENGINES", "Engine", "EngineUnavailableError", "ShardRunner", "get_engine", "resolve_engine"]
+__all__ = ["ENGINES", "Engine", "EngineUnavailableError", "Pass", "ShardRunner", "get_engine", "resolve_engine"]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,6 +28,17 @@ def require_module(module: str, extra: str) -> None:
         ) from None
 
 
+@dataclass(frozen=True, eq=False)
+class Pass:
+    """One forward pass a request needs: token ids at positions [start_pos, start_pos + len(tokens)),
+    answered with the logits [num_logits, V] of the last positions."""
+
+    request_id: str
+    tokens: np.ndarray
+    start_pos: int
+    num_logits: int = 1
+
+
 class ShardRunner(Protocol):
     """Layers [start, end) of a model on one engine, with one KV cache per request."""
 
@@ -42,6 +54,12 @@ class ShardRunner(Protocol):
         hidden states [T, D], or on the last shard logits [num_logits, V] for the last positions.
         Writing at start_pos below the cached length rolls the request's cache back to start_pos.
         """
+        ...
+
+    def forward_batch(self, passes: Sequence[Pass]) -> list[np.ndarray | Exception]:
+        """Several requests' passes (tokens: ids on the first shard, hidden states elsewhere); one
+        result per pass, or the ExoError that ended that request alone. Engines that can batch run
+        the single-token decode steps as one pass over the weights."""
         ...
 
     def cached_length(self, request_id: str) -> int:
@@ -78,6 +96,16 @@ class RequestCaches:
     `length` (valid positions); truncation only lowers it (positions are overwritten later)."""
 
     caches: dict[str, Any]
+
+    def forward_batch(self, passes: Sequence[Pass]) -> list[np.ndarray | Exception]:
+        """One pass after the other (engines without a batched kernel)."""
+        out: list[np.ndarray | Exception] = []
+        for p in passes:
+            try:
+                out.append(self.forward(p.request_id, p.tokens, p.start_pos, p.num_logits))  # type: ignore[attr-defined]
+            except ExoError as exc:
+                out.append(exc)
+        return out
 
     def cached_length(self, request_id: str) -> int:
         cache = self.caches.get(request_id)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ContextLengthError
+from collections.abc import Sequence
+
+from ..errors import ContextLengthError, ExoError
 from ..models.kv_cache import KVCache
 from ..models.llama import LlamaShard
 from ..weights import ModelFiles
-from .base import RequestCaches
+from .base import Pass, RequestCaches
 
 
 class NumpyShardRunner(RequestCaches):
@@ -25,16 +27,47 @@ class NumpyShardRunner(RequestCaches):
         return self.shard.w.nbytes
 
     def forward(self, request_id: str, x: np.ndarray, start_pos: int, num_logits: int = 1) -> np.ndarray:
+        return self.shard.forward(x, self._cache(request_id, start_pos, len(x)), start_pos, num_logits)
+
+    def forward_batch(self, passes: Sequence[Pass]) -> list[np.ndarray | Exception]:
+        """Single-token decode steps run as one batched pass over the weights; longer passes (prompt
+        chunks, speculative verification) one by one."""
+        out: list[np.ndarray | Exception] = [ExoError("not run")] * len(passes)
+        rows: list[int] = []
+        caches: list[KVCache] = []
+        batched_ids: set[str] = set()
+        for i, p in enumerate(passes):
+            try:
+                cache = self._cache(p.request_id, p.start_pos, len(p.tokens))
+                if len(p.tokens) == 1 and p.num_logits == 1 and p.request_id not in batched_ids:
+                    rows.append(i)
+                    caches.append(cache)
+                    batched_ids.add(p.request_id)
+                else:
+                    out[i] = self.shard.forward(p.tokens, cache, p.start_pos, p.num_logits)
+            except ExoError as exc:
+                out[i] = exc
+        if len(rows) == 1:
+            p = passes[rows[0]]
+            out[rows[0]] = self.shard.forward(p.tokens, caches[0], p.start_pos)
+        elif rows:
+            x = np.concatenate([passes[i].tokens for i in rows])
+            batched = self.shard.forward_rows(x, caches, [passes[i].start_pos for i in rows])
+            for k, i in enumerate(rows):
+                out[i] = batched[k : k + 1]
+        return out
+
+    def _cache(self, request_id: str, start_pos: int, n: int) -> KVCache:
         cache = self.caches.get(request_id)
         if cache is None:
             cache = self.caches[request_id] = self.shard.new_cache()
-        if start_pos + len(x) > cache.max_positions:
+        if start_pos + n > cache.max_positions:
             raise ContextLengthError(
-                f"position {start_pos + len(x)} exceeds the model's context window ({cache.max_positions})"
+                f"position {start_pos + n} exceeds the model's context window ({cache.max_positions})"
             )
         if start_pos > cache.length:
-            raise ValueError(f"request {request_id}: position {start_pos} skips past cached {cache.length}")
-        return self.shard.forward(x, cache, start_pos, num_logits)
+            raise ExoError(f"request {request_id}: position {start_pos} skips past cached {cache.length}")
+        return cache
 
 
 class NumpyEngine:

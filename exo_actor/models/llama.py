@@ -58,11 +58,14 @@ class ShardWeights:
         return sum(l.nbytes for l in self.layers) + sum(a.nbytes for a in extras if a is not None)
 
 
+def _row_scale(v: np.ndarray, eps: np.float32) -> np.float32:
+    return F32(1.0 / math.sqrt(float(v @ v) / v.size + float(eps)))
+
+
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: np.float32) -> np.ndarray:
     """RMSNorm over the last axis, in float32."""
     if x.shape[0] == 1:  # decode: three small ops instead of six
-        v = x[0]
-        return x * (weight * F32(1.0 / math.sqrt(float(v @ v) / v.size + float(eps))))
+        return x * (weight * _row_scale(x[0], eps))
     ms = np.einsum("td,td->t", x, x)[:, None]  # one pass, no temporary of x's size
     ms *= F32(1.0 / x.shape[-1])
     ms += eps
@@ -70,6 +73,13 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: np.float32) -> np.ndarray:
     y = x / ms
     y *= weight
     return y
+
+
+def rms_norm_rows(x: np.ndarray, weight: np.ndarray, eps: np.float32) -> np.ndarray:
+    """RMSNorm of a batch of decode rows [B, D], each computed exactly as rms_norm computes one row
+    (so a request's numbers do not depend on what it is batched with)."""
+    scales = np.array([_row_scale(v, eps) for v in x], dtype=F32)
+    return x * (weight[None, :] * scales[:, None])
 
 
 def swiglu(gate_up: np.ndarray) -> np.ndarray:
@@ -159,6 +169,43 @@ class LlamaShard:
         logits = matmul(h, self.w.lm_head_t, _HEAD_ROW_LOOP)
         assert logits.dtype == F32, logits.dtype  # a float64 here means a silent 2x slowdown
         return logits
+
+    def forward_rows(self, x: np.ndarray, caches: list[KVCache], positions: list[int]) -> np.ndarray:
+        """One decode step for B requests at once (continuous batching).
+
+        Row b of x (a token id [B] on the first shard, hidden states [B, D] elsewhere) is request b
+        at position positions[b] over caches[b]. The weight products run over all rows together (one
+        pass over the weights for the whole batch); attention runs per row over its own cache.
+        Returns hidden states [B, D], or on the last shard logits [B, V].
+        """
+        h = self.embed(np.asarray(x, dtype=np.int64)) if self.is_first else np.array(x, dtype=F32)
+        B = h.shape[0]
+        if B != len(caches) or B != len(positions):
+            raise ValueError(f"{B} rows for {len(caches)} caches and {len(positions)} positions")
+        for cache, pos in zip(caches, positions):
+            cache.begin(pos, 1)
+        cos, sin = rope_tables(self.inv_freq, np.asarray(positions))
+        H, KV, hd = self.n_heads, self.n_kv, self.hd
+        for i, w in enumerate(self.w.layers):
+            qkv = matmul(rms_norm_rows(h, w.attn_norm, self.eps), w.wqkv)  # [B, (H + 2KV) * hd]
+            if w.bqkv is not None:
+                qkv += w.bqkv
+            heads = qkv.reshape(B, H + 2 * KV, hd).transpose(1, 0, 2)  # [H + 2KV, B, hd]
+            qk = apply_rope(heads[: H + KV], cos, sin)
+            qk[:H] *= self.scale
+            attn = np.empty((B, H * hd), dtype=F32)
+            for b, (cache, pos) in enumerate(zip(caches, positions)):
+                keys, values = cache.write(i, pos, qk[H:, b : b + 1], heads[H + KV :, b : b + 1])
+                attn[b] = _attention(qk[:H, b : b + 1], keys, values, pos)[0]
+            h = h + matmul(attn, w.wo)
+            gate_up = matmul(rms_norm_rows(h, w.ffn_norm, self.eps), w.w_gate_up)
+            h += matmul(swiglu(gate_up), w.w_down)
+        for cache, pos in zip(caches, positions):
+            cache.commit(pos + 1)
+        if not self.is_last:
+            return h
+        assert self.w.final_norm is not None and self.w.lm_head_t is not None
+        return matmul(rms_norm_rows(h, self.w.final_norm, self.eps), self.w.lm_head_t, _HEAD_ROW_LOOP)
 
     def _layer(
         self, h: np.ndarray, w: LayerWeights, cache: KVCache, i: int, start: int, cos: np.ndarray, sin: np.ndarray

@@ -47,6 +47,9 @@ class Message:
     KIND: ClassVar[str]
     TENSOR: ClassVar[bool] = False
 
+    def check(self) -> None:
+        """Rules across fields, checked by decode() after each field's own (raise ProtocolError)."""
+
     def encode(self) -> list[bytes | memoryview]:
         """The multipart frames of this message."""
         header: dict[str, Any] = {"v": PROTOCOL_VERSION, "k": self.KIND}
@@ -138,6 +141,53 @@ class Logits(Message):
     data: np.ndarray
 
 
+def _check_rows(msg: ForwardBatch | LogitsBatch, lists: tuple[list[Any], ...]) -> None:
+    n = len(msg.rids)
+    if n == 0 or any(len(x) != n for x in lists) or msg.data.ndim == 0 or msg.data.shape[0] != n:
+        raise ProtocolError(f"{msg.KIND}: rids, positions, the other row lists and the tensor's rows must agree")
+    if len(set(msg.rids)) != n:
+        raise ProtocolError(f"{msg.KIND}: a request appears twice in one batch")
+
+
+@dataclass(frozen=True, eq=False)
+class ForwardBatch(Message):
+    """Single-token decode steps of several requests through a shard in one pass (continuous
+    batching): row i of data, a token id or hidden states [D], is request rids[i] at positions[i]."""
+
+    KIND: ClassVar[str] = "bfwd"
+    TENSOR: ClassVar[bool] = True
+    src: str
+    router: str
+    plan: int
+    rids: list[str]
+    positions: list[int]
+    adopt: list[str]  # per row, as Forward.adopt
+    adopt_len: list[int]
+    data: np.ndarray
+
+    def check(self) -> None:
+        _check_rows(self, (self.positions, self.adopt, self.adopt_len))
+        if self.data.ndim > 2:
+            raise ProtocolError("bfwd: the tensor is token ids [B] or hidden states [B, D]")
+
+
+@dataclass(frozen=True, eq=False)
+class LogitsBatch(Message):
+    """The last shard's answer to a ForwardBatch: row i of data holds the logits [V] of rids[i]."""
+
+    KIND: ClassVar[str] = "blogits"
+    TENSOR: ClassVar[bool] = True
+    src: str
+    rids: list[str]
+    positions: list[int]
+    data: np.ndarray
+
+    def check(self) -> None:
+        _check_rows(self, (self.positions,))
+        if self.data.ndim != 2:
+            raise ProtocolError("blogits: the tensor is logits [B, V]")
+
+
 @dataclass(frozen=True)
 class Free(Message):
     """Drop a request's KV caches (it finished, failed or was cancelled)."""
@@ -207,7 +257,22 @@ class Failure(Message):
 
 
 KINDS: dict[str, type[Message]] = {
-    m.KIND: m for m in (Hello, Beacon, Ping, Pong, Forward, Logits, Free, Truncate, Draft, Drafted, Failure)
+    m.KIND: m
+    for m in (
+        Hello,
+        Beacon,
+        Ping,
+        Pong,
+        Forward,
+        Logits,
+        ForwardBatch,
+        LogitsBatch,
+        Free,
+        Truncate,
+        Draft,
+        Drafted,
+        Failure,
+    )
 }
 
 
@@ -229,6 +294,13 @@ def _check_field(kind: str, name: str, expected: str, value: Any) -> Any:
             or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_INT for v in value)
         ):
             raise ProtocolError(f"{kind}.{name} must be a list of at most {MAX_LIST} non-negative integers")
+    elif expected == "list[str]":
+        if (
+            not isinstance(value, list)
+            or len(value) > MAX_LIST
+            or not all(isinstance(v, str) and len(v) <= MAX_TEXT for v in value)
+        ):
+            raise ProtocolError(f"{kind}.{name} must be a list of at most {MAX_LIST} strings")
     return value
 
 
@@ -278,4 +350,6 @@ def decode(frames: list[Any]) -> Message:
             raise ProtocolError(f"{cls.KIND} lacks field {name}")
         else:
             kwargs[name] = _check_field(cls.KIND, name, kind, header[name])
-    return cls(**kwargs)
+    msg = cls(**kwargs)
+    msg.check()
+    return msg
