@@ -3,9 +3,9 @@
 Compute runs on one worker thread so the asyncio event loop (HTTP, heartbeats) never waits on it.
 The worker batches requests continuously (batching.py): each turn runs one batched pass holding the
 decode step of every running request plus a piece of any new prompt, so simultaneous requests all
-progress and share each pass over the weights; requests join and leave between turns. Results flow back to each request's
-asyncio queue. Cancelling a request (a client that went away) closes its generator at the worker's
-next turn, which frees its KV caches on every shard.
+progress and share each pass over the weights; requests join and leave between turns. Results flow
+back to each request's asyncio queue. Cancelling a request (a client that went away) closes its
+generator at the worker's next turn, which frees its KV caches on every shard.
 """
 
 from __future__ import annotations
@@ -237,7 +237,6 @@ class RouterActor:
     def _advance(self, a: _Active, logits: np.ndarray | None, active: dict[str, _Active]) -> None:
         """Resume a request's generation with the logits it waited for; deliver its text up to its
         next pass (or its end)."""
-        rid = a.req.request_id
         try:
             item = a.gen.send(logits) if logits is not None else next(a.gen)
             while isinstance(item, Delta):

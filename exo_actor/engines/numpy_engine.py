@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from collections.abc import Sequence
+
+import numpy as np
 
 from ..errors import ContextLengthError, ExoError
 from ..models.kv_cache import KVCache

@@ -14,9 +14,11 @@ from exo_actor.transport import (
     Drafted,
     Failure,
     Forward,
+    ForwardBatch,
     Free,
     Hello,
     Logits,
+    LogitsBatch,
     Ping,
     Pong,
     ProtocolError,
@@ -44,6 +46,28 @@ messages = st.one_of(
     st.builds(Hello, text, text, count, text, text, count, count, text),
     st.builds(Draft, text, text, count, count, count, finite, count, finite, finite, arrays),
     st.builds(Drafted, text, text, count, st.lists(count, max_size=64), arrays),
+    st.integers(1, 8).flatmap(
+        lambda n: st.builds(
+            ForwardBatch,
+            text,
+            text,
+            count,
+            st.lists(text, min_size=n, max_size=n, unique=True),
+            st.lists(count, min_size=n, max_size=n),
+            st.lists(text, min_size=n, max_size=n),
+            st.lists(count, min_size=n, max_size=n),
+            st.one_of(hnp.arrays(np.int64, (n,)), hnp.arrays(np.float32, (n, 3))),
+        )
+    ),
+    st.integers(1, 8).flatmap(
+        lambda n: st.builds(
+            LogitsBatch,
+            text,
+            st.lists(text, min_size=n, max_size=n, unique=True),
+            st.lists(count, min_size=n, max_size=n),
+            hnp.arrays(np.float32, (n, 5)),
+        )
+    ),
 )
 
 
@@ -109,6 +133,31 @@ def _draft(**fields):
     ],
 )
 def test_malformed_draft_messages_are_rejected(frames, needle):
+    with pytest.raises(ProtocolError, match=needle):
+        decode(frames)
+
+
+def _batch(rids=("a", "b"), positions=(3, 4), adopt=("", ""), adopt_len=(0, 0), data=None):
+    data = np.zeros((2, 3), np.float32) if data is None else data
+    return ForwardBatch("n0", "n0", 1, list(rids), list(positions), list(adopt), list(adopt_len), data).encode()
+
+
+@pytest.mark.parametrize(
+    ("frames", "needle"),
+    [
+        (_batch(positions=(3,)), "must agree"),
+        (_batch(adopt=("", "", "")), "must agree"),
+        (_batch(data=np.zeros((3, 3), np.float32)), "must agree"),
+        (_batch(data=np.zeros((), np.float32)), "must agree"),
+        (_batch(rids=(), positions=(), adopt=(), adopt_len=(), data=np.zeros((0, 3), np.float32)), "must agree"),
+        (_batch(rids=("a", "a")), "appears twice"),
+        (_batch(data=np.zeros((2, 3, 1), np.float32)), "token ids"),
+        (_batch(rids=("a", 5)), "list of at most 64 strings"),
+        (LogitsBatch("n0", ["a"], [1], np.zeros(4, np.float32)).encode(), "logits"),
+        (LogitsBatch("n0", ["a", "b"], [1, 2], np.zeros((1, 4), np.float32)).encode(), "must agree"),
+    ],
+)
+def test_malformed_batches_are_rejected(frames, needle):
     with pytest.raises(ProtocolError, match=needle):
         decode(frames)
 
@@ -180,6 +229,8 @@ def test_coverage_guided_fuzzing_of_the_decoder(tmp_path):
         Failure("r1", "n0", "peer_down", "gone"),
         Forward("r1", "n0", "n0", 9, 4, 1, np.arange(6, dtype=np.float32).reshape(2, 3)),
         Logits("r1", "n0", 4, np.ones((1, 4), np.float32)),
+        ForwardBatch("n0", "n0", 9, ["r1", "r2"], [4, 7], ["", "r0"], [0, 3], np.arange(2, dtype=np.int64)),
+        LogitsBatch("n0", ["r1", "r2"], [4, 7], np.ones((2, 4), np.float32)),
         Drafted("r1", "n0", 2, [1, 2, 3], np.zeros((3, 2), np.float32)),
     ]
     for i, msg in enumerate(seeds):
