@@ -18,6 +18,10 @@ class EngineUnavailableError(ExoError):
     """An engine whose package is not installed (or cannot run on this machine)."""
 
 
+class CachePositionError(ExoError, ValueError):
+    """A pass that starts past the positions its request's KV cache holds."""
+
+
 def require_module(module: str, extra: str) -> None:
     """Import `module` or raise one clear error naming the extra that installs it."""
     try:

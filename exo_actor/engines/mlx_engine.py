@@ -16,7 +16,7 @@ from ..models.config import ModelArgs
 from ..models.llama import ShardWeights
 from ..models.rope import inv_frequencies, rope_tables
 from ..weights import ModelFiles
-from .base import RequestCaches, layer_tensors, require_module
+from .base import CachePositionError, RequestCaches, layer_tensors, require_module
 
 _GROW = 256
 
@@ -83,7 +83,7 @@ class MlxShardRunner(RequestCaches):
         if end > cache.max_positions:
             raise ContextLengthError(f"position {end} exceeds the model's context window ({cache.max_positions})")
         if start_pos > cache.length:
-            raise ValueError(f"request {request_id}: position {start_pos} skips past cached {cache.length}")
+            raise CachePositionError(f"request {request_id}: position {start_pos} skips past cached {cache.length}")
         if self.is_first:
             h = self.embed_table[mx.array(np.asarray(x, dtype=np.int32))]
         else:

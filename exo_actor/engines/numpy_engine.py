@@ -10,7 +10,7 @@ from ..errors import ContextLengthError, ExoError
 from ..models.kv_cache import KVCache
 from ..models.llama import LlamaShard
 from ..weights import ModelFiles
-from .base import Pass, RequestCaches
+from .base import CachePositionError, Pass, RequestCaches
 
 
 class NumpyShardRunner(RequestCaches):
@@ -66,7 +66,7 @@ class NumpyShardRunner(RequestCaches):
                 f"position {start_pos + n} exceeds the model's context window ({cache.max_positions})"
             )
         if start_pos > cache.length:
-            raise ExoError(f"request {request_id}: position {start_pos} skips past cached {cache.length}")
+            raise CachePositionError(f"request {request_id}: position {start_pos} skips past cached {cache.length}")
         return cache
 
 

@@ -20,7 +20,7 @@ from ..models.config import ModelArgs
 from ..models.llama import ShardWeights
 from ..models.rope import inv_frequencies, rope_tables
 from ..weights import ModelFiles
-from .base import RequestCaches, layer_tensors, require_module
+from .base import CachePositionError, RequestCaches, layer_tensors, require_module
 from .tinygrad_thread import on_tinygrad_thread
 
 _GROW = 256
@@ -93,7 +93,7 @@ class TinygradShardRunner(RequestCaches):
                 f"position {end} exceeds the model's context window ({self.args.max_position_embeddings})"
             )
         if start_pos > cache.length:
-            raise ValueError(f"request {request_id}: position {start_pos} skips past cached {cache.length}")
+            raise CachePositionError(f"request {request_id}: position {start_pos} skips past cached {cache.length}")
         self._reserve(cache, end)
         C = cache.capacity
         if self.is_first:
