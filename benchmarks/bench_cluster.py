@@ -128,13 +128,14 @@ def round_trips(repeats: int = 200) -> list[dict[str, float]]:
     return rows
 
 
-def ring_decode(n_procs: int, tokens: int, blas_one: bool) -> float:
+def ring_decode(n_procs: int, tokens: int, blas_one: bool, rounds: int = 3) -> float:
+    """Best decode tok/s of a greedy stream through a ring of n_procs `exo-actor start` processes."""
     env = os.environ.copy()
     if blas_one:
         env["OPENBLAS_NUM_THREADS"] = "1"
     with loopback_ring(Path(tempfile.mkdtemp()), ["4"] * n_procs, env) as ring:
         url, best = ring["urls"][0], 0.0
-        for _ in range(3):
+        for _ in range(rounds):
             body = {
                 "model": "smollm2-135m",
                 "messages": MESSAGES,

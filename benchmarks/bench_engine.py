@@ -111,6 +111,37 @@ class TransformersRunner:
             return len(ids) / (time.perf_counter() - t)
 
 
+class LlamaCppRunner:
+    """llama.cpp through llama-cpp-python (optional), on the GGUF as shipped (Q4_1 weights)."""
+
+    name = "llama.cpp (llama-cpp-python, Q4_1 as shipped)"
+
+    def __init__(self, prompt: list[int]) -> None:
+        from llama_cpp import Llama
+
+        from exo_actor.registry import load_registry, local_path
+
+        path = local_path(load_registry()["smollm2-135m"])
+        assert path is not None
+        self.llm = Llama(model_path=str(path), n_ctx=2048, n_threads=os.cpu_count() or 1, verbose=False)
+        self.prompt = list(prompt)
+
+    def _complete(self, prompt: list[int], n: int) -> tuple[float, int]:
+        self.llm.reset()  # no prompt reuse between runs
+        t = time.perf_counter()
+        out = self.llm.create_completion(prompt=prompt, max_tokens=n, temperature=0.0, top_k=1)
+        return time.perf_counter() - t, int(out["usage"]["completion_tokens"])
+
+    def decode(self, n: int) -> float:
+        first, _ = self._complete(self.prompt, 1)
+        total, got = self._complete(self.prompt, n + 1)
+        return (got - 1) / max(total - first, 1e-9)
+
+    def prefill(self, ids: np.ndarray) -> float:
+        seconds, _ = self._complete([int(i) for i in ids], 1)
+        return len(ids) / seconds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("bench-out"))

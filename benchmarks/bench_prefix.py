@@ -17,10 +17,9 @@ for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
     os.environ.pop(_var, None)
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from benchmarks.report import write_report  # noqa: E402
 from exo_actor.generation import generate  # noqa: E402
 from exo_actor.local import load_local  # noqa: E402
 from exo_actor.prefix_cache import PrefixCache  # noqa: E402
@@ -33,15 +32,12 @@ TEXT = (
 )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("bench-out"))
-    ap.add_argument("--history", type=int, default=1000)
-    args = ap.parse_args()
+def measure(history: int, rounds: int = 3) -> dict[str, float]:
+    """Best time to first token of the second turn, cold and continuing the prefix cache."""
     files, pipe = load_local("smollm2-135m")
     tok = files.tokenizer
-    words = TEXT * (args.history // len(tok.encode(TEXT)) + 1)
-    user = tok.decode(tok.encode("Summarize this text: " + words)[: args.history])
+    words = TEXT * (history // len(tok.encode(TEXT)) + 1)
+    user = tok.decode(tok.encode("Summarize this text: " + words)[:history])
     params = SamplingParams(max_tokens=24)
     turn1 = [{"role": "user", "content": user}]
     reply = "".join(d.text for d in generate(pipe, tok, chat_prompt_ids(tok, turn1), params, 8192))
@@ -53,32 +49,38 @@ def main() -> None:
         stats = deltas[-1].stats
         return stats.time_to_first_token, stats.cached_tokens
 
-    cold = min(ttft(None)[0] for _ in range(3))
+    cold = min(ttft(None)[0] for _ in range(rounds))
     cached, reused = float("inf"), 0
-    for _ in range(3):
+    for _ in range(rounds):
         cache = PrefixCache(budget_tokens=100_000)
         list(generate(pipe, tok, chat_prompt_ids(tok, turn1), params, 8192, None, None, cache))
         t, reused = ttft(cache)
         cached = min(cached, t)
         for rid in cache.clear():
             pipe.free(rid)
-    lines = [
-        f"| second turn ({len(ids2)} prompt tokens) | time to first token | prefilled tokens |",
-        "|---|---|---|",
-        f"| cold (no prefix cache) | {cold * 1000:.0f} ms | {len(ids2)} |",
-        f"| continuing turn 1's cache | {cached * 1000:.0f} ms ({cached / cold:.1%} of cold) | {len(ids2) - reused} |",
-    ]
-    result = {
-        "date": date.today().isoformat(),
-        "prompt_tokens": len(ids2),
-        "reused_tokens": reused,
-        "cold_ttft_s": cold,
-        "cached_ttft_s": cached,
+    return {
+        "history_tokens": len(ids2),
+        "cached_tokens": reused,
+        "cold_s": cold,
+        "cached_s": cached,
+        "ratio": cached / cold,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "prefix.json").write_text(json.dumps(result, indent=2))
-    (args.out / "prefix.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("bench-out"))
+    ap.add_argument("--history", type=int, default=1000)
+    args = ap.parse_args()
+    r = measure(args.history)
+    lines = [
+        f"| second turn ({r['history_tokens']} prompt tokens) | time to first token | prefilled tokens |",
+        "|---|---|---|",
+        f"| cold (no prefix cache) | {r['cold_s'] * 1000:.0f} ms | {r['history_tokens']} |",
+        f"| continuing turn 1's cache | {r['cached_s'] * 1000:.0f} ms ({r['ratio']:.1%} of cold) "
+        f"| {r['history_tokens'] - r['cached_tokens']} |",
+    ]
+    write_report(args.out, "prefix", r, lines)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -85,7 +86,10 @@ def spec_counters(url: str) -> dict[str, float]:
     return httpx.get(url + "/v1/cluster", timeout=10).json()["speculative"]
 
 
-def ring(tokens: int, delays: list[float], repeats: int, draft_tokens: int) -> list[dict[str, object]]:
+def ring(
+    tokens: int, delays: list[float], repeats: int, draft_tokens: int, prompts: list[str] | None = None
+) -> list[dict[str, object]]:
+    """Plain vs speculative (n-gram draft) decode through a 3-process ring, per link delay."""
     real, proxied = [free_port() for _ in range(3)], [free_port() for _ in range(3)]
     proxies = [DelayProxy(p, r).start() for p, r in zip(proxied, real)]
     per_node = [("--advertise", f"127.0.0.1:{p}") for p in proxied]
@@ -99,6 +103,8 @@ def ring(tokens: int, delays: list[float], repeats: int, draft_tokens: int) -> l
                 for p in proxies:
                     p.delay = delay / 1000
                 for name, messages in PROMPTS.items():
+                    if prompts is not None and name not in prompts:
+                        continue
                     plain, spec = [], []
                     before = spec_counters(url)
                     for _ in range(repeats):
@@ -133,14 +139,17 @@ def _decode(pipe, files, ids, params, spec: Speculation | None):  # type: ignore
     return deltas[-1].stats
 
 
-def single(tokens: int, repeats: int = 3) -> list[dict[str, object]]:
+DRAFTS = ("ngram", "smollm2-135m:layers=24", "smollm2-135m")
+
+
+def single(tokens: int, repeats: int = 3, drafts: Sequence[str] = DRAFTS) -> list[dict[str, object]]:
     """Plain and speculative runs alternate (best of `repeats` each), so both see the same machine."""
     files, pipe = load_local("smollm2-135m")
     rows = []
     for name, messages in PROMPTS.items():
         ids = chat_prompt_ids(files.tokenizer, messages)
         params = SamplingParams(max_tokens=tokens)
-        for draft in ("ngram", "smollm2-135m:layers=24", "smollm2-135m"):
+        for draft in drafts:
             spec = Speculation(load_drafter(draft, files))
             plain = fast = 0.0
             drafted = accepted = passes = produced = 0

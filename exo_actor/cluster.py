@@ -26,6 +26,7 @@ from .actors.shard import ShardActor, ShardRole
 from .downloads import DownloadCancelled, Progress
 from .engines import Engine, get_engine
 from .errors import ExoError
+from .memory import release_freed_memory
 from .model_store import ensure_layers, ensure_model
 from .node import Node, total_memory_bytes
 from .partition import Assignment, NodeCapacity, PartitionError, memory_weighted, place_draft, split_rings
@@ -343,7 +344,8 @@ class ClusterNode(Node):
             return
         idx = next(i for i, a in enumerate(self.assignments) if a.node_id == self.node_id)
         nxt = self.assignments[idx + 1].node_id if idx + 1 < len(self.assignments) else None
-        self.shard.role = ShardRole(version, runner, nxt)
+        self.shard.role = ShardRole(version, runner, nxt)  # drops the previous plan's shard ...
+        await self.loop.run_in_executor(self.compute, release_freed_memory)  # ... and gives its memory back
         self.loaded = version
         self.error = None
         log.info("loaded layers [%d, %d) for plan %08x", mine.start, mine.end, version)

@@ -18,6 +18,7 @@ from .actors.router import RouterActor
 from .downloads import Progress
 from .errors import ExoError
 from .local import load_local
+from .memory import release_freed_memory
 from .models.config import ModelArgs
 from .registry import load_registry
 from .speculative import Speculation
@@ -127,6 +128,7 @@ class Node:
     def _load(self) -> None:
         try:
             files, pipeline = load_local(self.config.model, engine=self.config.engine, progress=self.download)
+            release_freed_memory()  # the dequantization's temporaries
             router = RouterActor(
                 pipeline,
                 files.tokenizer,
