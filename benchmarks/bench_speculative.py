@@ -26,6 +26,7 @@ for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
@@ -42,6 +43,8 @@ from exo_actor.speculative import Speculation, expected_tokens  # noqa: E402
 from exo_actor.speculative.drafts import load_drafter  # noqa: E402
 from exo_actor.tokenizer import chat_prompt_ids  # noqa: E402
 from tests.api.servers import free_port, loopback_ring  # noqa: E402
+
+log = logging.getLogger("bench_speculative")
 
 PARAGRAPH = (
     "The old lighthouse stood at the edge of the cliff, its white paint peeling in long strips. Every "
@@ -127,7 +130,7 @@ def ring(
                     }
                     row["theory"] = expected_tokens(a, round(row["mean_draft"])) if drafted else 1.0  # type: ignore[arg-type]
                     rows.append(row)
-                    print(row, flush=True)
+                    log.info("%s", row)
     finally:
         for p in proxies:
             p.stop()
@@ -169,7 +172,7 @@ def single(tokens: int, repeats: int = 3, drafts: Sequence[str] = DRAFTS) -> lis
                     "tokens_per_pass": produced / passes if passes else 1.0,
                 }
             )
-            print(rows[-1], flush=True)
+            log.info("%s", rows[-1])
     return rows
 
 
