@@ -310,6 +310,28 @@ def _cluster_key(args: argparse.Namespace) -> str | None:
     return secret
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """The benchmark suite lives in the source checkout (benchmarks/, beside the package): run it in
+    its own process, without the OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE overrides (they must be gone
+    before numpy loads, and this process has loaded it)."""
+    import os
+    import subprocess
+
+    roots = [Path(__file__).resolve().parents[1], Path.cwd()]
+    root = next((r for r in roots if (r / "benchmarks" / "suite.py").is_file()), None)
+    if root is None:
+        raise ExoError(
+            "`exo-actor bench` runs the benchmark suite of a source checkout (benchmarks/suite.py was not found "
+            "beside the package or in the current directory): clone the repository, "
+            "`pip install -e '.[bench,test,reference]'`, and run it there"
+        )
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    cmd = [sys.executable, "-m", "benchmarks.suite", "--profile", args.profile, "--out", str(args.out.resolve())]
+    if args.only:
+        cmd += ["--only", args.only]
+    return subprocess.run(cmd, cwd=root, env=env).returncode
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from .transport.security import new_key
 
@@ -509,6 +531,17 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--dir", help="where to put it (default: $EXO_HOME/models/NAME)")
     dl.add_argument("--revision", default="main", help="branch, tag or commit (main)")
     dl.set_defaults(func=_cmd_download)
+
+    bench = sub.add_parser(
+        "bench",
+        help="run the benchmark suite (transport, engine, pipeline, speculative, batching, prefix, gateway, memory)",
+    )
+    bench.add_argument(
+        "--profile", choices=("quick", "full"), default="quick", help="quick: a smoke run (~2 min); full: ~10 min"
+    )
+    bench.add_argument("--out", type=Path, default=Path("bench-out"), help="where the JSON, markdown and PNGs go")
+    bench.add_argument("--only", help="comma-separated sections to run (default: all)")
+    bench.set_defaults(func=_cmd_bench)
 
     keygen = sub.add_parser("keygen", help="print a new random cluster key (for EXO_ACTOR_CLUSTER_KEY)")
     keygen.set_defaults(func=_cmd_keygen)
