@@ -462,6 +462,7 @@ class ClusterNode(Node):
                 "tokens_generated": self.rings[i][1].tokens_generated if i in self.rings else 0,
                 "speculative": self.rings[i][1].speculation_info() if i in self.rings else None,
                 "prefix_cache": self.rings[i][1].prefix_cache_info() if i in self.rings else None,
+                "batching": self.rings[i][1].batching_info() if i in self.rings else None,
             }
             for i, plan in enumerate(self.ring_plans)
         ]

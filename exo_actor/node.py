@@ -197,6 +197,7 @@ class Node:
             },
             "speculative": router.speculation_info() if router else None,
             "prefix_cache": router.prefix_cache_info() if router else None,
+            "batching": router.batching_info() if router else None,
             "downloads": self.downloads_info(),
             "kv_requests": self.kv_requests(),
             "uptime_seconds": round(time.time() - self.started_at, 1),

@@ -194,7 +194,7 @@ def test_batched_and_unbatched_greedy_tokens_are_identical(smollm2):
         assert t == a, f"request {i}: {files.tokenizer.decode(t)!r} != {files.tokenizer.decode(a)!r}"
     rows = [sum(1 for _, n, _ in call if n == 1) for call in counting.calls]
     assert max(rows) == 8  # all eight decoding in one pass at some point
-    assert router.batched_rows / router.passes > 3  # mean batch size: the passes were shared
+    assert router.batching_info()["mean_rows_per_turn"] > 3  # the passes were shared
 
 
 @pytest.mark.slow

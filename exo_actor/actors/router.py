@@ -160,6 +160,12 @@ class RouterActor:
             "tokens_per_pass": round(spec.tokens_per_pass, 3),
         }
 
+    def batching_info(self) -> dict[str, float]:
+        """Continuous batching so far: turns run, request passes they carried, and the mean per turn."""
+        with self._lock:
+            turns, rows = self.passes, self.batched_rows
+        return {"turns": turns, "rows": rows, "mean_rows_per_turn": round(rows / turns, 3) if turns else 0.0}
+
     def prefix_cache_info(self) -> dict[str, int] | None:
         """Entries, tokens kept, budget, hits, misses and reused tokens (None when disabled)."""
         return self.prefix.info() if self.prefix is not None else None

@@ -49,6 +49,8 @@ def test_simultaneous_streams_all_progress(tiny_gguf):
             tokens = [t for t, kind in log if kind == "token"]
             assert len(tokens) >= 10
             assert tokens[1] < first_end  # every stream was producing before any finished
+        batching = httpx.get(srv.url + "/v1/cluster").json()["batching"]
+        assert batching["turns"] > 0 and batching["mean_rows_per_turn"] > 2  # they shared passes
 
 
 def test_over_the_limit_is_429_then_recovers(tiny_gguf):
