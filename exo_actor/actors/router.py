@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..batching import Pending, plan_turn
+from ..batching import MAX_ROWS, Pending, plan_turn
 from ..errors import ExoError
 from ..generation import Delta, Pipeline, Steps, generation
 from ..prefix_cache import PrefixCache
@@ -213,9 +213,10 @@ class RouterActor:
                     del active[rid]
             if not active:
                 continue
-            order = list(active.values())
-            k = turn % len(order)  # rotate, so that beyond MAX_ROWS every request gets its turns
-            order = order[k:] + order[:k]
+            order = list(active.values())  # arrival order: prompts are prefilled first come, first served
+            if len(order) > MAX_ROWS:  # more than a turn holds: rotate, so that every request gets turns
+                k = turn % len(order)
+                order = order[k:] + order[:k]
             turn += 1
             waiting = [a for a in order if a.pending is not None]
             pieces = plan_turn([a.pending for a in waiting])  # type: ignore[misc]
