@@ -19,19 +19,18 @@ for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
     os.environ.pop(_var, None)
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import socket  # noqa: E402
 import struct  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 
+from benchmarks.report import write_report  # noqa: E402
 from exo_actor.transport.messages import Logits, decode  # noqa: E402
 from exo_actor.transport.security import ClusterKey  # noqa: E402
 from tests.api.servers import free_port, loopback_ring  # noqa: E402
@@ -166,7 +165,7 @@ def main() -> None:
         for one in (False, True)
         for n in (1, 2, 3)
     }
-    result = {"date": date.today().isoformat(), "round_trips": rt, "ring_decode_tps": ring}
+    result = {"round_trips": rt, "ring_decode_tps": ring}
     lines = [
         "| tensor | exo-actor wire (ZeroMQ + codec) round trip | raw TCP round trip | ratio |",
         "|---|---|---|---|",
@@ -183,10 +182,7 @@ def main() -> None:
     for n in (1, 2, 3):
         d, o = ring[f"{n}:default"], ring[f"{n}:1thread"]
         lines.append(f"| {n} | {d:.1f} | {d / ring['1:default']:.2f}x | {o:.1f} | {o / ring['1:1thread']:.2f}x |")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cluster.json").write_text(json.dumps(result, indent=2))
-    (args.out / "cluster.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, "cluster", result, lines)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import date
 from pathlib import Path
 
 import httpx
 
+from benchmarks.report import write_report
 from exo_actor.downloads import download
 
 REPO = "bench/model"
@@ -115,10 +115,7 @@ def main() -> None:
         "|---|---|---|",
         *[f"| {r['method']} | {r['mb_per_s']:.0f} | {r['mb_per_s'] / floor:.2f}x |" for r in rows],
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "downloads.json").write_text(json.dumps({"date": date.today().isoformat(), "rows": rows}, indent=2))
-    (args.out / "downloads.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, "downloads", {"rows": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -17,15 +17,14 @@ for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # before numpy is import
     os.environ.pop(_var, None)
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
-from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from benchmarks.report import write_report  # noqa: E402
 from exo_actor.local import load_local  # noqa: E402
 from exo_actor.tokenizer import chat_prompt_ids  # noqa: E402
 
@@ -169,7 +168,6 @@ def main() -> None:
     hf = {**best[runners[1].name], "torch": runners[1].version} if len(runners) > 1 else None
     bound = bw * 1e9 / ours["weight_bytes"]
     result = {
-        "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, numpy {np.__version__}",
         "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to float32)",
         "bandwidth_gbps": bw,
@@ -210,10 +208,7 @@ def main() -> None:
             f"\nnumpy vs transformers: decode {ours['decode_tps'] / hf['decode_tps']:.2f}x, "
             f"prefill {ours['prefill_tps'] / hf['prefill_tps']:.2f}x"
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "engine.json").write_text(json.dumps(result, indent=2))
-    (args.out / "engine.md").write_text("\n".join(table) + "\n")
-    print("\n".join(table))
+    write_report(args.out, "engine", result, table)
 
 
 if __name__ == "__main__":

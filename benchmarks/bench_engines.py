@@ -17,13 +17,12 @@ for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
 
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
-import json  # noqa: E402
 import time  # noqa: E402
-from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from benchmarks.report import write_report  # noqa: E402
 from exo_actor.engines import get_engine  # noqa: E402
 from exo_actor.registry import resolve_model  # noqa: E402
 from exo_actor.weights import open_model  # noqa: E402
@@ -72,10 +71,7 @@ def main() -> None:
             for r in rows
         ],
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "engines.json").write_text(json.dumps({"date": date.today().isoformat(), "rows": rows}, indent=2))
-    (args.out / "engines.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, "engines", {"rows": rows}, lines)
 
 
 if __name__ == "__main__":

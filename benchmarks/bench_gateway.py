@@ -21,12 +21,12 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
-from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.report import write_report  # noqa: E402
 from exo_actor.generation import generate  # noqa: E402
 from exo_actor.local import load_local  # noqa: E402
 from exo_actor.sampling import SamplingParams  # noqa: E402
@@ -112,7 +112,6 @@ def main() -> None:
             http = max(http, asyncio.run(single()))
         conc = [asyncio.run(concurrent(srv.url, n, args.tokens)) for n in (1, 4, 16)]
     result = {
-        "date": date.today().isoformat(),
         "tokens": args.tokens,
         "in_process_decode_tps": local,
         "http_stream_decode_tps": http,
@@ -131,10 +130,7 @@ def main() -> None:
         "|---|---|---|---|",
         *[f"| {c['streams']} | {c['aggregate_tps']:.1f} | {c['ttft_p50']:.2f} | {c['ttft_p99']:.2f} |" for c in conc],
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gateway.json").write_text(json.dumps(result, indent=2))
-    (args.out / "gateway.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, "gateway", result, lines)
 
 
 if __name__ == "__main__":

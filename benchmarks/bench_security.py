@@ -17,11 +17,10 @@ for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
     os.environ.pop(_var, None)
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from benchmarks.bench_cluster import SIZES, ring_decode, zmq_round_trips  # noqa: E402
+from benchmarks.report import write_report  # noqa: E402
 from exo_actor.transport.security import new_key  # noqa: E402
 
 
@@ -52,14 +51,10 @@ def main() -> None:
         f"| cluster key (CURVE) | {tps_curve:.1f} ({tps_curve / tps_plain:.2f}x) |",
     ]
     result = {
-        "date": date.today().isoformat(),
         "round_trip_us": {"plain": plain, "curve": curve},
         "ring_decode_tps": {"plain": tps_plain, "curve": tps_curve},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "security.json").write_text(json.dumps(result, indent=2))
-    (args.out / "security.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, "security", result, lines)
 
 
 if __name__ == "__main__":

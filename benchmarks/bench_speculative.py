@@ -30,12 +30,12 @@ import logging  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
-from datetime import date  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import httpx  # noqa: E402
 
 from benchmarks.latency_proxy import DelayProxy  # noqa: E402
+from benchmarks.report import write_report  # noqa: E402
 from exo_actor.generation import generate  # noqa: E402
 from exo_actor.local import load_local  # noqa: E402
 from exo_actor.sampling import SamplingParams  # noqa: E402
@@ -207,11 +207,8 @@ def main() -> None:
             for r in single_rows
         ],
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = {"date": date.today().isoformat(), "ring": ring_rows, "single": single_rows}
-    (args.out / "speculative.json").write_text(json.dumps(result, indent=2))
-    (args.out / "speculative.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    result = {"ring": ring_rows, "single": single_rows}
+    write_report(args.out, "speculative", result, lines)
 
 
 if __name__ == "__main__":
