@@ -344,13 +344,14 @@ class ClusterNode(Node):
             return
         idx = next(i for i, a in enumerate(self.assignments) if a.node_id == self.node_id)
         nxt = self.assignments[idx + 1].node_id if idx + 1 < len(self.assignments) else None
-        self.shard.role = ShardRole(version, runner, nxt)  # drops the previous plan's shard ...
-        await self.loop.run_in_executor(self.compute, release_freed_memory)  # ... and gives its memory back
+        self.shard.role = ShardRole(version, runner, nxt)  # drops the previous plan's shard
         self.loaded = version
         self.error = None
         log.info("loaded layers [%d, %d) for plan %08x", mine.start, mine.end, version)
         self.net.announce()
         self._check_ready()
+        # give the dropped shard's memory back; last, so that no re-plan can interleave with the above
+        await self.loop.run_in_executor(self.compute, release_freed_memory)
 
     def _check_ready(self) -> None:
         if self.net is None or not self.version:
