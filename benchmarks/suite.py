@@ -316,10 +316,9 @@ def gateway(p: dict[str, Any]) -> Section:
 
 
 def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    from exo_actor.memory import rss_bytes
+
+    return rss_bytes(pid) / 2**20
 
 
 def memory(p: dict[str, Any]) -> Section:

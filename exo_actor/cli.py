@@ -172,7 +172,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_start(args: argparse.Namespace) -> int:
     import os
-    import socket
 
     from .api import GatewayConfig
     from .cluster import ClusterConfig
@@ -192,22 +191,20 @@ def _cmd_start(args: argparse.Namespace) -> int:
     node = _speculation_config(args)
     node.max_concurrent = args.max_concurrent
     node.prefix_cache_mb = args.prefix_cache_mb
+    if args.peer_timeout <= 2 * args.heartbeat:
+        raise ExoError(f"--peer-timeout ({args.peer_timeout:g} s) must exceed twice --heartbeat ({args.heartbeat:g} s)")
+    ray_flags = [f for f in ("ray_address", "ray_shards") if getattr(args, f) is not None]
+    if args.backend == "ray":
+        ray_config = _ray_config(args)
+        serve(node, gateway, args.api_host, args.api_port, None, args.node_id, ray_config)
+        return 0
+    if ray_flags or args.ray_placement != "SPREAD" or args.ray_cpus_per_shard != 1.0:
+        raise ExoError("the --ray-* options need --backend ray")
     cluster = None
     if args.discovery or args.peers:
         if args.discovery == "manual" and not args.peers:
             raise ExoError('--discovery manual needs --peers FILE (TOML: peers = ["HOST:PORT", ...])')
-        advertise = args.host if args.host not in ("0.0.0.0", "::") else socket.gethostbyname(socket.gethostname())
-        advertise_port = None
-        if args.advertise:
-            advertise, _, port_text = (
-                args.advertise.rpartition(":") if ":" in args.advertise else (args.advertise, "", "")
-            )
-            try:
-                advertise_port = _port(port_text) if port_text else None
-            except argparse.ArgumentTypeError as exc:
-                raise ExoError(f"--advertise {args.advertise}: {exc}") from None
-            if not advertise:
-                raise ExoError(f"--advertise {args.advertise}: expected HOST or HOST:PORT")
+        advertise, advertise_port = _advertise(args)
         cluster = ClusterConfig(
             host=args.host,
             port=args.port,
@@ -224,12 +221,66 @@ def _cmd_start(args: argparse.Namespace) -> int:
             heartbeat=args.heartbeat,
             timeout=args.peer_timeout,
         )
-        if cluster.timeout <= 2 * cluster.heartbeat:
-            raise ExoError(
-                f"--peer-timeout ({cluster.timeout:g} s) must exceed twice --heartbeat ({cluster.heartbeat:g} s)"
-            )
     serve(node, gateway, args.api_host, args.api_port, cluster, args.node_id)
     return 0
+
+
+def _advertise(args: argparse.Namespace) -> tuple[str, int | None]:
+    """The host and port peers use to reach this node's actor socket (--advertise, else --host)."""
+    import socket
+
+    if not args.advertise:
+        host = args.host if args.host not in ("0.0.0.0", "::") else socket.gethostbyname(socket.gethostname())
+        return host, None
+    host, _, port_text = args.advertise.rpartition(":") if ":" in args.advertise else (args.advertise, "", "")
+    try:
+        port = _port(port_text) if port_text else None
+    except argparse.ArgumentTypeError as exc:
+        raise ExoError(f"--advertise {args.advertise}: {exc}") from None
+    if not host:
+        raise ExoError(f"--advertise {args.advertise}: expected HOST or HOST:PORT")
+    return host, port
+
+
+def _ray_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The Ray backend's settings from `start`'s flags; one clear error if ray is missing or a flag
+    makes no sense with it."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ExoError("--backend ray needs the `ray` package: pip install 'exo-actor[ray]'")
+    for flag, given in (
+        ("--peers", args.peers),
+        ("--discovery", args.discovery),
+        ("--rings", args.rings != 1),
+        ("--wait-for-peers", args.wait_for_peers),
+        ("--memory", args.memory),
+    ):
+        if given:
+            raise ExoError(f"{flag} is for LAN clusters: with --backend ray, Ray places the shards (see --ray-shards)")
+    address = args.ray_address
+    if address and address != "auto":
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ExoError(f"--ray-address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    from .ray_backend import RayConfig
+
+    advertise, advertise_port = _advertise(args) if args.advertise else (None, None)
+    if advertise_port is not None and advertise_port != args.port:
+        raise ExoError("--advertise with --backend ray takes a HOST only (the driver listens on --port)")
+    return RayConfig(
+        address=address,
+        shards=args.ray_shards,
+        placement=args.ray_placement,
+        cpus_per_shard=args.ray_cpus_per_shard,
+        host=args.host,
+        port=args.port,
+        advertise=advertise,
+        heartbeat=args.heartbeat,
+        timeout=args.peer_timeout,
+        step_timeout=args.step_timeout,
+        cluster_key=_cluster_key(args),
+    )
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -503,6 +554,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait-for-peers", type=int, default=0, help="plan and load layers only once N other nodes are known"
     )
     _speculation_flags(start)
+    ray = start.add_argument_group("Ray backend (pip install 'exo-actor[ray]')")
+    ray.add_argument(
+        "--backend",
+        choices=["lan", "ray"],
+        default="lan",
+        help="lan: this device is one node of the ring (default); ray: the shards run as Ray actors, "
+        "the router and gateway here",
+    )
+    ray.add_argument(
+        "--ray-address",
+        help="the Ray cluster: auto (the one on this machine), HOST:PORT or ray://HOST:PORT "
+        "(default: start a local Ray instance)",
+    )
+    ray.add_argument("--ray-shards", type=_positive_int, help="shards of the ring (default: one per Ray node)")
+    ray.add_argument(
+        "--ray-placement",
+        choices=["SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"],
+        default="SPREAD",
+        help="placement group strategy for the shards' bundles (SPREAD)",
+    )
+    ray.add_argument(
+        "--ray-cpus-per-shard",
+        type=_positive_float,
+        default=1.0,
+        help="CPUs each shard reserves; may be a fraction (1)",
+    )
     start.set_defaults(func=_cmd_start)
 
     status = sub.add_parser("status", help="show a running cluster's nodes, layer plan and model")

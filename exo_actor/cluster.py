@@ -28,7 +28,7 @@ from .engines import Engine, get_engine
 from .errors import ExoError
 from .memory import release_freed_memory
 from .model_store import ensure_layers, ensure_model
-from .node import Node, total_memory_bytes
+from .node import Node, start_router, total_memory_bytes
 from .partition import Assignment, NodeCapacity, PartitionError, memory_weighted, place_draft, split_rings
 from .speculative import Drafter, Speculation
 from .speculative.drafts import draft_bytes, load_drafter
@@ -376,15 +376,7 @@ class ClusterNode(Node):
             spec = None
             if drafter:
                 spec = Speculation(drafter, self.config.draft_tokens, self.config.adaptive_draft)
-            router = RouterActor(
-                ring,
-                self.files.tokenizer,
-                self.files.args.max_position_embeddings,
-                self.config.max_concurrent,
-                spec,
-                self.config.prefix_cache_tokens(self.files.args),
-            )
-            router.start()
+            router = start_router(self.config, self.files, ring, spec)
             self.rings[i] = (ring, router)
             self.router = self.router or router
             self.state = "ready"

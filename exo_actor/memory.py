@@ -24,3 +24,12 @@ def release_freed_memory() -> None:
         return
     trim.argtypes = [ctypes.c_size_t]
     trim(0)
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident memory of a process (0 where /proc is missing)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError):
+        return 0

@@ -60,6 +60,20 @@ class NodeConfig:
         return Speculation(drafter, self.draft_tokens, self.adaptive_draft)
 
 
+def start_router(config: NodeConfig, files: ModelFiles, pipeline: Any, speculation: Speculation | None) -> RouterActor:
+    """A started RouterActor driving `pipeline` with this node's limits and caches."""
+    router = RouterActor(
+        pipeline,
+        files.tokenizer,
+        files.args.max_position_embeddings,
+        config.max_concurrent,
+        speculation,
+        config.prefix_cache_tokens(files.args),
+    )
+    router.start()
+    return router
+
+
 class ModelLoadingError(ExoError):
     """The model is not ready (still loading, or it failed to load)."""
 
@@ -129,15 +143,7 @@ class Node:
         try:
             files, pipeline = load_local(self.config.model, engine=self.config.engine, progress=self.download)
             release_freed_memory()  # the dequantization's temporaries
-            router = RouterActor(
-                pipeline,
-                files.tokenizer,
-                files.args.max_position_embeddings,
-                self.config.max_concurrent,
-                self.config.speculation(files),
-                self.config.prefix_cache_tokens(files.args),
-            )
-            router.start()
+            router = start_router(self.config, files, pipeline, self.config.speculation(files))
             self.files, self.router = files, router
             self.plan = [(s.start, s.end) for s in pipeline.shards]
             self.state = "ready"

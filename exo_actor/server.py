@@ -8,6 +8,7 @@ import logging
 import signal
 import socket
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -16,6 +17,9 @@ from .cluster import ClusterConfig, ClusterNode
 from .errors import ExoError
 from .model_store import check_model
 from .node import Node, NodeConfig
+
+if TYPE_CHECKING:
+    from .ray_backend import RayConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +48,24 @@ def serve(
     port: int,
     cluster: ClusterConfig | None = None,
     node_id: str | None = None,
+    ray_config: RayConfig | None = None,
 ) -> None:
     """Run until Ctrl-C / SIGTERM. gateway=None runs the node without the HTTP API; cluster=None
-    serves the whole model in this process (a cluster of one without sockets)."""
+    serves the whole model in this process (a cluster of one without sockets); ray_config runs the
+    shards as Ray actors (ray_backend.py) with the router and the gateway here."""
     check_model(node_config.model)  # an unknown model is an error now, not a log line later
     sock = bind_socket(host, port) if gateway is not None else None
     if sock is not None:
         node_config.address = f"{host}:{sock.getsockname()[1]}"
-    node: Node = ClusterNode(node_config, cluster, node_id) if cluster is not None else Node(node_config)
+    node: Node
+    if ray_config is not None:
+        from .ray_backend import RayNode  # the only module that imports ray
+
+        node = RayNode(node_config, ray_config, node_id)
+    elif cluster is not None:
+        node = ClusterNode(node_config, cluster, node_id)
+    else:
+        node = Node(node_config)
     if node_id:
         node.node_id = node_id
     if gateway is not None and not gateway.api_key:
@@ -61,7 +75,7 @@ def serve(
 
 
 async def _main(node: Node, gateway: GatewayConfig | None, sock: socket.socket | None) -> None:
-    if isinstance(node, ClusterNode):
+    if hasattr(node, "start_async"):  # a cluster node, or the Ray driver
         await node.start_async()
     else:
         node.start()
@@ -74,7 +88,7 @@ async def _main(node: Node, gateway: GatewayConfig | None, sock: socket.socket |
         log.info("exo-actor gateway on http://%s (OpenAI API at /v1, dashboard at /)", node.config.address)
         await _serve_until_signal(server, sock)
     finally:
-        if isinstance(node, ClusterNode):
+        if hasattr(node, "stop_async"):
             await node.stop_async()
         else:
             node.stop()

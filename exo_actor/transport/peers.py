@@ -65,6 +65,10 @@ class PeerNetwork:
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.MAXMSGSIZE, 1 << 31)
         self.router.bind(bind)
+        if advertise.endswith(":0"):  # bound to a port the system picked: advertise that port
+            port = self.router.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1]
+            self.endpoint = advertise[:-1] + port
+            self.bind = bind.rsplit(":", 1)[0] + ":" + port
         self.dealers: dict[str, zmq.asyncio.Socket] = {}  # endpoint -> socket
         self.peers: dict[str, Peer] = {}  # node id -> peer (known by Hello)
         self.handlers: dict[type[Message], Handler] = {}

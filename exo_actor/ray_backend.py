@@ -1,0 +1,520 @@
+"""The Ray backend: the ring's ShardActors as Ray actors; Ray places and restarts them.
+
+The driver (`exo-actor start --backend ray`) plans the ring with the same partitioner as a LAN
+cluster, asks Ray for a placement group with one bundle per shard (CPUs + the shard's memory), and
+starts one ShardHost actor per bundle. Each host loads its layer range with the usual engines and
+runs the usual ShardActor behind its own ZeroMQ ROUTER: activations travel host to host over
+ZeroMQ exactly as on a LAN (benchmarks/bench_ray.py measured a Ray actor call at several times a
+ZeroMQ hop). The driver runs the RouterActor, its RemoteRing and the gateway.
+
+Supervision: a host that dies is restarted by Ray (max_restarts=-1); its __init__ reloads the shard
+and binds a new port. The driver notices the silent host through heartbeats (requests in flight end
+at once with a clear error), waits until Ray answers for every host again, then gives every host a
+new plan version and everyone's endpoints; when all hosts announce that version, a new router serves.
+
+This is the only module that imports ray (the `exo-actor[ray]` extra).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from .actors.ring import RemoteRing
+from .actors.router import RouterActor
+from .actors.shard import ShardActor, ShardRole
+from .engines import get_engine
+from .errors import ExoError
+from .memory import release_freed_memory
+from .model_store import ensure_layers, ensure_model
+from .node import Node, NodeConfig, start_router
+from .partition import Assignment, memory_weighted, placement_problem, shard_capacities
+from .transport.messages import Failure, Hello, Logits, LogitsBatch
+from .transport.peers import Peer, PeerNetwork
+from .transport.security import ClusterKey
+from .weights import open_model
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
+NAMESPACE = "exo-actor"
+HEADROOM = 256 << 20  # a bundle's memory beyond the shard's weights: KV caches, activations, the runtime
+
+
+class RayBackendError(ExoError):
+    """Ray cannot run the ring (cannot connect, cannot place the shards, a shard cannot load)."""
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: start a local Ray instance (or use the one this process runs)
+    shards: int | None = None  # None: one per alive Ray node
+    placement: str = "SPREAD"  # the placement group strategy
+    cpus_per_shard: float = 1.0
+    host: str = "0.0.0.0"  # where the driver's ROUTER binds
+    port: int = 52416
+    advertise: str | None = None  # the address hosts use to reach the driver (default: Ray's node IP)
+    heartbeat: float = 0.5
+    timeout: float = 3.0
+    step_timeout: float = 300.0
+    cluster_key: str | None = None
+    placement_timeout: float = 120.0  # how long Ray may take to reserve the bundles
+    init_options: dict[str, Any] = field(default_factory=dict)  # more ray.init arguments (a local instance)
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """What a ShardHost needs; Ray passes the same spec again when it restarts the actor."""
+
+    node_id: str
+    model: str
+    engine: str
+    start: int
+    end: int
+    driver: str  # the driver's ZeroMQ endpoint
+    memory: int  # bytes of the shard's bundle (advertised in Hello)
+    blas_threads: int
+    heartbeat: float
+    timeout: float
+    cluster_key: str | None
+
+
+class ShardHost:
+    """One shard in a Ray worker process: its layers, a ShardActor and the ZeroMQ network around it.
+
+    A load error is kept and reported by endpoint() instead of raised: raising in __init__ would make
+    Ray restart the actor forever for a problem (a missing model) that a restart cannot fix.
+    """
+
+    def __init__(self, spec: HostSpec) -> None:
+        self.spec = spec
+        self.version = 0
+        self.error: str | None = None
+        self.started = time.time()
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="exo-net", daemon=True).start()
+        self.compute = ThreadPoolExecutor(1, "exo-compute")
+        try:
+            self.runner = self._load()
+        except ExoError as exc:
+            self.error = f"shard {spec.node_id} on {socket.gethostname()}: {exc}"
+            log.error("%s", self.error)
+            return
+        asyncio.run_coroutine_threadsafe(self._start_net(), self.loop).result()
+
+    def _load(self) -> Any:
+        from threadpoolctl import threadpool_limits
+
+        spec = self.spec
+        threadpool_limits(spec.blas_threads, user_api="blas")
+        files = open_model(ensure_model(spec.model, weights=False))
+        if files.path.is_dir():  # a Hub folder: fetch only this shard's weights
+            ensure_layers(files.path, (spec.start, spec.end))
+        runner = get_engine(spec.engine).load_shard(files, spec.start, spec.end)
+        release_freed_memory()
+        log.info("shard %s loaded layers [%d, %d)", spec.node_id, spec.start, spec.end)
+        return runner
+
+    async def _start_net(self) -> None:
+        spec = self.spec
+        key = ClusterKey.from_secret(spec.cluster_key) if spec.cluster_key else None
+        ip = node_address()
+        self.net = PeerNetwork(
+            spec.node_id, "tcp://0.0.0.0:0", f"tcp://{ip}:0", self._hello, spec.heartbeat, spec.timeout, key
+        )
+        self.shard = ShardActor(self.net, self.compute)
+        self.net.start()
+        self.net.connect(self.net.endpoint)  # ourselves (the last shard of a ring of one answers itself)
+        self.net.connect(spec.driver)
+
+    def _hello(self) -> Hello:
+        s = self.spec
+        return Hello(s.node_id, self.net.endpoint, s.memory, s.engine, s.model, self.version, 1)
+
+    # remote methods ---------------------------------------------------------------------------
+    def endpoint(self) -> str:
+        """Where this host's ROUTER listens (raises the load error, if the shard could not load)."""
+        if self.error is not None:
+            raise RayBackendError(self.error)
+        return self.net.endpoint
+
+    def join(self, version: int, next_node: str | None, endpoints: list[str]) -> None:
+        """Serve plan `version`: connect to every host and the driver, drop every request's cache
+        (their routers are gone), and announce the version."""
+        asyncio.run_coroutine_threadsafe(self._join(version, next_node, endpoints), self.loop).result()
+
+    async def _join(self, version: int, next_node: str | None, endpoints: list[str]) -> None:
+        for endpoint in endpoints:
+            self.net.connect(endpoint)
+        await self.loop.run_in_executor(self.compute, self._drop_caches)
+        self.shard.role = ShardRole(version, self.runner, next_node)
+        self.version = version
+        self.net.announce()
+
+    def _drop_caches(self) -> None:
+        for rid in list(getattr(self.runner, "caches", {})):
+            self.runner.free(rid)
+
+    def info(self) -> dict[str, Any]:
+        from .memory import rss_bytes
+
+        ctx = ray.get_runtime_context()
+        return {
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "ray_node": ctx.get_node_id(),
+            "rss_bytes": rss_bytes(),
+            "kv_requests": len(getattr(self.runner, "caches", {})) if self.error is None else 0,
+        }
+
+
+ShardHostActor = ray.remote(ShardHost)
+
+
+def node_address() -> str:
+    """The address Ray uses for this process's machine (on a local instance: loopback)."""
+    me = ray.get_runtime_context().get_node_id()
+    return next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == me), ray.util.get_node_ip_address())
+
+
+def connect_ray(config: RayConfig) -> bool:
+    """Connect to (or start) Ray; True when this call started it (and so should shut it down)."""
+    if ray.is_initialized():
+        return False
+    options: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": True}
+    if config.address:
+        options["address"] = config.address
+    else:
+        # a local instance is this machine only: keep Ray's own traffic on loopback
+        options.update({"include_dashboard": False, "_node_ip_address": "127.0.0.1", **config.init_options})
+    try:
+        ray.init(**options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = config.address or "a new local instance"
+        hint = " (is `ray start --head` running there?)" if config.address else ""
+        raise RayBackendError(f"cannot connect to Ray at {where}: {exc}{hint}") from None
+    return True
+
+
+def plan_shards(node_memory: list[int], shards: int, n_layers: int, layer_bytes: int) -> list[Assignment]:
+    """The ring's layer ranges for `shards` shards on machines with `node_memory` bytes."""
+    return memory_weighted(shard_capacities(node_memory, min(shards, n_layers)), n_layers, layer_bytes)
+
+
+class RayNode(Node):
+    """The driver: the model's tokenizer, the router and the gateway, over shards hosted by Ray."""
+
+    def __init__(self, config: NodeConfig, ray_config: RayConfig, node_id: str | None = None) -> None:
+        super().__init__(config)
+        if node_id:
+            self.node_id = node_id
+        self.ray_config = ray_config
+        self.assignments: list[Assignment] = []
+        self.hosts: dict[str, Any] = {}  # host node id -> actor handle
+        self.host_info: dict[str, dict[str, Any]] = {}
+        self.endpoints: list[str] = []  # hosts' endpoints at the last join
+        self.version = 0
+        self.epoch = 0
+        self.restarts = 0  # hosts Ray restarted that the driver rejoined
+        self.ring: RemoteRing | None = None
+        self.net: PeerNetwork | None = None
+        self.pg: Any = None
+        self._owns_ray = False
+        self.speculation = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        raise RuntimeError("RayNode starts with `await start_async()`")
+
+    async def start_async(self) -> None:
+        self.state = "connecting to Ray"
+        self.loop = asyncio.get_running_loop()
+        rc = self.ray_config
+        try:
+            self._owns_ray = await self.loop.run_in_executor(None, connect_ray, rc)
+            fetch = functools.partial(ensure_model, self.config.model, weights=False, progress=self.download)
+            self.files = await self.loop.run_in_executor(None, lambda: open_model(fetch()))
+            self.speculation = await self.loop.run_in_executor(None, self.config.speculation, self.files)
+            await self._place()
+        except ExoError as exc:
+            self.state, self.error = "failed", str(exc)
+            log.error("%s", exc)
+            return
+        key = ClusterKey.from_secret(rc.cluster_key) if rc.cluster_key else None
+        advertise = rc.advertise or (rc.host if rc.host not in ("0.0.0.0", "::", "*") else None)
+        advertise = advertise or await self.loop.run_in_executor(None, node_address)
+        self.net = net = PeerNetwork(
+            self.node_id,
+            f"tcp://{rc.host}:{rc.port}",
+            f"tcp://{advertise}:{rc.port}",
+            self._hello,
+            rc.heartbeat,
+            rc.timeout,
+            key,
+        )
+        net.on(Logits, lambda m: self.ring and self.ring.on_logits(m))
+        net.on(LogitsBatch, lambda m: self.ring and self.ring.on_logits_batch(m))
+        net.on(Failure, lambda m: self.ring and self.ring.on_failure(m))
+        net.on_peer_down = self._peer_down
+        net.start()
+        net.connect(net.endpoint)
+        self._start_hosts()
+        self.state = "loading"
+        self._task = asyncio.ensure_future(self._supervise())
+
+    def _hello(self) -> Hello:
+        assert self.net is not None
+        return Hello(self.node_id, self.net.endpoint, 0, self.config.engine, self.config.model, self.version, 1)
+
+    async def _place(self) -> None:
+        """Plan the ring and reserve one placement-group bundle per shard."""
+        assert self.files is not None
+        rc, args = self.ray_config, self.files.args
+        alive = [n for n in await self.loop.run_in_executor(None, ray.nodes) if n.get("Alive")]
+        memory = [int(n.get("Resources", {}).get("memory", 0)) for n in alive]
+        shards = rc.shards or max(1, len(alive))
+        plan = plan_shards(memory, shards, args.num_hidden_layers, args.layer_bytes)
+        prefix = f"{self.node_id}-"
+        self.assignments = [Assignment(prefix + a.node_id, a.start, a.end) for a in plan]
+        self.plan = [(a.start, a.end) for a in self.assignments]
+        bundles = [
+            {"CPU": rc.cpus_per_shard, "memory": args.shard_bytes(a.start, a.end) + HEADROOM} for a in self.assignments
+        ]
+        problem = placement_problem(bundles, [n.get("Resources", {}) for n in alive], rc.placement)
+        if problem:
+            raise RayBackendError(
+                f"Ray cannot place {len(bundles)} shard(s): {problem} "
+                "(use --ray-shards, --ray-cpus-per-shard or --ray-placement, or add nodes)"
+            )
+        self.pg = placement_group(bundles, strategy=rc.placement, name=f"exo-actor-{self.node_id}")
+        try:
+            await asyncio.wait_for(self.pg.ready(), rc.placement_timeout)
+        except TimeoutError:
+            available = await self.loop.run_in_executor(None, ray.available_resources)
+            remove_placement_group(self.pg)
+            self.pg = None
+            raise RayBackendError(
+                f"Ray could not place {len(bundles)} shard(s) with strategy {rc.placement} within "
+                f"{rc.placement_timeout:g} s: they need {rc.cpus_per_shard:g} CPU and up to "
+                f"{max(b['memory'] for b in bundles) / 2**30:.2f} GiB each; the cluster has "
+                f"{available.get('CPU', 0):g} CPU and {available.get('memory', 0) / 2**30:.1f} GiB free "
+                "(use --ray-shards, --ray-cpus-per-shard or --ray-placement PACK, or add nodes)"
+            ) from None
+        log.info(
+            "Ray placed %d shard(s) (%s): %s",
+            len(bundles),
+            rc.placement,
+            ", ".join(f"{a.node_id}[{a.start},{a.end})" for a in self.assignments),
+        )
+
+    def _start_hosts(self) -> None:
+        assert self.net is not None and self.files is not None
+        rc = self.ray_config
+        for i, a in enumerate(self.assignments):
+            spec = HostSpec(
+                a.node_id,
+                self.config.model,
+                self.config.engine,
+                a.start,
+                a.end,
+                self.net.endpoint,
+                self.files.args.shard_bytes(a.start, a.end) + HEADROOM,
+                max(1, int(rc.cpus_per_shard)),
+                rc.heartbeat,
+                rc.timeout,
+                rc.cluster_key,
+            )
+            self.hosts[a.node_id] = ShardHostActor.options(
+                name=f"{a.node_id}",
+                num_cpus=rc.cpus_per_shard,
+                memory=spec.memory,
+                max_restarts=-1,
+                max_task_retries=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+            ).remote(spec)
+
+    # supervision ------------------------------------------------------------------------------
+    def _peer_down(self, peer: Peer) -> None:
+        if self.ring is not None and peer.node_id in self.hosts:
+            self._retire(f"shard {peer.node_id} stopped answering (Ray restarts it); retry the request shortly")
+
+    def _retire(self, reason: str) -> None:
+        ring, router, self.ring, self.router = self.ring, self.router, None, None
+        if ring is not None:
+            ring.fail_all(reason)
+        if router is not None:
+            router.stop(timeout=0)
+        if self.state == "ready":
+            self.state = "recovering"
+        log.warning("ring retired: %s", reason)
+
+    def _ring_ok(self) -> bool:
+        assert self.net is not None
+        return all(
+            self.net.alive(h)
+            and (p := self.net.peers.get(h)) is not None
+            and p.hello is not None
+            and p.hello.loaded == self.version
+            for h in self.hosts
+        )
+
+    async def _supervise(self) -> None:
+        while True:
+            try:
+                await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the supervisor must outlive one bad tick
+                log.exception("supervising the Ray shards failed; retrying")
+            if self.state == "failed":
+                return
+            await asyncio.sleep(self.ray_config.heartbeat)
+
+    async def _tick(self) -> None:
+        if self.ring is not None:
+            if not self._ring_ok():
+                self._retire("a shard of the ring was restarted; retry the request")
+            return
+        if self.version and self._ring_ok():
+            self._serve()
+            return
+        try:  # every host alive in Ray's view (a host being restarted raises)
+            endpoints = await asyncio.wait_for(
+                asyncio.gather(*(h.endpoint.remote() for h in self.hosts.values())), self.ray_config.placement_timeout
+            )
+        except ray.exceptions.RayTaskError as exc:  # a host's own error (its shard cannot load)
+            self.state, self.error = "failed", str(exc.cause if hasattr(exc, "cause") else exc)
+            log.error("%s", self.error)
+            return
+        except (ray.exceptions.RayError, TimeoutError) as exc:
+            if self.state != "loading":
+                self.state = "waiting for Ray to restart a shard"
+            log.info("waiting for the shard actors: %s", type(exc).__name__)
+            return
+        if self.version and endpoints == self.endpoints:
+            return  # joined; waiting for every host's Hello with the version
+        if self.endpoints and endpoints != self.endpoints:
+            self.restarts += sum(a != b for a, b in zip(endpoints, self.endpoints))
+        await self._join(endpoints)
+
+    async def _join(self, endpoints: list[str]) -> None:
+        assert self.net is not None and self.files is not None
+        self.epoch += 1
+        text = f"{self.files.args.num_hidden_layers}|{self.epoch}|" + ";".join(
+            f"{a.node_id}:{a.start}-{a.end}" for a in self.assignments
+        )
+        version = zlib.crc32(text.encode()) or 1
+        for endpoint in endpoints:
+            self.net.connect(endpoint)
+        ids = list(self.hosts)
+        everyone = [*endpoints, self.net.endpoint]
+        await asyncio.gather(
+            *(
+                h.join.remote(version, ids[i + 1] if i + 1 < len(ids) else None, everyone)
+                for i, h in enumerate(self.hosts.values())
+            )
+        )
+        self.version, self.endpoints = version, endpoints
+        self.net.announce()
+        infos = await asyncio.gather(*(h.info.remote() for h in self.hosts.values()))
+        self.host_info = dict(zip(ids, infos))
+        log.info("plan %08x: %d shard(s) joined", version, len(ids))
+
+    def _serve(self) -> None:
+        assert self.net is not None and self.files is not None
+        ring = RemoteRing(self.net, self.loop, self.version, list(self.hosts), self.ray_config.step_timeout)
+        self.ring, self.router = ring, start_router(self.config, self.files, ring, self.speculation)
+        self.state, self.error = "ready", None
+        log.info("ring ready: %d Ray shard(s)", len(self.hosts))
+
+    # the Node interface --------------------------------------------------------------------------
+    def ready_router(self) -> tuple[Any, RouterActor]:
+        if self.state == "ready" and self.router is not None and self.files is not None:
+            return self.files, self.router
+        from .node import ModelLoadingError
+
+        why = f": {self.error}" if self.error else ""
+        raise ModelLoadingError(f"the Ray ring is not ready ({self.state}{why}); retry in a few seconds")
+
+    def kv_requests(self) -> int:
+        return max((i.get("kv_requests", 0) for i in self.host_info.values()), default=0)
+
+    def stop(self) -> None:
+        self._retire("the node is shutting down")
+
+    async def stop_async(self) -> None:
+        self.stop()
+        if self._task is not None:
+            self._task.cancel()
+        for h in self.hosts.values():
+            ray.kill(h, no_restart=True)
+        if self.pg is not None:
+            remove_placement_group(self.pg)
+        if self.net is not None:
+            await self.net.close()
+        if self._owns_ray:
+            await self.loop.run_in_executor(None, ray.shutdown)
+
+    def cluster_info(self) -> dict[str, Any]:
+        info = super().cluster_info()
+        net = self.net
+        nodes = []
+        for a in self.assignments:
+            p = net.peers.get(a.node_id) if net else None
+            extra = self.host_info.get(a.node_id, {})
+            nodes.append(
+                {
+                    "id": a.node_id,
+                    "address": p.endpoint.removeprefix("tcp://") if p else "",
+                    "engine": self.config.engine,
+                    "memory_bytes": p.hello.memory if p and p.hello else 0,
+                    "model": self.config.model,
+                    "loaded_plan": p.hello.loaded if p and p.hello else 0,
+                    "alive": bool(net and net.alive(a.node_id)),
+                    "hostname": extra.get("hostname", ""),
+                    "ray_node": extra.get("ray_node", ""),
+                    "pid": extra.get("pid"),
+                    "download": None,
+                }
+            )
+        info["nodes"] = nodes or info["nodes"]
+        info["plan"] = [{"node": a.node_id, "start": a.start, "end": a.end, "ring": 0} for a in self.assignments]
+        router = self.router
+        info["rings"] = [
+            {
+                "index": 0,
+                "nodes": list(self.hosts),
+                "ready": self.ring is not None,
+                "in_flight": router.in_flight if router else 0,
+                "tokens_generated": router.tokens_generated if router else 0,
+                "speculative": router.speculation_info() if router else None,
+                "prefix_cache": router.prefix_cache_info() if router else None,
+                "batching": router.batching_info() if router else None,
+            }
+        ]
+        info["plan_version"] = self.version
+        info["this_node"] = self.node_id
+        info["idle_nodes"] = []
+        info["backend"] = "ray"
+        info["ray"] = {
+            "address": self.ray_config.address or "local",
+            "placement": self.ray_config.placement,
+            "placement_group": self.pg.id.hex() if self.pg is not None else None,
+            "cpus_per_shard": self.ray_config.cpus_per_shard,
+            "shards": len(self.hosts),
+            "restarts": self.restarts,
+        }
+        return info

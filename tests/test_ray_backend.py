@@ -1,0 +1,191 @@
+"""The Ray backend on a local Ray instance this test starts (`ray.init(num_cpus=2)`): a 3-shard ring of
+Ray actors with fractional CPUs behind `exo-actor start --backend ray`, serving SmolLM2."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from exo_actor.generation import generate
+from exo_actor.local import load_local
+from exo_actor.node import NodeConfig
+from exo_actor.sampling import SamplingParams
+from exo_actor.tokenizer import chat_prompt_ids
+from tests.api.servers import free_port
+
+ray = pytest.importorskip("ray")
+
+from exo_actor.ray_backend import NAMESPACE, RayConfig, RayNode  # noqa: E402 - needs ray
+
+pytestmark = pytest.mark.slow
+STORY = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
+DRIVER = "raytest"
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", namespace=NAMESPACE)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def driver(ray_instance, smollm2_path, tmp_path_factory):
+    """`exo-actor start --backend ray` connected to the test's Ray instance: 3 shards, 0.5 CPU each."""
+    api = free_port()
+    log = tmp_path_factory.mktemp("ray") / "driver.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "exo_actor.cli",
+        "-v",
+        "start",
+        "--backend",
+        "ray",
+        "--ray-address",
+        "auto",
+        "--ray-shards",
+        "3",
+        "--ray-cpus-per-shard",
+        "0.5",
+        "--node-id",
+        DRIVER,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(free_port()),
+        "--api-host",
+        "127.0.0.1",
+        "--api-port",
+        str(api),
+        "--peer-timeout",
+        "2",
+    ]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+    url = f"http://127.0.0.1:{api}"
+    try:
+        wait_state(url, "ready", 240, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_state(url: str, state: str, timeout: float, log=None) -> dict:
+    deadline = time.monotonic() + timeout
+    info: dict = {}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            info = httpx.get(f"{url}/v1/cluster", timeout=5).json()
+            if info["state"] == state:
+                return info
+            assert info["state"] != "failed", info["error"]
+        time.sleep(0.3)
+    tail = log.read_text()[-3000:] if log is not None else ""
+    raise TimeoutError(f"{url} not {state} in {timeout} s: {json.dumps(info)[:800]}\n{tail}")
+
+
+def local_greedy(n: int) -> str:
+    files, pipe = load_local("smollm2-135m")
+    ids = chat_prompt_ids(files.tokenizer, STORY)
+    return "".join(d.text for d in generate(pipe, files.tokenizer, ids, SamplingParams(max_tokens=n), 8192))
+
+
+def chat(url: str, n: int) -> str:
+    r = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": "smollm2-135m", "messages": STORY, "max_tokens": n, "temperature": 0},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["message"]["content"]
+
+
+def test_three_ray_shards_give_single_process_greedy_tokens(driver):
+    info = httpx.get(f"{driver}/v1/cluster").json()
+    assert info["backend"] == "ray" and info["ray"]["shards"] == 3
+    assert [(p["start"], p["end"]) for p in info["plan"]] == [(0, 10), (10, 20), (20, 30)]
+    assert all(n["alive"] and n["loaded_plan"] == info["plan_version"] for n in info["nodes"])
+    assert len({n["pid"] for n in info["nodes"]}) == 3  # three Ray worker processes
+    # every shard is a Ray actor in the driver's placement group, with half a CPU
+    pg = ray.util.placement_group_table()[info["ray"]["placement_group"]]
+    assert pg["state"] == "CREATED" and pg["strategy"] == "SPREAD"
+    assert [b["CPU"] for b in pg["bundles"].values()] == [0.5, 0.5, 0.5]
+    assert chat(driver, 24) == local_greedy(24)
+
+
+def test_a_killed_shard_actor_is_restarted_and_the_ring_continues(driver):
+    before = httpx.get(f"{driver}/v1/cluster").json()
+    victim = before["nodes"][1]
+    events: list[dict] = []
+    with httpx.stream(
+        "POST",
+        f"{driver}/v1/chat/completions",
+        json={"model": "smollm2-135m", "messages": STORY, "max_tokens": 400, "temperature": 0, "stream": True},
+        timeout=120,
+    ) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            events.append(json.loads(line[6:]))
+            if len(events) == 3:  # mid-stream: Ray kills the middle shard's process and restarts it
+                ray.kill(ray.get_actor(victim["id"], namespace=NAMESPACE), no_restart=False)
+    # the request in flight ended with a clear error (400 tokens take far longer than the kill)
+    last = events[-1]
+    assert "error" in last, last
+    assert "stopped answering" in last["error"]["message"] or "restarted" in last["error"]["message"]
+    after = wait_state(driver, "ready", 120)
+    assert after["ray"]["restarts"] >= 1 and after["plan_version"] != before["plan_version"]
+    restarted = next(n for n in after["nodes"] if n["id"] == victim["id"])
+    assert restarted["pid"] != victim["pid"] and restarted["alive"]
+    assert chat(driver, 24) == local_greedy(24)
+
+
+def _start(config: RayConfig, engine: str = "numpy") -> RayNode:
+    node = RayNode(NodeConfig(model="smollm2-135m", engine=engine), config)
+
+    async def run() -> None:
+        await node.start_async()
+        deadline = time.monotonic() + 120
+        while node.state not in ("ready", "failed") and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        await node.stop_async()
+
+    asyncio.run(run())
+    return node
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (RayConfig(shards=2, cpus_per_shard=4, port=0), "a shard needs 4 CPU"),
+        (RayConfig(shards=3, placement="STRICT_SPREAD", cpus_per_shard=0.1, port=0), "3 shards on its own machine"),
+        (RayConfig(shards=2, placement="STRICT_PACK", cpus_per_shard=1.5, port=0), "STRICT_PACK needs one machine"),
+    ],
+)
+def test_shards_ray_can_never_place_fail_at_once_with_the_reason(ray_instance, smollm2_path, config, expected):
+    node = _start(config)
+    assert node.state == "failed"
+    assert expected in node.error and "--ray-shards" in node.error
+
+
+def test_a_shard_that_cannot_load_fails_the_driver_once_instead_of_restarting_forever(ray_instance, smollm2_path):
+    node = _start(RayConfig(shards=1, cpus_per_shard=0.25, port=0), engine="no-such-engine")
+    assert node.state == "failed"
+    assert "no-such-engine" in node.error and "s00" in node.error
