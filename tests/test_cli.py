@@ -181,3 +181,58 @@ def test_bad_config_json_is_one_line(tmp_path, change, needle):
     cfg = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(change(cfg))
     assert_one_line_error(cli("run", str(tmp_path), "--prompt", "x"), needle)
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--ray-shards", "3"], "the --ray-* options need --backend ray"),
+        (["--ray-address", "auto"], "need --backend ray"),
+        (["--backend", "ray", "--ray-address", "nowhere"], "expected auto, HOST:PORT or ray://HOST:PORT"),
+        (["--backend", "ray", "--ray-address", "ray://h:99999"], "--ray-address ray://h:99999"),
+        (["--backend", "ray", "--rings", "2"], "--rings is for LAN clusters"),
+        (["--backend", "ray", "--discovery", "udp"], "--discovery is for LAN clusters"),
+        (["--backend", "ray", "--advertise", "h:1234", "--port", "5000"], "takes a HOST only"),
+        (["--backend", "ray", "--ray-cpus-per-shard", "0"], "must be a positive number"),
+        (["--backend", "ray", "--ray-placement", "RANDOM"], "invalid choice"),
+        (["--backend", "mesh"], "invalid choice"),
+    ],
+)
+def test_bad_ray_backend_flags(flags, needle):
+    assert_one_line_error(cli("start", "--no-api", *flags), needle)
+
+
+def test_ray_backend_without_ray_names_the_extra():
+    """A machine without the `ray` package: one line naming `exo-actor[ray]`."""
+    cmd = [sys.executable, "-c", _WITHOUT_RAY, "start", "--no-api", "--backend", "ray"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert_one_line_error(proc, "pip install 'exo-actor[ray]'")
+
+
+# runs the CLI with `ray` unimportable (as on a machine without the extra)
+_WITHOUT_RAY = """
+import importlib.util, sys
+real = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a: None if name.split('.')[0] == 'ray' else real(name, *a)
+sys.modules['ray'] = None
+from exo_actor.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_only_the_ray_backend_imports_ray():
+    import ast
+    from pathlib import Path
+
+    import exo_actor
+
+    root = Path(exo_actor.__file__).parent
+    importers = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            if any(n == "ray" or n.startswith("ray.") for n in names):
+                importers.add(path.relative_to(root).as_posix())
+    assert importers == {"ray_backend.py"}

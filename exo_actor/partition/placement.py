@@ -25,7 +25,7 @@ def shard_capacities(node_memory: Sequence[int], shards: int) -> list[NodeCapaci
     if shards <= len(memory):
         sizes = memory[:shards]
     else:
-        sizes = [sum(memory) // shards] * shards
+        sizes = [max(1, sum(memory) // shards)] * shards
     return [NodeCapacity(f"s{i:02d}", m) for i, m in enumerate(sizes)]
 
 
