@@ -133,25 +133,25 @@ def ring_decode(n_procs: int, tokens: int, blas_one: bool, rounds: int = 3) -> f
     if blas_one:
         env["OPENBLAS_NUM_THREADS"] = "1"
     with loopback_ring(Path(tempfile.mkdtemp()), ["4"] * n_procs, env) as ring:
-        url, best = ring["urls"][0], 0.0
-        for _ in range(rounds):
-            body = {
-                "model": "smollm2-135m",
-                "messages": MESSAGES,
-                "max_tokens": tokens,
-                "stream": True,
-                "temperature": 0,
-            }
-            first = last = None
-            n = 0
-            with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
-                for line in r.iter_lines():
-                    if '"content": "' in line and '"role"' not in line:
-                        now = time.perf_counter()
-                        first, last, n = first or now, now, n + 1
-            if first and last and last > first:
-                best = max(best, (n - 1) / (last - first))
-        return best
+        return stream_decode_tps(ring["urls"][0], tokens, rounds)
+
+
+def stream_decode_tps(url: str, tokens: int, rounds: int = 3) -> float:
+    """Best decode tok/s over `rounds` greedy streams of `tokens` tokens from a gateway (time between
+    the first and the last content chunk, so prefill is left out)."""
+    best = 0.0
+    for _ in range(rounds):
+        body = {"model": "smollm2-135m", "messages": MESSAGES, "max_tokens": tokens, "stream": True, "temperature": 0}
+        first = last = None
+        n = 0
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
+            for line in r.iter_lines():
+                if '"content": "' in line and '"role"' not in line:
+                    now = time.perf_counter()
+                    first, last, n = first or now, now, n + 1
+        if first and last and last > first:
+            best = max(best, (n - 1) / (last - first))
+    return best
 
 
 def main() -> None:

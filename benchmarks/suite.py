@@ -60,6 +60,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "gateway_streams": [1, 4],
         "gateway_tokens": 12,
         "memory_nodes": 2,
+        "ray_passes": 50,
+        "ray_tokens": 0,  # quick: the transport chains only (a Ray ring start-up costs a minute)
     },
     "full": {
         "round_trip_repeats": 200,
@@ -77,6 +79,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "gateway_streams": [1, 4, 8],
         "gateway_tokens": 48,
         "memory_nodes": 3,
+        "ray_passes": 300,
+        "ray_tokens": 64,
     },
 }
 
@@ -362,6 +366,28 @@ def memory(p: dict[str, Any]) -> Section:
     return Section("memory", rows, table, plot=plot)
 
 
+def ray_backend(p: dict[str, Any]) -> Section:
+    import importlib.util
+
+    from benchmarks.bench_ray import measure, table
+
+    if importlib.util.find_spec("ray") is None:
+        raise RuntimeError("the ray section needs the `ray` package: pip install 'exo-actor[ray]'")
+    r = measure(p["ray_tokens"], p["rounds"], p["ray_passes"])
+    t = r["transport"]
+    rows = [{"path": k.removesuffix("_us"), "us_per_pass": v} for k, v in t.items() if isinstance(v, float)]
+    for name, tps in (r["decode_tps"] or {}).items():
+        rows.append({"path": f"decode {name}", "decode_tps": tps})
+    notes = [f"Ray Compiled Graph {t['ray_compiled_us']}"] if isinstance(t["ray_compiled_us"], str) else []
+
+    def plot(ax: Any) -> None:
+        chains = [row for row in rows if "us_per_pass" in row]
+        ax.bar([row["path"] for row in chains], [row["us_per_pass"] for row in chains])
+        ax.set_ylabel("us per pass, driver -> 3 stages -> driver")
+
+    return Section("ray", rows, table(r), notes, plot=plot)
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any]], Section]] = {
     "transport": transport,
     "engine": engine,
@@ -371,6 +397,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any]], Section]] = {
     "prefix": prefix,
     "gateway": gateway,
     "memory": memory,
+    "ray": ray_backend,
 }
 
 
