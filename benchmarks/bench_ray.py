@@ -11,9 +11,11 @@ driver through a chain of 3 stages (the shards of a 3-shard ring, doing no compu
 Median microseconds per pass over `--passes` passes.
 
 Decode: greedy tok/s of SmolLM2 over 3 shards on this machine, streamed through the gateway, best of
-`--rounds`: three `exo-actor start` processes (the LAN cluster), then `exo-actor start --backend
-ray --ray-shards 3 --ray-cpus-per-shard 0.5` on a local Ray instance it starts. Both give each shard
-one BLAS thread (3 shards on 2 cores). The per-token overhead is the difference of 1/tok/s.
+`--rounds`, the two alternating: three `exo-actor start` processes (the LAN cluster) and `exo-actor
+start --backend ray --ray-shards 3 --ray-cpus-per-shard 0.5` on a local Ray instance it starts. Both give each shard
+one BLAS thread (3 shards on 2 cores). The per-token overhead is the difference of 1/tok/s. Then the
+middle shard's process is SIGKILLed during a stream: how long until the stream's error, and until the
+ring serves again.
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset for this run.
 """
 
@@ -25,22 +27,26 @@ for _var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
     os.environ.pop(_var, None)
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import multiprocessing as mp  # noqa: E402
+import signal  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import zmq  # noqa: E402
 
-from benchmarks.bench_cluster import ring_decode, stream_decode_tps  # noqa: E402
+from benchmarks.bench_cluster import MESSAGES, stream_decode_tps  # noqa: E402
 from benchmarks.report import write_report  # noqa: E402
 from exo_actor.transport.messages import Forward, decode  # noqa: E402
-from tests.api.servers import free_port, wait_ready  # noqa: E402
+from tests.api.servers import free_port, loopback_ring, wait_ready  # noqa: E402
 
 HIDDEN = 576  # SmolLM2-135M's hidden size
 STAGES = 3
@@ -137,36 +143,49 @@ def ray_chains(passes: int) -> dict[str, float | str]:
     return out
 
 
-def ray_decode(tokens: int, rounds: int) -> float:
-    """Best decode tok/s through `exo-actor start --backend ray` with 3 shards (its own local Ray)."""
+def recovery(url: str) -> dict[str, float]:
+    """SIGKILL the middle shard's process during a stream: seconds until the stream's error event,
+    until the ring serves again (Ray restarted the actor, it reloaded, the driver rejoined), and the
+    first request after it."""
+    victim = httpx.get(f"{url}/v1/cluster", timeout=10).json()["nodes"][1]["pid"]
+    body = {"model": "smollm2-135m", "messages": MESSAGES, "max_tokens": 400, "stream": True, "temperature": 0}
+    killed = errored = 0.0
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
+        for n, line in enumerate(r.iter_lines()):
+            if n == 6 and not killed:
+                os.kill(victim, signal.SIGKILL)
+                killed = time.perf_counter()
+            if '"error"' in line:
+                errored = time.perf_counter()
+                break
+    while httpx.get(f"{url}/v1/cluster", timeout=10).json()["state"] != "ready":
+        time.sleep(0.1)
+    ready = time.perf_counter()
+    r = httpx.post(url + "/v1/chat/completions", json={**body, "stream": False, "max_tokens": 8}, timeout=120)
+    r.raise_for_status()
+    return {
+        "error_after_s": errored - killed if errored else float("nan"),
+        "ready_after_s": ready - killed,
+        "first_request_s": time.perf_counter() - ready,
+    }
+
+
+@contextlib.contextmanager
+def ray_driver() -> Iterator[str]:
+    """`exo-actor start --backend ray` with 3 shards on its own local Ray instance; yields its URL."""
     api = free_port()
     log = Path(tempfile.mkdtemp()) / "driver.log"
     cmd = [
-        sys.executable,
-        "-m",
-        "exo_actor.cli",
-        "start",
-        "--backend",
-        "ray",
-        "--ray-shards",
-        str(STAGES),
-        "--ray-cpus-per-shard",
-        "0.5",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(free_port()),
-        "--api-host",
-        "127.0.0.1",
-        "--api-port",
-        str(api),
+        *(sys.executable, "-m", "exo_actor.cli", "start", "--backend", "ray"),
+        *("--ray-shards", str(STAGES), "--ray-cpus-per-shard", "0.5"),
+        *("--host", "127.0.0.1", "--port", str(free_port()), "--api-host", "127.0.0.1", "--api-port", str(api)),
     ]
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{api}"
     try:
         wait_ready(url, timeout=300)
-        return stream_decode_tps(url, tokens, rounds)
+        yield url
     finally:
         proc.terminate()
         try:
@@ -176,15 +195,21 @@ def ray_decode(tokens: int, rounds: int) -> float:
 
 
 def measure(tokens: int = 96, rounds: int = 3, passes: int = 300) -> dict[str, Any]:
-    """The transport chains, then (tokens > 0) decode through both backends."""
+    """The transport chains, then (tokens > 0) decode through both backends, both running, their
+    rounds alternating (so that the machine's drift hits both alike), then the recovery."""
     transport: dict[str, Any] = {"zmq_us": zmq_chain(passes), **ray_chains(passes)}
     if tokens <= 0:
         return {"transport": transport, "decode_tps": None, "overhead_ms_per_token": None}
-    native = ring_decode(STAGES, tokens, blas_one=False, rounds=rounds)
-    on_ray = ray_decode(tokens, rounds)
+    with loopback_ring(Path(tempfile.mkdtemp()), ["4"] * STAGES) as ring, ray_driver() as url:
+        native = on_ray = 0.0
+        for _ in range(rounds):
+            native = max(native, stream_decode_tps(ring["urls"][0], tokens, 1))
+            on_ray = max(on_ray, stream_decode_tps(url, tokens, 1))
+        recovered = recovery(url)
     return {
         "transport": transport,
         "decode_tps": {"zmq_cluster": native, "ray_backend": on_ray},
+        "recovery": recovered,
         "overhead_ms_per_token": (1 / on_ray - 1 / native) * 1e3 if native and on_ray else None,
     }
 
@@ -215,6 +240,13 @@ def table(r: dict[str, Any]) -> list[str]:
         f"{1e3 / d['zmq_cluster']:.1f} |",
         f"| Ray backend: {STAGES} Ray actors, 0.5 CPU each | {d['ray_backend']:.1f} | {1e3 / d['ray_backend']:.1f} |",
         f"| overhead of the Ray backend | | {overhead:+.2f} |" if overhead is not None else "",
+        "",
+        "| a shard's process SIGKILLed mid-stream | seconds after the kill |",
+        "|---|---|",
+        f"| the stream's error event | {r['recovery']['error_after_s']:.1f} |",
+        f"| the ring serves again (Ray restarted the actor, it reloaded, the driver rejoined) "
+        f"| {r['recovery']['ready_after_s']:.1f} |",
+        f"| then the first request (8 tokens) | {r['recovery']['first_request_s']:.1f} |",
     ]
 
 

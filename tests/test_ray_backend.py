@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -14,11 +15,7 @@ import time
 import httpx
 import pytest
 
-from exo_actor.generation import generate
-from exo_actor.local import load_local
 from exo_actor.node import NodeConfig
-from exo_actor.sampling import SamplingParams
-from exo_actor.tokenizer import chat_prompt_ids
 from tests.api.servers import free_port
 
 ray = pytest.importorskip("ray")
@@ -100,10 +97,14 @@ def wait_state(url: str, state: str, timeout: float, log=None) -> dict:
     raise TimeoutError(f"{url} not {state} in {timeout} s: {json.dumps(info)[:800]}\n{tail}")
 
 
+@functools.cache
 def local_greedy(n: int) -> str:
-    files, pipe = load_local("smollm2-135m")
-    ids = chat_prompt_ids(files.tokenizer, STORY)
-    return "".join(d.text for d in generate(pipe, files.tokenizer, ids, SamplingParams(max_tokens=n), 8192))
+    """What single-process `exo-actor run` answers (greedy, the chat template), without its newline."""
+    cmd = [sys.executable, "-m", "exo_actor.cli", "run", "smollm2-135m", "--prompt", STORY[0]["content"]]
+    proc = subprocess.run([*cmd, "--max-tokens", str(n)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"completion tokens: {n}," in proc.stderr  # it did not stop early: n tokens to compare
+    return proc.stdout.removesuffix("\n")
 
 
 def chat(url: str, n: int) -> str:
@@ -113,6 +114,7 @@ def chat(url: str, n: int) -> str:
         timeout=120,
     )
     assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == n
     return r.json()["choices"][0]["message"]["content"]
 
 
