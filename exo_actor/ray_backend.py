@@ -23,7 +23,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -103,15 +102,15 @@ class ShardHost:
         self.spec = spec
         self.version = 0
         self.error: str | None = None
-        self.started = time.time()
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="exo-net", daemon=True).start()
         self.compute = ThreadPoolExecutor(1, "exo-compute")
-        try:
-            self.runner = self._load()
-        except ExoError as exc:
-            self.error = f"shard {spec.node_id} on {socket.gethostname()}: {exc}"
-            log.error("%s", self.error)
+        try:  # on the compute thread, which runs every later call into the engine
+            self.runner = self.compute.submit(self._load).result()
+        except Exception as exc:  # noqa: BLE001 - reported to the driver once, not retried by Ray
+            why = str(exc) if isinstance(exc, ExoError) else f"internal error: {type(exc).__name__}: {exc}"
+            self.error = f"shard {spec.node_id} on {socket.gethostname()}: {why}"
+            log.error("%s", self.error, exc_info=not isinstance(exc, ExoError))
             return
         asyncio.run_coroutine_threadsafe(self._start_net(), self.loop).result()
 
@@ -243,8 +242,23 @@ class RayNode(Node):
         self.state = "connecting to Ray"
         self.loop = asyncio.get_running_loop()
         rc = self.ray_config
+        key = ClusterKey.from_secret(rc.cluster_key) if rc.cluster_key else None
+        advertise = rc.advertise or (rc.host if rc.host not in ("0.0.0.0", "::", "*") else None)
+        # the actor socket first: a busy port ends the start before anything runs on Ray
+        self.net = net = PeerNetwork(
+            self.node_id,
+            f"tcp://{rc.host}:{rc.port}",
+            f"tcp://{advertise or '0.0.0.0'}:{rc.port}",
+            self._hello,
+            rc.heartbeat,
+            rc.timeout,
+            key,
+        )
         try:
             self._owns_ray = await self.loop.run_in_executor(None, connect_ray, rc)
+            if advertise is None:  # the address Ray knows this machine by
+                host = await self.loop.run_in_executor(None, node_address)
+                net.endpoint = f"tcp://{host}:{net.endpoint.rsplit(':', 1)[1]}"
             fetch = functools.partial(ensure_model, self.config.model, weights=False, progress=self.download)
             self.files = await self.loop.run_in_executor(None, lambda: open_model(fetch()))
             self.speculation = await self.loop.run_in_executor(None, self.config.speculation, self.files)
@@ -253,18 +267,6 @@ class RayNode(Node):
             self.state, self.error = "failed", str(exc)
             log.error("%s", exc)
             return
-        key = ClusterKey.from_secret(rc.cluster_key) if rc.cluster_key else None
-        advertise = rc.advertise or (rc.host if rc.host not in ("0.0.0.0", "::", "*") else None)
-        advertise = advertise or await self.loop.run_in_executor(None, node_address)
-        self.net = net = PeerNetwork(
-            self.node_id,
-            f"tcp://{rc.host}:{rc.port}",
-            f"tcp://{advertise}:{rc.port}",
-            self._hello,
-            rc.heartbeat,
-            rc.timeout,
-            key,
-        )
         net.on(Logits, lambda m: self.ring and self.ring.on_logits(m))
         net.on(LogitsBatch, lambda m: self.ring and self.ring.on_logits_batch(m))
         net.on(Failure, lambda m: self.ring and self.ring.on_failure(m))

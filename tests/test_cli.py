@@ -236,3 +236,20 @@ def test_only_the_ray_backend_imports_ray():
             if any(n == "ray" or n.startswith("ray.") for n in names):
                 importers.add(path.relative_to(root).as_posix())
     assert importers == {"ray_backend.py"}
+
+
+@pytest.mark.parametrize("backend", [(), ("--backend", "ray")])
+def test_a_busy_actor_port_is_one_line(tmp_path, backend):
+    import socket
+
+    (tmp_path / "peers.toml").write_text('peers = ["127.0.0.1:1"]\n')
+    peers = () if backend else ("--peers", str(tmp_path / "peers.toml"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        proc = cli(
+            *("start", "--no-api", "--host", "127.0.0.1", "--port", port, *peers, *backend),
+            *("--cluster-key", "a-cluster-secret-for-tests"),
+        )
+    assert_one_line_error(proc, f"cannot listen on tcp://127.0.0.1:{port}: Address already in use", "--port")

@@ -24,12 +24,17 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from ..errors import ExoError
 from .messages import Hello, Message, Ping, Pong, ProtocolError, decode
 from .security import ClusterKey, start_authenticator
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Message], Awaitable[None] | None]
+
+
+class TransportError(ExoError):
+    """This node cannot open its actor socket."""
 
 
 @dataclass
@@ -64,7 +69,16 @@ class PeerNetwork:
             key.serve(self.router)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.MAXMSGSIZE, 1 << 31)
-        self.router.bind(bind)
+        try:
+            self.router.bind(bind)
+        except zmq.ZMQError as exc:
+            self.router.close(linger=0)
+            if self.auth is not None:
+                self.auth.stop()
+            self.ctx.term()
+            raise TransportError(
+                f"cannot listen on {bind}: {zmq.strerror(exc.errno)} (is another node using the port? try --port)"
+            ) from None
         if advertise.endswith(":0"):  # bound to a port the system picked: advertise that port
             port = self.router.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1]
             self.endpoint = advertise[:-1] + port
