@@ -40,7 +40,7 @@ from .errors import ExoError
 from .memory import release_freed_memory
 from .model_store import ensure_layers, ensure_model
 from .node import Node, NodeConfig, start_router
-from .partition import Assignment, memory_weighted, placement_problem, shard_capacities
+from .partition import Assignment, memory_weighted, placement_problem, plan_placed, shard_capacities
 from .transport.messages import Failure, Hello, Logits, LogitsBatch
 from .transport.peers import Peer, PeerNetwork
 from .transport.security import ClusterKey
@@ -222,6 +222,7 @@ class RayNode(Node):
             self.node_id = node_id
         self.ray_config = ray_config
         self.assignments: list[Assignment] = []
+        self.bundle: dict[str, int] = {}  # host node id -> its placement group bundle
         self.hosts: dict[str, Any] = {}  # host node id -> actor handle
         self.host_info: dict[str, dict[str, Any]] = {}
         self.endpoints: list[str] = []  # hosts' endpoints at the last join
@@ -288,13 +289,11 @@ class RayNode(Node):
         alive = [n for n in await self.loop.run_in_executor(None, ray.nodes) if n.get("Alive")]
         memory = [int(n.get("Resources", {}).get("memory", 0)) for n in alive]
         shards = rc.shards or max(1, len(alive))
-        plan = plan_shards(memory, shards, args.num_hidden_layers, args.layer_bytes)
-        prefix = f"{self.node_id}-"
-        self.assignments = [Assignment(prefix + a.node_id, a.start, a.end) for a in plan]
-        self.plan = [(a.start, a.end) for a in self.assignments]
-        bundles = [
-            {"CPU": rc.cpus_per_shard, "memory": args.shard_bytes(a.start, a.end) + HEADROOM} for a in self.assignments
-        ]
+        # a first plan sizes the bundles: each can hold the largest shard, because which machine a
+        # bundle lands on (and so how many layers it gets) is Ray's choice
+        first = plan_shards(memory, shards, args.num_hidden_layers, args.layer_bytes)
+        largest = max(args.shard_bytes(a.start, a.end) for a in first)
+        bundles = [{"CPU": rc.cpus_per_shard, "memory": largest + HEADROOM} for _ in first]
         problem = placement_problem(bundles, [n.get("Resources", {}) for n in alive], rc.placement)
         if problem:
             raise RayBackendError(
@@ -315,17 +314,28 @@ class RayNode(Node):
                 f"{available.get('CPU', 0):g} CPU and {available.get('memory', 0) / 2**30:.1f} GiB free "
                 "(use --ray-shards, --ray-cpus-per-shard or --ray-placement PACK, or add nodes)"
             ) from None
+        # the plan proper: by the memory of the machines the bundles landed on
+        table = await self.loop.run_in_executor(None, ray.util.placement_group_table, self.pg)
+        where = [table["bundles_to_node_id"][i] for i in range(len(bundles))]
+        node_memory = {n["NodeID"]: int(n.get("Resources", {}).get("memory", 0)) for n in alive}
+        plan = plan_placed(where, node_memory, args.num_hidden_layers, args.layer_bytes)
+        prefix = f"{self.node_id}-"
+        self.assignments = [Assignment(prefix + a.node_id, a.start, a.end) for a in plan]
+        self.bundle = {prefix + a.node_id: int(a.node_id[1:]) for a in plan}  # host -> its bundle
+        self.plan = [(a.start, a.end) for a in self.assignments]
         log.info(
             "Ray placed %d shard(s) (%s): %s",
             len(bundles),
             rc.placement,
-            ", ".join(f"{a.node_id}[{a.start},{a.end})" for a in self.assignments),
+            ", ".join(
+                f"{a.node_id}[{a.start},{a.end}) on {where[self.bundle[a.node_id]][:8]}" for a in self.assignments
+            ),
         )
 
     def _start_hosts(self) -> None:
         assert self.net is not None and self.files is not None
         rc = self.ray_config
-        for i, a in enumerate(self.assignments):
+        for a in self.assignments:
             spec = HostSpec(
                 a.node_id,
                 self.config.model,
@@ -345,7 +355,9 @@ class RayNode(Node):
                 memory=spec.memory,
                 max_restarts=-1,
                 max_task_retries=0,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self.pg, placement_group_bundle_index=self.bundle[a.node_id]
+                ),
             ).remote(spec)
 
     # supervision ------------------------------------------------------------------------------

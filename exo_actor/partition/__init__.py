@@ -2,7 +2,7 @@
 
 from .draft import place_draft
 from .even import even_ranges
-from .placement import placement_problem, shard_capacities
+from .placement import placement_problem, plan_placed, shard_capacities
 from .ring import Assignment, NodeCapacity, PartitionError, manual, memory_weighted, ring_order, split_rings
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "manual",
     "memory_weighted",
     "place_draft",
+    "plan_placed",
     "placement_problem",
     "ring_order",
     "shard_capacities",

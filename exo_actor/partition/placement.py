@@ -8,9 +8,10 @@ share a machine, and which one gets which shard is Ray's choice).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from .ring import NodeCapacity, PartitionError
+from .ring import Assignment, NodeCapacity, PartitionError, memory_weighted
 
 
 def shard_capacities(node_memory: Sequence[int], shards: int) -> list[NodeCapacity]:
@@ -64,3 +65,14 @@ def placement_problem(
     if not _fits(total, have):
         return f"the shards need {_show(total)} in all; the cluster has {_show(have)}"
     return None
+
+
+def plan_placed(
+    bundle_nodes: Sequence[str], node_memory: Mapping[str, int], n_layers: int, layer_bytes: int | None = None
+) -> list[Assignment]:
+    """The ring once the scheduler has placed the bundles: bundle i (named s{i:02d}) weighted by the
+    memory of the machine it landed on, shared equally with the other bundles there; ring order as
+    memory_weighted makes it (so the biggest machine's bundle takes the most layers)."""
+    share = Counter(bundle_nodes)
+    caps = [NodeCapacity(f"s{i:02d}", node_memory.get(n, 0) // share[n]) for i, n in enumerate(bundle_nodes)]
+    return memory_weighted(caps, n_layers, layer_bytes)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exo_actor.partition import PartitionError, memory_weighted, placement_problem, shard_capacities
+from exo_actor.partition import PartitionError, memory_weighted, placement_problem, plan_placed, shard_capacities
 
 GB = 2**30
 
@@ -62,3 +62,13 @@ def test_placements_that_can_never_happen_say_why(bundles, nodes, strategy, need
         assert problem is None
     else:
         assert problem is not None and needle in problem, problem
+
+
+def test_the_plan_after_placement_follows_the_machines_the_bundles_landed_on():
+    memory = {"big": 16 * GB, "small": 4 * GB, "mid": 8 * GB}
+    plan = plan_placed(["small", "big", "mid"], memory, 28)
+    assert {a.node_id: a.layers for a in plan} == {"s01": 16, "s02": 8, "s00": 4}
+    assert [a.node_id for a in plan] == ["s01", "s02", "s00"]  # ring order: memory descending
+    # two bundles on one machine share it
+    plan = plan_placed(["big", "big", "small"], {"big": 16 * GB, "small": 8 * GB}, 30)
+    assert {a.node_id: a.layers for a in plan} == {"s00": 10, "s01": 10, "s02": 10}
