@@ -22,6 +22,7 @@ import functools
 import logging
 import os
 import socket
+import sys
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -99,6 +100,10 @@ class ShardHost:
     """
 
     def __init__(self, spec: HostSpec) -> None:
+        # this process's log lines reach the driver's console through Ray (log_to_driver)
+        if not logging.getLogger().handlers:
+            logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        logging.getLogger("exo_actor").setLevel(logging.INFO)
         self.spec = spec
         self.version = 0
         self.error: str | None = None
@@ -132,7 +137,7 @@ class ShardHost:
         key = ClusterKey.from_secret(spec.cluster_key) if spec.cluster_key else None
         ip = node_address()
         self.net = PeerNetwork(
-            spec.node_id, "tcp://0.0.0.0:0", f"tcp://{ip}:0", self._hello, spec.heartbeat, spec.timeout, key
+            spec.node_id, f"tcp://{ip}:0", f"tcp://{ip}:0", self._hello, spec.heartbeat, spec.timeout, key
         )
         self.shard = ShardActor(self.net, self.compute)
         self.net.start()
@@ -197,8 +202,7 @@ def connect_ray(config: RayConfig) -> bool:
     if config.address:
         options["address"] = config.address
     else:
-        # a local instance is this machine only: keep Ray's own traffic on loopback
-        options.update({"include_dashboard": False, "_node_ip_address": "127.0.0.1", **config.init_options})
+        options.update({"include_dashboard": False, **config.init_options})
     try:
         ray.init(**options)
     except (ConnectionError, RuntimeError, ValueError) as exc:

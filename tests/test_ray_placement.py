@@ -4,22 +4,14 @@ layers follow the memory of the machine its bundle landed on."""
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
-import time
-
 import pytest
-
-from exo_actor.node import NodeConfig
-from exo_actor.sampling import SamplingParams
-from exo_actor.tokenizer import chat_prompt_ids
 
 ray = pytest.importorskip("ray")
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from exo_actor.ray_backend import RayConfig, RayNode  # noqa: E402
+from tests.test_ray_backend import exo_run, generated, run_driver  # noqa: E402
 
 pytestmark = pytest.mark.slow
 GB = 2**30
@@ -46,24 +38,6 @@ def machines():
         cluster.shutdown()
 
 
-def run_driver(config: RayConfig, check) -> RayNode:  # type: ignore[no-untyped-def]
-    node = RayNode(NodeConfig(model="smollm2-135m"), config)
-
-    async def main() -> None:
-        await node.start_async()
-        try:
-            deadline = time.monotonic() + 180
-            while node.state not in ("ready", "failed") and time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
-            assert node.state == "ready", (node.state, node.error)
-            await check(node)
-        finally:
-            await node.stop_async()
-
-    asyncio.run(main())
-    return node
-
-
 def test_shards_spread_over_machines_with_layers_by_their_memory(machines, smollm2_path):
     async def check(node: RayNode) -> None:
         layers = {}
@@ -71,13 +45,8 @@ def test_shards_spread_over_machines_with_layers_by_their_memory(machines, smoll
             machine = machines[node.host_info[a.node_id]["ray_node"]]
             layers[machine] = a.end - a.start
         assert layers == {"big": 15, "small-a": 8, "small-b": 7} or layers == {"big": 15, "small-a": 7, "small-b": 8}
-        # and it generates what a single process does
-        files, router = node.ready_router()
-        ids = chat_prompt_ids(files.tokenizer, [{"role": "user", "content": QUESTION}])
-        stream = router.submit(ids, SamplingParams(max_tokens=8))
-        assert "".join([d.text async for d in stream]) == expected
+        assert await generated(node, QUESTION, 8) == expected  # and it answers what a single process does
 
-    cmd = [sys.executable, "-m", "exo_actor.cli", "run", "smollm2-135m", "--prompt", QUESTION, "--max-tokens", "8"]
-    expected = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout.removesuffix("\n")
+    expected = exo_run(QUESTION, 8)
     node = run_driver(RayConfig(shards=3, cpus_per_shard=1, port=0), check)
     assert len({i["ray_node"] for i in node.host_info.values()}) == 3
