@@ -106,6 +106,7 @@ class ShardHost:
         logging.getLogger("exo_actor").setLevel(logging.INFO)
         self.spec = spec
         self.version = 0
+        self._joined = threading.Event()  # set (and replaced) when a newer version is joined
         self.error: str | None = None
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="exo-net", daemon=True).start()
@@ -117,7 +118,7 @@ class ShardHost:
             self.error = f"shard {spec.node_id} on {socket.gethostname()}: {why}"
             log.error("%s", self.error, exc_info=not isinstance(exc, ExoError))
             return
-        asyncio.run_coroutine_threadsafe(self._start_net(), self.loop).result()
+        asyncio.run_coroutine_threadsafe(_start_net(self), self.loop).result()
 
     def _load(self) -> Any:
         from threadpoolctl import threadpool_limits
@@ -131,18 +132,6 @@ class ShardHost:
         release_freed_memory()
         log.info("shard %s loaded layers [%d, %d)", spec.node_id, spec.start, spec.end)
         return runner
-
-    async def _start_net(self) -> None:
-        spec = self.spec
-        key = ClusterKey.from_secret(spec.cluster_key) if spec.cluster_key else None
-        ip = node_address()
-        self.net = PeerNetwork(
-            spec.node_id, f"tcp://{ip}:0", f"tcp://{ip}:0", self._hello, spec.heartbeat, spec.timeout, key
-        )
-        self.shard = ShardActor(self.net, self.compute)
-        self.net.start()
-        self.net.connect(self.net.endpoint)  # ourselves (the last shard of a ring of one answers itself)
-        self.net.connect(spec.driver)
 
     def _hello(self) -> Hello:
         s = self.spec
@@ -158,19 +147,18 @@ class ShardHost:
     def join(self, version: int, next_node: str | None, endpoints: list[str]) -> None:
         """Serve plan `version`: connect to every host and the driver, drop every request's cache
         (their routers are gone), and announce the version."""
-        asyncio.run_coroutine_threadsafe(self._join(version, next_node, endpoints), self.loop).result()
-
-    async def _join(self, version: int, next_node: str | None, endpoints: list[str]) -> None:
-        for endpoint in endpoints:
-            self.net.connect(endpoint)
-        await self.loop.run_in_executor(self.compute, self._drop_caches)
-        self.shard.role = ShardRole(version, self.runner, next_node)
-        self.version = version
-        self.net.announce()
+        asyncio.run_coroutine_threadsafe(_join(self, version, next_node, endpoints), self.loop).result()
+        previous, self._joined = self._joined, threading.Event()
+        previous.set()  # the watch of the previous version returns
 
     def _drop_caches(self) -> None:
         for rid in list(getattr(self.runner, "caches", {})):
             self.runner.free(rid)
+
+    def watch(self) -> None:
+        """Returns when this host joins a newer plan version, or fails when the actor dies: the
+        driver learns of a death the moment this call fails (sooner than heartbeats can tell)."""
+        self._joined.wait()
 
     def info(self) -> dict[str, Any]:
         from .memory import rss_bytes
@@ -183,6 +171,31 @@ class ShardHost:
             "rss_bytes": rss_bytes(),
             "kv_requests": len(getattr(self.runner, "caches", {})) if self.error is None else 0,
         }
+
+
+# The host's coroutines run on its own event loop thread. They are functions, not ShardHost methods:
+# Ray makes an actor with any `async def` method an asyncio actor, whose sync methods (watch() blocks)
+# would then stall every other call.
+async def _start_net(host: ShardHost) -> None:
+    spec = host.spec
+    key = ClusterKey.from_secret(spec.cluster_key) if spec.cluster_key else None
+    ip = node_address()
+    host.net = PeerNetwork(
+        spec.node_id, f"tcp://{ip}:0", f"tcp://{ip}:0", host._hello, spec.heartbeat, spec.timeout, key
+    )
+    host.shard = ShardActor(host.net, host.compute)
+    host.net.start()
+    host.net.connect(host.net.endpoint)  # ourselves (the last shard of a ring of one answers itself)
+    host.net.connect(spec.driver)
+
+
+async def _join(host: ShardHost, version: int, next_node: str | None, endpoints: list[str]) -> None:
+    for endpoint in endpoints:
+        host.net.connect(endpoint)
+    await host.loop.run_in_executor(host.compute, host._drop_caches)
+    host.shard.role = ShardRole(version, host.runner, next_node)
+    host.version = version
+    host.net.announce()
 
 
 ShardHostActor = ray.remote(ShardHost)
@@ -239,6 +252,9 @@ class RayNode(Node):
         self._owns_ray = False
         self.speculation = None
         self._task: asyncio.Task[None] | None = None
+        self.joined = False  # every host has been given the current version (and not retired since)
+        self._joined_at = 0.0
+        self._watches: list[asyncio.Future[Any]] = []
 
     def start(self) -> None:
         raise RuntimeError("RayNode starts with `await start_async()`")
@@ -359,6 +375,7 @@ class RayNode(Node):
                 memory=spec.memory,
                 max_restarts=-1,
                 max_task_retries=0,
+                max_concurrency=4,  # watch() holds one thread per plan version
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     self.pg, placement_group_bundle_index=self.bundle[a.node_id]
                 ),
@@ -366,18 +383,33 @@ class RayNode(Node):
 
     # supervision ------------------------------------------------------------------------------
     def _peer_down(self, peer: Peer) -> None:
-        if self.ring is not None and peer.node_id in self.hosts:
+        if peer.node_id in self.hosts:
             self._retire(f"shard {peer.node_id} stopped answering (Ray restarts it); retry the request shortly")
 
+    async def _watch(self, host: str, handle: Any, version: int) -> None:
+        try:
+            await handle.watch.remote()
+        except ray.exceptions.RayError as exc:
+            if version == self.version and self.joined:
+                log.warning("shard %s died: %s", host, type(exc).__name__)
+                self._retire(
+                    f"shard {host} stopped answering: its Ray actor died (Ray restarts it); retry the request shortly"
+                )
+
     def _retire(self, reason: str) -> None:
+        """End the ring's requests with `reason`; the hosts must be joined again before serving."""
+        self.joined = False
+        for w in self._watches:
+            w.cancel()
+        self._watches = []
         ring, router, self.ring, self.router = self.ring, self.router, None, None
         if ring is not None:
             ring.fail_all(reason)
+            log.warning("ring retired: %s", reason)
         if router is not None:
             router.stop(timeout=0)
         if self.state == "ready":
             self.state = "recovering"
-        log.warning("ring retired: %s", reason)
 
     def _ring_ok(self) -> bool:
         assert self.net is not None
@@ -406,8 +438,11 @@ class RayNode(Node):
             if not self._ring_ok():
                 self._retire("a shard of the ring was restarted; retry the request")
             return
-        if self.version and self._ring_ok():
-            self._serve()
+        if self.joined:
+            if self._ring_ok():
+                self._serve()
+            elif self.loop.time() - self._joined_at > 2 * self.ray_config.timeout:
+                self.joined = False  # a host never announced the version: join again
             return
         try:  # every host alive in Ray's view (a host being restarted raises)
             endpoints = await asyncio.wait_for(
@@ -422,8 +457,6 @@ class RayNode(Node):
                 self.state = "waiting for Ray to restart a shard"
             log.info("waiting for the shard actors: %s", type(exc).__name__)
             return
-        if self.version and endpoints == self.endpoints:
-            return  # joined; waiting for every host's Hello with the version
         if self.endpoints and endpoints != self.endpoints:
             self.restarts += sum(a != b for a, b in zip(endpoints, self.endpoints))
         await self._join(endpoints)
@@ -446,6 +479,8 @@ class RayNode(Node):
             )
         )
         self.version, self.endpoints = version, endpoints
+        self.joined, self._joined_at = True, self.loop.time()
+        self._watches = [asyncio.ensure_future(self._watch(host, h, version)) for host, h in self.hosts.items()]
         self.net.announce()
         infos = await asyncio.gather(*(h.info.remote() for h in self.hosts.values()))
         self.host_info = dict(zip(ids, infos))
@@ -474,7 +509,7 @@ class RayNode(Node):
         self._retire("the node is shutting down")
 
     async def stop_async(self) -> None:
-        self.stop()
+        self.stop()  # (cancels the watches before the actors are killed)
         if self._task is not None:
             self._task.cancel()
         for h in self.hosts.values():
