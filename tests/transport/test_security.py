@@ -12,6 +12,7 @@ import zmq.asyncio
 from exo_actor.transport.messages import Hello
 from exo_actor.transport.peers import PeerNetwork
 from exo_actor.transport.security import ClusterKey, ClusterKeyError, new_key
+from tests.api.servers import free_port
 
 SECRET = "correct horse battery staple"
 
@@ -41,12 +42,6 @@ def test_beacons_verify_only_with_the_same_key():
     assert key.verify(data) is None and key.verify(b"") is None and key.verify(signed[-32:]) is None
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _net(node_id: str, port: int, key: ClusterKey | None) -> PeerNetwork:
     endpoint = f"tcp://127.0.0.1:{port}"
 
@@ -62,7 +57,7 @@ def test_only_holders_of_the_secret_join_and_the_wire_is_curve():
 
     async def scenario() -> None:
         key = ClusterKey.from_secret(SECRET)
-        ports = [_port() for _ in range(4)]
+        ports = [free_port() for _ in range(4)]
         a, b = _net("a", ports[0], key), _net("b", ports[1], key)
         wrong, open_ = _net("wrong", ports[2], ClusterKey.from_secret(new_key())), _net("open", ports[3], None)
         nets = [a, b, wrong, open_]
@@ -97,7 +92,7 @@ def test_the_actor_port_speaks_curve():
     """A raw TCP client reads the ZMTP greeting of a keyed node's ROUTER: its security mechanism."""
 
     async def scenario() -> bytes:
-        port = _port()
+        port = free_port()
         net = _net("a", port, ClusterKey.from_secret(SECRET))
         net.start()
         try:
