@@ -46,7 +46,7 @@ import zmq  # noqa: E402
 from benchmarks.bench_cluster import MESSAGES, stream_decode_tps  # noqa: E402
 from benchmarks.report import write_report  # noqa: E402
 from exo_actor.transport.messages import Forward, decode  # noqa: E402
-from tests.api.servers import free_port, loopback_ring, wait_ready  # noqa: E402
+from tests.api.servers import free_port, loopback_ring, stop_processes, wait_ready  # noqa: E402
 
 HIDDEN = 576  # SmolLM2-135M's hidden size
 STAGES = 3
@@ -187,11 +187,7 @@ def ray_driver() -> Iterator[str]:
         wait_ready(url, timeout=300)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_processes([proc], timeout=60)  # the driver shuts its actors and its Ray instance down first
 
 
 def measure(tokens: int = 96, rounds: int = 3, passes: int = 300) -> dict[str, Any]:

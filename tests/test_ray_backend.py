@@ -18,7 +18,7 @@ import pytest
 from exo_actor.node import NodeConfig
 from exo_actor.sampling import SamplingParams
 from exo_actor.tokenizer import chat_prompt_ids
-from tests.api.servers import free_port
+from tests.api.servers import free_port, stop_processes
 
 ray = pytest.importorskip("ray")
 
@@ -77,12 +77,7 @@ def driver(ray_instance, smollm2_path, tmp_path_factory):
         wait_state(url, "ready", 240, log)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_processes([proc], timeout=30)  # the driver shuts its actors down first
 
 
 def wait_state(url: str, state: str, timeout: float, log=None) -> dict:

@@ -98,12 +98,7 @@ def process_server(*args: str) -> Iterator[RunningServer]:
         wait_ready(url)
         yield RunningServer(url, process=proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_processes([proc])
 
 
 @contextlib.contextmanager
@@ -160,13 +155,13 @@ def loopback_ring(
         stop_processes(procs)
 
 
-def stop_processes(procs: list[subprocess.Popen]) -> None:  # type: ignore[type-arg]
-    """SIGTERM every process, then wait up to 15 s each (SIGKILL the ones still running)."""
+def stop_processes(procs: list[subprocess.Popen], timeout: float = 15) -> None:  # type: ignore[type-arg]
+    """SIGTERM every process, then wait up to `timeout` s each (SIGKILL the ones still running)."""
     for p in procs:
         p.send_signal(signal.SIGTERM)
     for p in procs:
         try:
-            p.wait(15)
+            p.wait(timeout)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
