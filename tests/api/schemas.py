@@ -1,4 +1,4 @@
-"""Validation against OpenAI's published response schemas (../shared/openai-api-schemas.json)."""
+"""Validation against OpenAI's published response schemas (the project's copy: data/openai-api-schemas.json)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-SCHEMAS = Path(__file__).resolve().parents[2].parent / "shared" / "openai-api-schemas.json"
+SCHEMAS = Path(__file__).resolve().parent / "data" / "openai-api-schemas.json"
 
 
 @lru_cache(maxsize=1)
@@ -17,7 +17,7 @@ def _registry() -> Any:
     from referencing import Registry, Resource
 
     if not SCHEMAS.exists():
-        pytest.fail(f"{SCHEMAS} is missing: the project's shared/ folder must sit beside the repository")
+        pytest.fail(f"{SCHEMAS} is missing: restore it from git (see data/README.md)")
     schema = json.loads(SCHEMAS.read_text())
     return Registry().with_resource(schema["$id"], Resource.from_contents(schema))
 
