@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# The same search the standalone issue names: `grep -rn "shared/" --include=*.py --include=*.ini
-# --include=*.toml --include=run .` must find no path outside the repository.
+# The same search as the standalone issue's grep (the word "shared" then a slash, in *.py, *.ini, *.toml
+# and files named run): it must find no path outside the repository.
 PATTERN = re.compile("shared" + "/")
 SUFFIXES = {".py", ".ini", ".toml"}
 

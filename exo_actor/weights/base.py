@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -9,6 +10,8 @@ import numpy as np
 from ..errors import WeightsError
 from ..models.config import ModelArgs
 from ..models.llama import LayerWeights, ShardWeights
+from .quant import QuantizedTensor
+from .quant import quantize as quant_from_float
 
 
 class TensorSource(Protocol):
@@ -78,3 +81,116 @@ def load_shard_weights(args: ModelArgs, src: TensorSource, start: int, end: int)
     if is_first and not (is_last and tied):  # a tied head on this shard also serves lookups
         weights.embed = _get(src, "model.embed_tokens.weight", (V, D))
     return weights
+
+
+# ---------------------------------------------------------------------------------------------------
+# Weights as stored (quantized engines): unfused [out, in] tensors, block-quantized ones kept so.
+
+Weight = np.ndarray | QuantizedTensor
+QUANTIZE_CHOICES = ("q4", "q8", "none")
+
+
+@dataclass
+class LayerTensors:
+    """One decoder layer as stored: [out, in] matrices (float32 arrays or QuantizedTensor), biases and
+    norms as float32 vectors."""
+
+    attn_norm: np.ndarray
+    q: Weight
+    k: Weight
+    v: Weight
+    bqkv: np.ndarray | None
+    o: Weight
+    ffn_norm: np.ndarray
+    gate: Weight
+    up: Weight
+    down: Weight
+
+    def matrices(self) -> tuple[Weight, ...]:
+        return (self.q, self.k, self.v, self.o, self.gate, self.up, self.down)
+
+
+@dataclass
+class ShardTensors:
+    """A shard's weights as stored: layers plus, at the ends, the embedding table, final norm and head
+    (one object when the head is tied to the embedding)."""
+
+    layers: list[LayerTensors]
+    embed: Weight | None = None
+    final_norm: np.ndarray | None = None
+    head: Weight | None = None
+
+
+def weight_bytes(w: Weight | None) -> int:
+    """Bytes of a weight in its stored form (4-bit values packed two per byte, fp16 scales)."""
+    if w is None:
+        return 0
+    return w.stored_bytes if isinstance(w, QuantizedTensor) else w.nbytes
+
+
+def _convert(w: Weight, quantize: str | None) -> Weight:
+    """--quantize: q4 / q8 quantize float matrices (stored blocks stay as they are); none dequantizes."""
+    if quantize == "none" and isinstance(w, QuantizedTensor):
+        return w.dequantize()
+    if quantize in ("q4", "q8") and isinstance(w, np.ndarray):
+        return quant_from_float(w, 4 if quantize == "q4" else 8)
+    return w
+
+
+def _stored(src: TensorSource, name: str, shape: tuple[int, ...], quantize: str | None) -> Weight:
+    if not src.has(name):
+        raise WeightsError(f"tensor {name} is missing from the weights")
+    get_stored = getattr(src, "get_stored", None)
+    t = get_stored(name) if get_stored is not None else src.get(name)
+    if t.shape != shape:
+        raise WeightsError(f"tensor {name} has shape {t.shape}, the config implies {shape}")
+    if isinstance(t, np.ndarray):
+        t = t.astype(np.float32, copy=False)
+    return _convert(t, quantize) if len(shape) == 2 else t
+
+
+def load_shard_tensors(
+    args: ModelArgs, src: TensorSource, start: int, end: int, quantize: str | None = None
+) -> ShardTensors:
+    """Layers [start, end) (plus embedding / head at the ends) as stored, or converted by `quantize`
+    (None: as stored; "q4" / "q8": float matrices quantized to 4-bit affine / 8-bit symmetric groups
+    of 32; "none": everything float32)."""
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise WeightsError(f"unknown quantization {quantize!r} (choose {', '.join(QUANTIZE_CHOICES)})")
+    D, F, V, hd = args.hidden_size, args.intermediate_size, args.vocab_size, args.dim_head
+    H, KV = args.num_attention_heads, args.num_key_value_heads
+    layers = []
+    for i in range(start, end):
+        p = f"model.layers.{i}."
+
+        def get(n: str, shape: tuple[int, ...], p: str = p) -> Weight:
+            return _stored(src, p + n, shape, quantize)
+
+        bias = None
+        if args.attention_bias:
+            bias = np.concatenate(
+                [_get(src, p + f"self_attn.{n}_proj.bias", (m * hd,)) for n, m in (("q", H), ("k", KV), ("v", KV))]
+            )
+        layers.append(
+            LayerTensors(
+                attn_norm=_get(src, p + "input_layernorm.weight", (D,)),
+                q=get("self_attn.q_proj.weight", (H * hd, D)),
+                k=get("self_attn.k_proj.weight", (KV * hd, D)),
+                v=get("self_attn.v_proj.weight", (KV * hd, D)),
+                bqkv=bias,
+                o=get("self_attn.o_proj.weight", (D, H * hd)),
+                ffn_norm=_get(src, p + "post_attention_layernorm.weight", (D,)),
+                gate=get("mlp.gate_proj.weight", (F, D)),
+                up=get("mlp.up_proj.weight", (F, D)),
+                down=get("mlp.down_proj.weight", (D, F)),
+            )
+        )
+    out = ShardTensors(layers=layers)
+    is_first, is_last = start == 0, end == args.num_hidden_layers
+    tied = args.tie_word_embeddings or not src.has("lm_head.weight")
+    if is_last:
+        out.final_norm = _get(src, "model.norm.weight", (D,))
+        out.head = _stored(src, "model.embed_tokens.weight" if tied else "lm_head.weight", (V, D), quantize)
+    if is_first:
+        out.embed = out.head if tied and is_last else _stored(src, "model.embed_tokens.weight", (V, D), quantize)
+    return out

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader
+from gguf import GGUFReader
 from gguf.quants import dequantize
 
 from ..errors import UnsupportedModelError, WeightsError
 from ..models.config import ModelArgs
+from .quant import CONVERTED_TYPES, FLOAT_TYPES, KEPT_TYPES, QuantizedTensor, convert_unkept, from_gguf_blocks
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,6 @@ _GLOBAL_NAMES = {
     "output.weight": "lm_head.weight",
 }
 _LAYER_RE = re.compile(r"blk\.(\d+)\.(.+)")
-
-# Types this loader reads (those the gguf package can dequantize and llama models use).
-SUPPORTED_TYPES = frozenset(
-    GGMLQuantizationType[n] for n in ("F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K".split())
-)
-
 
 def hf_name(gguf_name: str) -> str | None:
     """Hugging Face name of a GGUF tensor, or None for tensors the model does not use."""
@@ -116,11 +111,17 @@ def args_from_gguf(reader: GGUFReader) -> ModelArgs:
     )
 
 
+def unpermute_index(rows: int, n_heads: int) -> np.ndarray:
+    """Row order that undoes llama.cpp's q/k permutation.
+
+    llama.cpp's converter reorders each head's rows from HF's half-split RoPE layout into interleaved
+    pairs: rows (j, j + hd/2) become (2j, 2j + 1). `w[unpermute_index(...)]` gives HF's order back.
+    """
+    return np.arange(rows).reshape(n_heads, rows // n_heads // 2, 2).swapaxes(1, 2).reshape(-1)
+
+
 def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
-    # llama.cpp's converter reorders each head's rows from HF's half-split RoPE layout into
-    # interleaved pairs: rows (j, j + hd/2) become (2j, 2j + 1). Undo it to get HF's order back.
-    rows = w.shape[0]
-    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return w[unpermute_index(w.shape[0], n_heads)]
 
 
 class GGUFSource:
@@ -139,16 +140,50 @@ class GGUFSource:
     def has(self, name: str) -> bool:
         return name in self._tensors
 
+    def stored_bytes(self, name: str) -> int:
+        """Bytes of a tensor as the file stores it."""
+        return int(self._tensors[name].n_bytes)
+
+    def _unsupported(self, t: Any) -> UnsupportedModelError:
+        return UnsupportedModelError(
+            f"{self.path.name}: tensor {t.name} uses quantization {t.tensor_type.name}, which this version "
+            f"cannot read (kept as stored: {', '.join(KEPT_TYPES)}; converted exactly: {', '.join(CONVERTED_TYPES)}; "
+            f"floats: {', '.join(FLOAT_TYPES)}); convert the model to one of them, e.g. with llama.cpp's "
+            "llama-quantize, or use its Hugging Face folder with --quantize q4|q8"
+        )
+
+    def get_stored(self, name: str) -> np.ndarray | QuantizedTensor:
+        """A tensor in the form the file stores it: block-quantized matrices as QuantizedTensor
+        (llama q/k rows already in Hugging Face order), float tensors as float32 arrays."""
+        t = self._tensors[name]
+        kind = t.tensor_type.name
+        if kind in FLOAT_TYPES or len(t.shape) != 2:
+            return self.get(name)
+        shape = (int(t.shape[1]), int(t.shape[0]))  # GGUF lists dims innermost first
+        try:
+            if kind in KEPT_TYPES or kind in CONVERTED_TYPES:
+                qt = from_gguf_blocks(kind, np.asarray(t.data), shape)
+            else:
+                qt = convert_unkept(kind, self.get(name))
+                return qt  # get() already put llama's q/k rows in HF order
+        except UnsupportedModelError:
+            raise self._unsupported(t) from None
+        except (ValueError, NotImplementedError) as exc:
+            raise WeightsError(f"{self.path.name}: cannot decode tensor {t.name}: {exc}") from None
+        if self.args.architecture == "llama":
+            if name.endswith("q_proj.weight"):
+                qt = qt.take_rows(unpermute_index(shape[0], self.args.num_attention_heads))
+            elif name.endswith("k_proj.weight"):
+                qt = qt.take_rows(unpermute_index(shape[0], self.args.num_key_value_heads))
+        return qt
+
     def get(self, name: str) -> np.ndarray:
         t = self._tensors[name]
-        if t.tensor_type not in SUPPORTED_TYPES:
-            raise UnsupportedModelError(
-                f"{self.path.name}: tensor {t.name} uses quantization {t.tensor_type.name}, "
-                f"which is not supported (supported: {', '.join(sorted(q.name for q in SUPPORTED_TYPES))})"
-            )
         try:
             w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
-        except (ValueError, NotImplementedError) as exc:
+        except NotImplementedError:
+            raise self._unsupported(t) from None
+        except (ValueError, KeyError) as exc:
             raise WeightsError(f"{self.path.name}: cannot decode tensor {t.name}: {exc}") from None
         expected = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dims innermost first
         if w.shape != expected:

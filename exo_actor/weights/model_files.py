@@ -11,7 +11,7 @@ from ..errors import ModelNotFoundError, WeightsError
 from ..models.config import ModelArgs
 from ..models.llama import ShardWeights
 from ..tokenizer import TextTokenizer, tokenizer_from_gguf, tokenizer_from_hf_folder
-from .base import TensorSource, load_shard_weights
+from .base import ShardTensors, TensorSource, load_shard_tensors, load_shard_weights
 from .gguf_source import GGUFSource, field, open_reader
 from .safetensors_source import SafetensorsSource
 
@@ -28,6 +28,11 @@ class ModelFiles:
     def shard_weights(self, start: int, end: int) -> ShardWeights:
         """Float32 weights of layers [start, end): reads only those layers' tensors."""
         return load_shard_weights(self.args, self.open_source(), start, end)
+
+    def shard_tensors(self, start: int, end: int, quantize: str | None = None) -> ShardTensors:
+        """Weights of layers [start, end) as stored (block-quantized tensors kept so), or converted by
+        `quantize` (q4 / q8 / none): what quantized engines load."""
+        return load_shard_tensors(self.args, self.open_source(), start, end, quantize)
 
 
 def _open_gguf(path: Path) -> ModelFiles:
