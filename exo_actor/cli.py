@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -35,7 +36,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stop=tuple(args.stop or ()),
     )
     with progress_bar() as progress:
-        files, pipeline = load_local(args.model, engine=args.engine, shards=args.shards, progress=progress)
+        files, pipeline = load_local(
+            args.model,
+            engine=args.engine,
+            shards=args.shards,
+            progress=progress,
+            quantize=args.quantize,
+            device=args.device,
+        )
     spec = _speculation_config(args).speculation(files)
     tok = files.tokenizer
     if args.raw:
@@ -91,6 +99,8 @@ def _speculation_config(args: argparse.Namespace):  # type: ignore[no-untyped-de
     return NodeConfig(
         model=args.model,
         engine=resolve_engine(args.engine),
+        quantize=args.quantize,
+        device=args.device,
         draft_model=draft,
         draft_tokens=args.draft_tokens or 8,
         adaptive_draft=not args.fixed_draft,
@@ -455,6 +465,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"exo-actor: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _engine_flags(p: argparse.ArgumentParser) -> None:
+    from .engines import DEVICES, ENGINES
+    from .weights.base import QUANTIZE_CHOICES
+
+    p.add_argument(
+        "--engine",
+        choices=[*ENGINES, "auto"],
+        default=os.environ.get("EXO_ACTOR_ENGINE", "auto"),
+        help="auto (default, or $EXO_ACTOR_ENGINE): MLX on Apple Silicon, else torch when installed, else numpy",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=QUANTIZE_CHOICES,
+        help="q4 / q8: quantize float weights at load (4-bit affine / 8-bit groups of 32); none: all float; "
+        "default: as stored (GGUF blocks stay quantized)",
+    )
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="the torch engine's device (cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="exo-actor", description="Run one LLM across the devices you own.")
     p.add_argument("--version", action="version", version=f"exo-actor {__version__}")
@@ -479,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min_p x the top probability")
     run.add_argument("--seed", type=int, help="random seed: the same seed gives the same output")
     run.add_argument("--stop", action="append", help="stop when this text appears (repeatable)")
-    run.add_argument("--engine", default="numpy", help="numpy (default), mlx, tinygrad, or auto")
+    _engine_flags(run)
     run.add_argument("--shards", type=_positive_int, default=1, help="split the model into K chained shards")
     _speculation_flags(run)
     run.set_defaults(func=_cmd_run)
@@ -490,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="smollm2-135m",
         help="model to serve: a registry name, path or Hub repo id, downloaded when missing (default smollm2-135m)",
     )
-    start.add_argument("--engine", default="numpy", help="numpy (default), mlx, tinygrad, or auto")
+    _engine_flags(start)
     start.add_argument("--api-host", default="0.0.0.0", help="address the gateway listens on (0.0.0.0)")
     start.add_argument("--api-port", type=_port, default=52415, help="gateway port (52415; 0 picks a free one)")
     start.add_argument("--no-api", action="store_true", help="run the node without the HTTP gateway")

@@ -24,7 +24,7 @@ from .actors.ring import RemoteRing
 from .actors.router import RouterActor
 from .actors.shard import ShardActor, ShardRole
 from .downloads import DownloadCancelled, Progress
-from .engines import Engine, get_engine
+from .engines import Engine, get_engine, limit_threads
 from .errors import ExoError
 from .memory import release_freed_memory
 from .model_store import ensure_layers, ensure_model
@@ -193,9 +193,7 @@ class ClusterNode(Node):
             if (p := self.net.peers.get(a.node_id)) and p.endpoint.removeprefix("tcp://").rsplit(":", 1)[0] == host
         )
         threads = blas_threads_for(local)
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(threads, user_api="blas")
+        limit_threads(threads)
         self.blas_threads = threads
         log.info("%d shard(s) of the plan on this host: BLAS uses %d thread(s) here", local, threads)
 
@@ -330,7 +328,9 @@ class ClusterNode(Node):
                     return
                 self.state = "loading"
             if self.engine is None:  # built off the event loop: an engine may block while it probes its backend
-                self.engine = await self.loop.run_in_executor(None, get_engine, self.config.engine)
+                self.engine = await self.loop.run_in_executor(
+                    None, get_engine, self.config.engine, self.config.quantize, self.config.device
+                )
             load = self.engine.load_shard
             runner = await self.loop.run_in_executor(self.compute, load, self.files, mine.start, mine.end)
         except ExoError as exc:

@@ -18,12 +18,17 @@ log = logging.getLogger(__name__)
 
 
 def load_local(
-    model: str, engine: str = "numpy", shards: int = 1, progress: Progress | None = None
+    model: str,
+    engine: str = "numpy",
+    shards: int = 1,
+    progress: Progress | None = None,
+    quantize: str | None = None,
+    device: str = "cpu",
 ) -> tuple[ModelFiles, LocalPipeline]:
     """Open a model (registry name, path or Hub repo id; downloaded if missing) and load it as
     `shards` chained shards."""
+    eng = get_engine(engine, quantize, device)  # first: a missing engine package fails before any download
     files = open_model(ensure_model(model, progress=progress))
-    eng = get_engine(engine)
     ranges = even_ranges(files.args.num_hidden_layers, shards)
     log.info("loading %s as %d shard(s) on %s: %s", files.path.name, shards, eng.name, ranges)
     return files, LocalPipeline([eng.load_shard(files, a, b) for a, b in ranges])

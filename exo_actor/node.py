@@ -38,6 +38,8 @@ def total_memory_bytes() -> int:
 class NodeConfig:
     model: str = "smollm2-135m"
     engine: str = "numpy"
+    quantize: str | None = None  # None: weights as stored; q4 / q8 / none (weights.base.load_shard_tensors)
+    device: str = "cpu"  # the torch engine's device
     max_concurrent: int = 8
     address: str = ""
     draft_model: str | None = None  # speculative decoding: ngram, NAME or NAME:layers=K (None: off)
@@ -141,7 +143,13 @@ class Node:
 
     def _load(self) -> None:
         try:
-            files, pipeline = load_local(self.config.model, engine=self.config.engine, progress=self.download)
+            files, pipeline = load_local(
+                self.config.model,
+                engine=self.config.engine,
+                progress=self.download,
+                quantize=self.config.quantize,
+                device=self.config.device,
+            )
             release_freed_memory()  # the dequantization's temporaries
             router = start_router(self.config, files, pipeline, self.config.speculation(files))
             self.files, self.router = files, router

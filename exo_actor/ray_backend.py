@@ -82,6 +82,8 @@ class HostSpec:
     node_id: str
     model: str
     engine: str
+    quantize: str | None
+    device: str
     start: int
     end: int
     driver: str  # the driver's ZeroMQ endpoint
@@ -121,14 +123,14 @@ class ShardHost:
         asyncio.run_coroutine_threadsafe(_start_net(self), self.loop).result()
 
     def _load(self) -> Any:
-        from threadpoolctl import threadpool_limits
+        from .engines import limit_threads
 
         spec = self.spec
-        threadpool_limits(spec.blas_threads, user_api="blas")
+        limit_threads(spec.blas_threads)
         files = open_model(ensure_model(spec.model, weights=False))
         if files.path.is_dir():  # a Hub folder: fetch only this shard's weights
             ensure_layers(files.path, (spec.start, spec.end))
-        runner = get_engine(spec.engine).load_shard(files, spec.start, spec.end)
+        runner = get_engine(spec.engine, spec.quantize, spec.device).load_shard(files, spec.start, spec.end)
         release_freed_memory()
         log.info("shard %s loaded layers [%d, %d)", spec.node_id, spec.start, spec.end)
         return runner
@@ -360,6 +362,8 @@ class RayNode(Node):
                 a.node_id,
                 self.config.model,
                 self.config.engine,
+                self.config.quantize,
+                self.config.device,
                 a.start,
                 a.end,
                 self.net.endpoint,

@@ -1,4 +1,5 @@
-"""Engines behind one protocol: numpy (the reference, default everywhere), MLX and tinygrad."""
+"""Engines behind one protocol: torch (the fast CPU engine on quantized weights), numpy (the exact float32
+reference), MLX and tinygrad."""
 
 from __future__ import annotations
 
@@ -6,25 +7,48 @@ import functools
 import importlib.util
 import platform
 import shutil
+import sys
 
 from ..errors import InvalidRequestError
 from .base import Engine, EngineUnavailableError, Pass, ShardRunner
 
-ENGINES = ("numpy", "mlx", "tinygrad")
+ENGINES = ("torch", "numpy", "mlx", "tinygrad")
+DEVICES = ("cpu", "cuda", "mps")
 
 
 def resolve_engine(name: str) -> str:
-    """A concrete engine name; `auto` picks MLX on Apple Silicon, tinygrad where it has a GPU
-    backend, and numpy otherwise (on a CPU numpy with OpenBLAS is the fastest of the three)."""
+    """A concrete engine name; `auto` picks the fastest installed engine for this device: MLX on Apple
+    Silicon, else the torch engine (quantized weights on native kernels) when torch is installed, else
+    tinygrad where it has a GPU backend, and numpy last."""
     if name in ENGINES:
         return name
     if name != "auto":
         raise InvalidRequestError(f"unknown engine {name!r} (available: {', '.join(ENGINES)}, auto)")
     if platform.system() == "Darwin" and platform.machine() == "arm64" and importlib.util.find_spec("mlx"):
         return "mlx"
+    if importlib.util.find_spec("torch"):
+        return "torch"
     if importlib.util.find_spec("tinygrad") and _tinygrad_has_gpu():
         return "tinygrad"
     return "numpy"
+
+
+_thread_limit: list[int] = []  # the last limit_threads() value, for engines loaded after it
+
+
+def limit_threads(threads: int) -> None:
+    """Compute threads of this process: BLAS (numpy) and torch's intra-op pool (now if torch is loaded,
+    else when the torch engine loads)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads, user_api="blas")
+    _thread_limit[:] = [threads]
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+def thread_limit() -> int | None:
+    return _thread_limit[0] if _thread_limit else None
 
 
 @functools.cache
@@ -42,20 +66,32 @@ def _tinygrad_has_gpu() -> bool:
         return False
 
 
-def get_engine(name: str) -> Engine:
-    """The engine called `name` (`auto`: see resolve_engine)."""
+def get_engine(name: str, quantize: str | None = None, device: str = "cpu") -> Engine:
+    """The engine called `name` (`auto`: see resolve_engine).
+
+    quantize: None keeps weights as stored; "q4" / "q8" quantize float checkpoints at load; "none"
+    dequantizes everything (see weights.base.load_shard_tensors). device: the torch engine's device.
+    """
     name = resolve_engine(name)
+    if device != "cpu" and name != "torch":
+        raise InvalidRequestError(f"--device {device} needs the torch engine (--engine torch)")
+    if device not in DEVICES:
+        raise InvalidRequestError(f"unknown device {device!r} (available: {', '.join(DEVICES)})")
+    if name == "torch":
+        from .torch_engine import TorchEngine
+
+        return TorchEngine(device, quantize)
     if name == "mlx":
         from .mlx_engine import MlxEngine
 
-        return MlxEngine()
+        return MlxEngine(quantize)
     if name == "tinygrad":
         from .tinygrad_engine import TinygradEngine
 
-        return TinygradEngine()
+        return TinygradEngine(quantize)
     from .numpy_engine import NumpyEngine
 
-    return NumpyEngine()
+    return NumpyEngine(quantize)
 
 
 def check_tinygrad_compiler() -> None:
@@ -67,4 +103,14 @@ def check_tinygrad_compiler() -> None:
         )
 
 
-__all__ = ["ENGINES", "Engine", "EngineUnavailableError", "Pass", "ShardRunner", "get_engine", "resolve_engine"]
+__all__ = [
+    "DEVICES",
+    "ENGINES",
+    "Engine",
+    "EngineUnavailableError",
+    "Pass",
+    "ShardRunner",
+    "get_engine",
+    "limit_threads",
+    "resolve_engine",
+]

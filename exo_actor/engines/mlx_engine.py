@@ -1,7 +1,9 @@
 """The MLX engine: the same Llama shard on Apple's MLX (Metal on Apple Silicon; a CPU build on Linux).
 
-Weights come from the same loaders as the numpy engine (float32 arrays), so the two engines compute
-the same function; activations cross the engine boundary as float32 numpy arrays.
+Weights stay as stored: 4-bit and 8-bit groups of 32 become MLX quantized arrays (`mx.quantized_matmul`,
+MLX's affine `scale * q + bias` per group is exactly the GGUF block formulas, see weights/quant.py);
+other tensors (groups of 16, float checkpoints) are float32. Activations cross the engine boundary as
+float32 numpy arrays.
 """
 
 from __future__ import annotations
@@ -13,10 +15,59 @@ import numpy as np
 
 from ..errors import ContextLengthError
 from ..models.config import ModelArgs
-from ..models.llama import ShardWeights
 from ..models.rope import inv_frequencies, rope_tables
 from ..weights import ModelFiles
-from .base import CachePositionError, RequestCaches, layer_tensors, require_module
+from ..weights.base import ShardTensors, Weight, weight_bytes
+from ..weights.quant import QuantizedTensor, concat_rows, same_format
+from .base import CachePositionError, RequestCaches, require_module
+
+MLX_GROUPS = (32, 64, 128)
+
+
+class _Linear:
+    """y = x @ W.T for one [out, in] weight: an MLX quantized array when its groups allow, else float32."""
+
+    def __init__(self, mx: Any, w: Weight) -> None:
+        self.mx = mx
+        self.quantized = isinstance(w, QuantizedTensor) and w.group in MLX_GROUPS
+        if isinstance(w, QuantizedTensor) and self.quantized:
+            self.bits, self.group = w.bits, w.group
+            offset = w.offset if w.offset is not None else np.zeros_like(w.scale)
+            q = w.q.astype(np.uint32)
+            if w.bits == 8:  # MLX's 8-bit values are unsigned: q + 128, and the bias pays it back
+                q = (w.q.astype(np.int16) + 128).astype(np.uint32)
+                offset = offset - 128 * w.scale
+            per = 32 // w.bits  # value j of a word sits at bits [bits * j, bits * (j + 1))
+            words = np.zeros((q.shape[0], q.shape[1] // per), dtype=np.uint32)
+            for j in range(per):
+                words |= q[:, j::per] << np.uint32(w.bits * j)
+            self.w, self.scales, self.biases = mx.array(words), mx.array(w.scale), mx.array(offset)
+            self.nbytes = words.nbytes + 2 * w.scale.nbytes
+            mx.eval(self.w, self.scales, self.biases)
+        else:
+            dense = w.dequantize() if isinstance(w, QuantizedTensor) else np.asarray(w, dtype=np.float32)
+            self.w = mx.array(np.ascontiguousarray(dense.T))
+            self.nbytes = dense.nbytes
+            mx.eval(self.w)
+
+    def __call__(self, x: Any) -> Any:
+        if not self.quantized:
+            return x @ self.w
+        return self.mx.quantized_matmul(
+            x, self.w, self.scales, self.biases, transpose=True, group_size=self.group, bits=self.bits
+        )
+
+
+def _fused(mx: Any, parts: list[Weight]) -> list[_Linear]:
+    if all(isinstance(p, QuantizedTensor) for p in parts) and same_format(parts):  # type: ignore[arg-type]
+        return [_Linear(mx, concat_rows(parts))]  # type: ignore[arg-type]
+    if all(isinstance(p, np.ndarray) for p in parts):
+        return [_Linear(mx, np.concatenate(parts))]  # type: ignore[arg-type]
+    return [_Linear(mx, p) for p in parts]
+
+
+def _apply(mx: Any, parts: list[_Linear], x: Any) -> Any:
+    return parts[0](x) if len(parts) == 1 else mx.concatenate([p(x) for p in parts], axis=-1)
 
 _GROW = 256
 
@@ -48,20 +99,31 @@ class _Cache:
 class MlxShardRunner(RequestCaches):
     """Layers [start, end) on MLX, with one KV cache per request."""
 
-    def __init__(self, args: ModelArgs, start: int, end: int, weights: ShardWeights) -> None:
+    def __init__(self, args: ModelArgs, start: int, end: int, tensors: ShardTensors) -> None:
         import mlx.core as mx
 
         self.mx, self.args = mx, args
         self.start, self.end = start, end
         self.is_first, self.is_last = start == 0, end == args.num_hidden_layers
         arr = lambda a: None if a is None else mx.array(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
-        self.layers = layer_tensors(weights, arr)
-        self.embed_table = arr(weights.embed)
-        self.final_norm, self.lm_head_t = arr(weights.final_norm), arr(weights.lm_head_t)
-        if self.is_first and self.embed_table is None:  # tied: the head's columns are the embedding
-            self.embed_table = arr(np.ascontiguousarray(weights.lm_head_t.T))
-        mx.eval([v for layer in self.layers for v in layer.values() if v is not None])
-        self._bytes = weights.nbytes
+        self.layers = [
+            {
+                "attn_norm": arr(l.attn_norm),
+                "bqkv": arr(l.bqkv),
+                "wqkv": _fused(mx, [l.q, l.k, l.v]),
+                "wo": _Linear(mx, l.o),
+                "ffn_norm": arr(l.ffn_norm),
+                "w_gate_up": _fused(mx, [l.gate, l.up]),
+                "w_down": _Linear(mx, l.down),
+            }
+            for l in tensors.layers
+        ]
+        self.embed_table = tensors.embed  # looked up on the host, rows dequantized on demand
+        self.final_norm = arr(tensors.final_norm)
+        self.head = _Linear(mx, tensors.head) if tensors.head is not None else None
+        linears = [x for l in self.layers for x in (*l["wqkv"], l["wo"], *l["w_gate_up"], l["w_down"])]
+        self._bytes = sum(x.nbytes for x in linears) + (self.head.nbytes if self.head else 0)
+        self._bytes += weight_bytes(self.embed_table)
         self.H, self.KV, self.hd = args.num_attention_heads, args.num_key_value_heads, args.dim_head
         self.eps = args.rms_norm_eps
         self.inv_freq = inv_frequencies(self.hd, args.rope_theta, args.rope_scaling, args.rope_freq_factors)
@@ -85,7 +147,9 @@ class MlxShardRunner(RequestCaches):
         if start_pos > cache.length:
             raise CachePositionError(f"request {request_id}: position {start_pos} skips past cached {cache.length}")
         if self.is_first:
-            h = self.embed_table[mx.array(np.asarray(x, dtype=np.int32))]
+            e, ids = self.embed_table, np.asarray(x, dtype=np.int64)
+            rows = e.rows_float(ids) if isinstance(e, QuantizedTensor) else np.asarray(e[ids], dtype=np.float32)
+            h = mx.array(np.ascontiguousarray(rows))
         else:
             h = mx.array(np.asarray(x, dtype=np.float32))
         cache.reserve(end)
@@ -100,7 +164,8 @@ class MlxShardRunner(RequestCaches):
         if not self.is_last:
             out = h
         else:
-            out = mx.fast.rms_norm(h[T - num_logits :], self.final_norm, self.eps) @ self.lm_head_t
+            assert self.head is not None
+            out = self.head(mx.fast.rms_norm(h[T - num_logits :], self.final_norm, self.eps))
         return np.array(out, dtype=np.float32)
 
     def _rope(self, x: Any, cos: Any, sin: Any) -> Any:
@@ -110,7 +175,7 @@ class MlxShardRunner(RequestCaches):
 
     def _layer(self, h: Any, w: dict[str, Any], cache: _Cache, i: int, start: int, end: int, cos, sin, mask) -> Any:
         mx, T, H, KV, hd = self.mx, h.shape[0], self.H, self.KV, self.hd
-        qkv = mx.fast.rms_norm(h, w["attn_norm"], self.eps) @ w["wqkv"]
+        qkv = _apply(mx, w["wqkv"], mx.fast.rms_norm(h, w["attn_norm"], self.eps))
         if w["bqkv"] is not None:
             qkv = qkv + w["bqkv"]
         heads = qkv.reshape(T, H + 2 * KV, hd).transpose(1, 0, 2)  # [H + 2KV, T, hd]
@@ -123,18 +188,19 @@ class MlxShardRunner(RequestCaches):
         attn = mx.fast.scaled_dot_product_attention(
             q[None], keys[None], values[None], scale=1.0 / math.sqrt(hd), mask=mask
         )  # [1, H, T, hd]
-        h = h + attn[0].transpose(1, 0, 2).reshape(T, H * hd) @ w["wo"]
-        gate_up = mx.fast.rms_norm(h, w["ffn_norm"], self.eps) @ w["w_gate_up"]
+        h = h + w["wo"](attn[0].transpose(1, 0, 2).reshape(T, H * hd))
+        gate_up = _apply(mx, w["w_gate_up"], mx.fast.rms_norm(h, w["ffn_norm"], self.eps))
         F = gate_up.shape[1] // 2
         gate, up = gate_up[:, :F], gate_up[:, F:]
-        return h + (gate * mx.sigmoid(gate) * up) @ w["w_down"]
+        return h + w["w_down"](gate * mx.sigmoid(gate) * up)
 
 
 class MlxEngine:
     name = "mlx"
 
-    def __init__(self) -> None:
+    def __init__(self, quantize: str | None = None) -> None:
         require_module("mlx.core", "mlx")
+        self.quantize = quantize
 
     def load_shard(self, model: ModelFiles, start: int, end: int) -> MlxShardRunner:
-        return MlxShardRunner(model.args, start, end, model.shard_weights(start, end))
+        return MlxShardRunner(model.args, start, end, model.shard_tensors(start, end, self.quantize))

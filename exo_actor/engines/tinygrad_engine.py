@@ -165,12 +165,13 @@ def _rms_norm(x: Any, weight: Any, eps: float) -> Any:
 class TinygradEngine:
     name = "tinygrad"
 
-    def __init__(self) -> None:
+    def __init__(self, quantize: str | None = None) -> None:
+        self.quantize = quantize
         require_module("tinygrad", "tinygrad")
         from . import check_tinygrad_compiler
 
         check_tinygrad_compiler()
 
     def load_shard(self, model: ModelFiles, start: int, end: int) -> TinygradShardRunner:
-        weights = model.shard_weights(start, end)
+        weights = model.shard_weights(start, end, self.quantize)  # float32: dequantized at load
         return on_tinygrad_thread(TinygradShardRunner, model.args, start, end, weights)

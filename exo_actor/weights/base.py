@@ -194,3 +194,29 @@ def load_shard_tensors(
     if is_first:
         out.embed = out.head if tied and is_last else _stored(src, "model.embed_tokens.weight", (V, D), quantize)
     return out
+
+
+def float_weights(args: ModelArgs, t: ShardTensors) -> ShardWeights:
+    """Stored tensors -> the numpy engine's fused float32 layout (each weight dequantized)."""
+
+    def f(w: Weight) -> np.ndarray:
+        return w.dequantize() if isinstance(w, QuantizedTensor) else np.asarray(w, dtype=np.float32)
+
+    layers = [
+        LayerWeights(
+            attn_norm=l.attn_norm,
+            wqkv=as_in_out(np.concatenate([f(l.q), f(l.k), f(l.v)])),
+            bqkv=l.bqkv,
+            wo=as_in_out(f(l.o)),
+            ffn_norm=l.ffn_norm,
+            w_gate_up=as_in_out(np.concatenate([f(l.gate), f(l.up)])),
+            w_down=as_in_out(f(l.down)),
+        )
+        for l in t.layers
+    ]
+    out = ShardWeights(layers=layers, final_norm=t.final_norm)
+    if t.head is not None:
+        out.lm_head_t = np.ascontiguousarray(f(t.head).T)
+    if t.embed is not None and t.embed is not t.head:
+        out.embed = f(t.embed)
+    return out

@@ -11,7 +11,7 @@ from ..errors import ModelNotFoundError, WeightsError
 from ..models.config import ModelArgs
 from ..models.llama import ShardWeights
 from ..tokenizer import TextTokenizer, tokenizer_from_gguf, tokenizer_from_hf_folder
-from .base import ShardTensors, TensorSource, load_shard_tensors, load_shard_weights
+from .base import ShardTensors, TensorSource, float_weights, load_shard_tensors, load_shard_weights
 from .gguf_source import GGUFSource, field, open_reader
 from .safetensors_source import SafetensorsSource
 
@@ -25,9 +25,12 @@ class ModelFiles:
     tokenizer: TextTokenizer
     open_source: Callable[[], TensorSource]
 
-    def shard_weights(self, start: int, end: int) -> ShardWeights:
-        """Float32 weights of layers [start, end): reads only those layers' tensors."""
-        return load_shard_weights(self.args, self.open_source(), start, end)
+    def shard_weights(self, start: int, end: int, quantize: str | None = None) -> ShardWeights:
+        """Float32 weights of layers [start, end): reads only those layers' tensors. With `quantize`
+        (q4 / q8), the float32 values of the weights quantized that way."""
+        if quantize in (None, "none"):
+            return load_shard_weights(self.args, self.open_source(), start, end)
+        return float_weights(self.args, load_shard_tensors(self.args, self.open_source(), start, end, quantize))
 
     def shard_tensors(self, start: int, end: int, quantize: str | None = None) -> ShardTensors:
         """Weights of layers [start, end) as stored (block-quantized tensors kept so), or converted by

@@ -1,0 +1,312 @@
+"""The torch engine: the fast CPU engine, running the weights as stored (4/8-bit) on torch's kernels.
+
+Weights stay quantized in memory (torch_linear.QLinear: int4-packed planes, or dense bfloat16 for the
+forms torch's kernel cannot take). The residual stream, norms, RoPE, the KV cache and attention are
+float32; only the inputs and outputs of the weight products are bfloat16 (the kernels' fast path).
+Activations cross the engine boundary as float32 numpy arrays, like every engine's.
+
+Only the CPU path is tested on the project's machines; `--device cuda|mps` runs the same code with dense
+bfloat16 weights (torch's GPU int4 kernels take another packing, not wired up here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import ContextLengthError, ExoError
+from ..models.config import ModelArgs
+from ..models.rope import inv_frequencies
+from ..weights import ModelFiles
+from ..weights.base import ShardTensors, Weight, weight_bytes
+from ..weights.quant import QuantizedTensor, concat_rows, same_format
+from .base import CachePositionError, Pass, RequestCaches, require_module
+from .torch_linear import QLinear
+
+_GROW = 256
+
+
+def _fuse(parts: list[Weight], device: str) -> list[QLinear]:
+    """q/k/v (or gate/up) as one product when they share a stored form, else one each."""
+    if all(isinstance(p, QuantizedTensor) for p in parts) and same_format(parts):  # type: ignore[arg-type]
+        return [QLinear(concat_rows(parts), device)]  # type: ignore[arg-type]
+    if all(isinstance(p, np.ndarray) for p in parts):
+        return [QLinear(np.concatenate(parts), device)]  # type: ignore[arg-type]
+    return [QLinear(p, device) for p in parts]
+
+
+def _interleave(w: Any, n_heads: int, scale: float = 1.0) -> Any:
+    """Rows of a q or k projection (or its bias) from Hugging Face's half-split RoPE order to
+    interleaved pairs (rows j and j + hd/2 of a head become 2j and 2j + 1), times `scale`."""
+    rows = w.shape[0]
+    idx = np.arange(rows).reshape(n_heads, 2, rows // n_heads // 2).swapaxes(1, 2).reshape(-1)
+    if isinstance(w, QuantizedTensor):
+        w = w.take_rows(idx)
+        return w if scale == 1.0 else w.scaled(scale)
+    return np.ascontiguousarray(w[idx]) * np.float32(scale)
+
+
+class _Layer:
+    """One decoder layer's torch tensors. q/k rows are interleaved for a complex-product RoPE (the
+    attention scores are unchanged: q and k are permuted alike) and q carries the 1/sqrt(hd) scale."""
+
+    def __init__(self, t: Any, lt: Any, args: ModelArgs, device: str) -> None:
+        f32 = lambda a: t.from_numpy(np.array(a, dtype=np.float32)).to(device)  # noqa: E731
+        H, KV, hd = args.num_attention_heads, args.num_key_value_heads, args.dim_head
+        scale = 1.0 / float(np.sqrt(hd))
+        self.attn_norm, self.ffn_norm = f32(lt.attn_norm), f32(lt.ffn_norm)
+        self.bqkv = None
+        if lt.bqkv is not None:
+            bq, bk, bv = np.split(lt.bqkv, [H * hd, (H + KV) * hd])
+            self.bqkv = f32(np.concatenate([_interleave(bq, H, scale), _interleave(bk, KV), bv]))
+        q, k = _interleave(lt.q, H, scale), _interleave(lt.k, KV)
+        self.qkv = _fuse([q, k, lt.v], device)
+        self.o = QLinear(lt.o, device)
+        self.gate_up = _fuse([lt.gate, lt.up], device)
+        self.down = QLinear(lt.down, device)
+
+    @property
+    def nbytes(self) -> int:
+        linears = [*self.qkv, self.o, *self.gate_up, self.down]
+        vectors = [self.attn_norm, self.ffn_norm] + ([] if self.bqkv is None else [self.bqkv])
+        return sum(l.nbytes for l in linears) + sum(v.numel() * 4 for v in vectors)
+
+
+def _run(parts: list[QLinear], x: Any) -> Any:
+    if len(parts) == 1:
+        return parts[0](x)
+    import torch
+
+    return torch.cat([p(x) for p in parts], dim=-1)
+
+
+class _Cache:
+    """One request's keys and values for a shard's layers: [n_layers, KV, capacity, hd] float32."""
+
+    def __init__(self) -> None:
+        self.k: Any = None
+        self.v: Any = None
+        self.length = self.capacity = 0
+
+
+class TorchShardRunner(RequestCaches):
+    """Layers [start, end) on torch with quantized weights, one KV cache per request."""
+
+    def __init__(self, args: ModelArgs, start: int, end: int, tensors: ShardTensors, device: str = "cpu") -> None:
+        import torch
+
+        self.t, self.args, self.device = torch, args, device
+        self.start, self.end = start, end
+        self.is_first, self.is_last = start == 0, end == args.num_hidden_layers
+        self.H, self.KV, self.hd = args.num_attention_heads, args.num_key_value_heads, args.dim_head
+        self.eps = float(args.rms_norm_eps)
+        self.layers = [_Layer(torch, lt, args, device) for lt in tensors.layers]
+        self.embed_table = tensors.embed  # looked up on the host (numpy), rows dequantized on demand
+        self.final_norm = None
+        self.head: QLinear | None = None
+        if self.is_last:
+            assert tensors.final_norm is not None and tensors.head is not None
+            self.final_norm = torch.from_numpy(np.array(tensors.final_norm, dtype=np.float32)).to(device)
+            self.head = QLinear(tensors.head, device)
+        # a tied table is held twice: packed as the head, and as stored for the first shard's lookups
+        self._bytes = sum(l.nbytes for l in self.layers) + (self.head.nbytes if self.head else 0)
+        self._bytes += weight_bytes(self.embed_table)
+        self.inv_freq = inv_frequencies(self.hd, args.rope_theta, args.rope_scaling, args.rope_freq_factors)
+        self._freqs_table: Any = None
+        self._rope_len = 0
+        self.caches: dict[str, _Cache] = {}
+
+    @property
+    def weight_bytes(self) -> int:
+        return self._bytes
+
+    # --- inputs ------------------------------------------------------------------------------------
+    def _embed(self, tokens: np.ndarray) -> Any:
+        e = self.embed_table
+        assert e is not None
+        ids = np.asarray(tokens, dtype=np.int64)
+        rows = e.rows_float(ids) if isinstance(e, QuantizedTensor) else np.asarray(e[ids], dtype=np.float32)
+        return self.t.from_numpy(np.ascontiguousarray(rows)).to(self.device)
+
+    def _input(self, x: np.ndarray) -> Any:
+        if self.is_first:
+            return self._embed(x)
+        return self.t.from_numpy(np.array(x, dtype=np.float32)).to(self.device)
+
+    def _freqs(self, end: int) -> Any:
+        """exp(i * position * frequency) [positions, 1, hd / 2] complex64 for positions [0, end) and on."""
+        if end > self._rope_len:
+            n = min(self.args.max_position_embeddings, max(end, 2 * self._rope_len, 512))
+            angles = np.arange(n, dtype=np.float64)[:, None] * self.inv_freq[None, :]
+            table = (np.cos(angles) + 1j * np.sin(angles)).astype(np.complex64)[:, None, :]
+            self._freqs_table = self.t.from_numpy(table).to(self.device)
+            self._rope_len = n
+        return self._freqs_table
+
+    def _cache(self, request_id: str, start_pos: int, n: int) -> _Cache:
+        cache = self.caches.get(request_id)
+        if cache is None:
+            cache = self.caches[request_id] = _Cache()
+        end = start_pos + n
+        if end > self.args.max_position_embeddings:
+            raise ContextLengthError(
+                f"position {end} exceeds the model's context window ({self.args.max_position_embeddings})"
+            )
+        if start_pos > cache.length:
+            raise CachePositionError(f"request {request_id}: position {start_pos} skips past cached {cache.length}")
+        if end > cache.capacity:
+            cap = min(self.args.max_position_embeddings, -(-max(end, 2 * cache.capacity) // _GROW) * _GROW)
+            shape = (len(self.layers), self.KV, cap, self.hd)
+            k = self.t.empty(shape, dtype=self.t.float32, device=self.device)
+            v = self.t.empty(shape, dtype=self.t.float32, device=self.device)
+            if cache.length:
+                k[:, :, : cache.length] = cache.k[:, :, : cache.length]
+                v[:, :, : cache.length] = cache.v[:, :, : cache.length]
+            cache.k, cache.v, cache.capacity = k, v, cap
+        return cache
+
+    # --- passes ------------------------------------------------------------------------------------
+    def forward(self, request_id: str, x: np.ndarray, start_pos: int, num_logits: int = 1) -> np.ndarray:
+        with self.t.inference_mode():
+            cache = self._cache(request_id, start_pos, len(x))
+            h = self._input(x)
+            T, end = h.shape[0], start_pos + len(x)
+            freqs = self._freqs(end)[start_pos:end]
+            mask = None
+            if T > 1:  # query t (position start_pos + t) sees keys 0 .. start_pos + t
+                mask = self.t.ones(T, end, dtype=self.t.bool, device=self.device).tril(start_pos)
+            for i, layer in enumerate(self.layers):
+                h = self._layer(h, layer, cache, i, start_pos, end, freqs, mask)
+            cache.length = end
+            return self._output(h[T - num_logits :] if self.is_last else h)
+
+    def forward_batch(self, passes: Sequence[Pass]) -> list[np.ndarray | Exception]:
+        """Single-token decode steps of several requests as one pass over the weights (one product per
+        weight for all rows); longer passes one by one."""
+        out: list[np.ndarray | Exception] = [ExoError("not run")] * len(passes)
+        rows: list[int] = []
+        caches: list[_Cache] = []
+        seen: set[str] = set()
+        for i, p in enumerate(passes):
+            try:
+                if len(p.tokens) == 1 and p.num_logits == 1 and p.request_id not in seen:
+                    caches.append(self._cache(p.request_id, p.start_pos, 1))
+                    rows.append(i)
+                    seen.add(p.request_id)
+                else:
+                    out[i] = self.forward(p.request_id, p.tokens, p.start_pos, p.num_logits)
+            except ExoError as exc:
+                out[i] = exc
+        if rows:
+            x = np.concatenate([np.asarray(passes[i].tokens) for i in rows])
+            batched = self._forward_rows(x, caches, [passes[i].start_pos for i in rows])
+            for k, i in enumerate(rows):
+                out[i] = batched[k : k + 1]
+        return out
+
+    def _forward_rows(self, x: np.ndarray, caches: list[_Cache], positions: list[int]) -> np.ndarray:
+        """Row b is one request's decode step at positions[b] over caches[b]: the weight products run
+        over all rows at once, attention per row over its own cache."""
+        t = self.t
+        with t.inference_mode():
+            h = self._input(x)
+            freqs = self._freqs(max(positions) + 1)[t.tensor(positions, device=self.device)]
+            for i, layer in enumerate(self.layers):
+                h = self._layer_rows(h, layer, caches, i, positions, freqs)
+            for cache, p in zip(caches, positions):
+                cache.length = p + 1
+            return self._output(h)
+
+    def _output(self, h: Any) -> np.ndarray:
+        if self.is_last:
+            assert self.head is not None
+            h = self.head(self._norm(h, self.final_norm))
+        return h.float().cpu().numpy()
+
+    # --- layers --------------------------------------------------------------------------------------
+    # Decode is dominated by per-operation overhead once the weight products run at memory speed, so
+    # each layer is written with as few torch calls as it takes: RMSNorm in four, RoPE as one complex
+    # product (q/k rows are put in llama.cpp's interleaved-pair order at load, see _Layer), the softmax
+    # scale folded into the q rows, and a plain three-call attention for single-token rows.
+    def _norm(self, x: Any, w: Any) -> Any:
+        """RMSNorm in float32, returned as the bfloat16 input of a weight product."""
+        r = x.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()
+        return (x * r).mul_(w).to(self.t.bfloat16)
+
+    def _qk_rope(self, qkv: Any, T: int, freqs: Any) -> tuple[Any, Any, Any]:
+        """qkv [T, (H + 2KV) * hd] float32 -> q [H, T, hd], k and v [KV, T, hd] with q and k rotated."""
+        t, H, KV, hd = self.t, self.H, self.KV, self.hd
+        n = (H + KV) * hd
+        pairs = t.view_as_complex(qkv[:, :n].reshape(T, H + KV, hd // 2, 2))
+        qk = t.view_as_real(pairs * freqs).reshape(T, H + KV, hd).transpose(0, 1)
+        v = qkv[:, n:].view(T, KV, hd).transpose(0, 1)
+        return qk[:H], qk[H:], v
+
+    def _qkv(self, h: Any, layer: _Layer) -> Any:
+        qkv = _run(layer.qkv, self._norm(h, layer.attn_norm)).float()
+        if layer.bqkv is not None:
+            qkv += layer.bqkv
+        return qkv
+
+    def _mlp(self, h: Any, layer: _Layer) -> None:
+        gate_up = _run(layer.gate_up, self._norm(h, layer.ffn_norm))
+        F = gate_up.shape[-1] // 2
+        act = self.t.nn.functional.silu(gate_up[:, :F]).mul_(gate_up[:, F:])
+        h += layer.down(act)
+
+    def _attend_one(self, q: Any, k: Any, v: Any) -> Any:
+        """One query row per head: q [H, 1, hd] (pre-scaled), k, v [KV, L, hd] -> [H * hd]."""
+        KV = k.shape[0]
+        s = self.t.matmul(q.reshape(KV, -1, self.hd), k.transpose(1, 2)).softmax(-1)  # [KV, G, L]
+        return self.t.matmul(s, v).reshape(-1)
+
+    def _layer(self, h: Any, layer: _Layer, cache: _Cache, i: int, start: int, end: int, freqs, mask) -> Any:
+        t, T = self.t, h.shape[0]
+        q, k, v = self._qk_rope(self._qkv(h, layer), T, freqs)
+        cache.k[i, :, start:end] = k
+        cache.v[i, :, start:end] = v
+        keys, values = cache.k[i, :, :end], cache.v[i, :, :end]
+        if T == 1:
+            attn = self._attend_one(q, keys, values)[None]
+        else:
+            o = t.nn.functional.scaled_dot_product_attention(
+                q[None], keys[None], values[None], attn_mask=mask, scale=1.0, enable_gqa=True
+            )  # [1, H, T, hd]
+            attn = o[0].transpose(0, 1).reshape(T, -1)
+        h = h + layer.o(attn.to(t.bfloat16))
+        self._mlp(h, layer)
+        return h
+
+    def _layer_rows(self, h: Any, layer: _Layer, caches: list[_Cache], i: int, positions: list[int], freqs) -> Any:
+        t, B = self.t, h.shape[0]
+        q, k, v = self._qk_rope(self._qkv(h, layer), B, freqs)
+        attn = t.empty(B, self.H * self.hd, dtype=t.float32, device=self.device)
+        for b, (cache, p) in enumerate(zip(caches, positions)):
+            cache.k[i, :, p] = k[:, b]
+            cache.v[i, :, p] = v[:, b]
+            attn[b] = self._attend_one(q[:, b : b + 1], cache.k[i, :, : p + 1], cache.v[i, :, : p + 1])
+        h = h + layer.o(attn.to(t.bfloat16))
+        self._mlp(h, layer)
+        return h
+
+
+class TorchEngine:
+    """4/8-bit weights on torch's CPU kernels (`pip install 'exo-actor[torch]'`)."""
+
+    name = "torch"
+
+    def __init__(self, device: str = "cpu", quantize: str | None = None) -> None:
+        require_module("torch", "torch")
+        self.device, self.quantize = device, quantize
+        from . import thread_limit
+
+        if (threads := thread_limit()) is not None:  # several shards share this machine's cores
+            import torch
+
+            torch.set_num_threads(threads)
+
+    def load_shard(self, model: ModelFiles, start: int, end: int) -> TorchShardRunner:
+        tensors = model.shard_tensors(start, end, self.quantize)
+        return TorchShardRunner(model.args, start, end, tensors, self.device)
