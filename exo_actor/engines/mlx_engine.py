@@ -69,6 +69,7 @@ def _fused(mx: Any, parts: list[Weight]) -> list[_Linear]:
 def _apply(mx: Any, parts: list[_Linear], x: Any) -> Any:
     return parts[0](x) if len(parts) == 1 else mx.concatenate([p(x) for p in parts], axis=-1)
 
+
 _GROW = 256
 
 

@@ -39,6 +39,7 @@ _GLOBAL_NAMES = {
 }
 _LAYER_RE = re.compile(r"blk\.(\d+)\.(.+)")
 
+
 def hf_name(gguf_name: str) -> str | None:
     """Hugging Face name of a GGUF tensor, or None for tensors the model does not use."""
     if gguf_name in _GLOBAL_NAMES:
