@@ -91,12 +91,34 @@ def test_corrupt_safetensors(tmp_path):
     assert_one_line_error(cli("run", str(tmp_path), "--prompt", "x"), "safetensors")
 
 
-def test_unsupported_quantization(tmp_path):
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_unsupported_quantization(tmp_path, engine):
     spec = TinySpec()
     block, size = GGML_QUANT_SIZES[Q.Q8_1]
     raw = np.zeros((spec.intermediate, spec.hidden_size // block * size), dtype=np.uint8)
     write_gguf(tmp_path / "q.gguf", spec, raw_override={"blk.0.ffn_up.weight": (raw, Q.Q8_1)})
-    assert_one_line_error(cli("run", str(tmp_path / "q.gguf"), "--prompt", "x"), "Q8_1", "not supported")
+    proc = cli("run", str(tmp_path / "q.gguf"), "--prompt", "x", "--engine", engine)
+    assert_one_line_error(proc, "Q8_1", "not supported", "Q4_K", "Q6_K", "--quantize")
+
+
+_WITHOUT_TORCH = (
+    "import sys; sys.modules['torch'] = None; from exo_actor.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def test_a_missing_torch_names_its_extra(tiny_gguf):
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCH, "run", str(tiny_gguf), "--prompt", "x", "--engine", "torch"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert_one_line_error(proc, "exo-actor[torch]")
+
+
+def test_bad_quantize_and_device_values_are_refused(tiny_gguf):
+    assert_one_line_error(cli("run", str(tiny_gguf), "--prompt", "x", "--quantize", "q3"), "--quantize", "q4")
+    assert_one_line_error(cli("run", str(tiny_gguf), "--prompt", "x", "--engine", "numpy", "--device", "cuda"), "torch")
 
 
 def test_prompt_longer_than_the_context(tiny_gguf):

@@ -122,10 +122,8 @@ class ShardTensors:
 
 
 def weight_bytes(w: Weight | None) -> int:
-    """Bytes of a weight in its stored form (4-bit values packed two per byte, fp16 scales)."""
-    if w is None:
-        return 0
-    return w.stored_bytes if isinstance(w, QuantizedTensor) else w.nbytes
+    """Bytes a weight holds in memory in the form the loader returns."""
+    return 0 if w is None else int(w.nbytes)
 
 
 def _convert(w: Weight, quantize: str | None) -> Weight:

@@ -147,8 +147,8 @@ class GGUFSource:
 
     def _unsupported(self, t: Any) -> UnsupportedModelError:
         return UnsupportedModelError(
-            f"{self.path.name}: tensor {t.name} uses quantization {t.tensor_type.name}, which this version "
-            f"cannot read (kept as stored: {', '.join(KEPT_TYPES)}; converted exactly: {', '.join(CONVERTED_TYPES)}; "
+            f"{self.path.name}: tensor {t.name} uses quantization {t.tensor_type.name}, which is not supported "
+            f"(kept as stored: {', '.join(KEPT_TYPES)}; converted exactly: {', '.join(CONVERTED_TYPES)}; "
             f"floats: {', '.join(FLOAT_TYPES)}); convert the model to one of them, e.g. with llama.cpp's "
             "llama-quantize, or use its Hugging Face folder with --quantize q4|q8"
         )

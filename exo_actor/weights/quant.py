@@ -66,6 +66,11 @@ class QuantizedTensor:
         return self.q.shape  # type: ignore[return-value]
 
     @property
+    def nbytes(self) -> int:
+        """Bytes held in memory by this form (values one per byte, float32 scales and offsets)."""
+        return self.q.nbytes + self.scale.nbytes + (0 if self.offset is None else self.offset.nbytes)
+
+    @property
     def stored_bytes(self) -> int:
         """Bytes this tensor takes in its packed form (4-bit values two per byte) with its scales."""
         values = self.q.size * self.bits // 8

@@ -101,7 +101,11 @@ def test_smollm2_logits_and_greedy_tokens_match_numpy(smollm2_path, name):
     assert len(got) == 16 and got == want
 
 
-def test_auto_picks_numpy_on_a_cpu_machine():
+def test_auto_picks_numpy_on_a_cpu_machine_without_torch(monkeypatch):
+    import exo_actor.engines as engines
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(engines.importlib.util, "find_spec", lambda m: None if m == "torch" else real(m))
     assert resolve_engine("auto") == "numpy"
     assert resolve_engine("mlx") == "mlx"
     with pytest.raises(InvalidRequestError, match="unknown engine 'cuda'"):
