@@ -321,11 +321,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
             f"speculative: draft {spec['draft']}, up to {spec['max_draft_tokens']} tokens, acceptance "
             f"{spec['acceptance_rate']:.2f}, {spec['tokens_per_pass']:.2f} tokens per ring pass"
         )
-    rows = [("NODE", "ADDRESS", "ENGINE", "MEMORY", "LAYERS")]
+    rows = [("NODE", "ADDRESS", "ENGINE", "MEMORY", "WEIGHTS", "LAYERS")]
     for n in info["nodes"]:
         ranges = ", ".join(f"{p['start']}-{p['end'] - 1}" for p in info["plan"] if p["node"] == n["id"]) or "-"
-        rows.append((n["id"], n["address"], n["engine"], f"{n['memory_bytes'] / 2**30:.1f} GiB", ranges))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        held = n.get("weights_bytes")
+        weights = f"{held / 2**20:.0f} MiB" if held else "-"
+        rows.append((n["id"], n["address"], n["engine"], f"{n['memory_bytes'] / 2**30:.1f} GiB", weights, ranges))
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     return 0

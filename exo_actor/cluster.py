@@ -24,7 +24,7 @@ from .actors.ring import RemoteRing
 from .actors.router import RouterActor
 from .actors.shard import ShardActor, ShardRole
 from .downloads import DownloadCancelled, Progress
-from .engines import Engine, get_engine, limit_threads
+from .engines import ENGINES, Engine, get_engine, limit_threads
 from .errors import ExoError
 from .memory import release_freed_memory
 from .model_store import ensure_layers, ensure_model
@@ -57,6 +57,9 @@ class ClusterConfig:
     discovery: str = "manual"  # or "udp": beacons (transport/discovery.py)
     discovery_port: int = 52417
     cluster_key: str | None = None  # the cluster secret (transport/security.py); None: open, trusted LAN
+
+
+PLAN_UNIT_ENGINE = "torch"
 
 
 def plan_version(plan: list[Assignment], n_layers: int) -> int:
@@ -129,13 +132,15 @@ class ClusterNode(Node):
             self.files = await self.loop.run_in_executor(self.compute, open_model, path)
             if self.config.draft_model:  # sized now (and checked against the target); loaded once placed
                 self.draft_bytes = await self.loop.run_in_executor(
-                    self.compute, draft_bytes, self.config.draft_model, self.files
+                    self.compute, draft_bytes, self.config.draft_model, self.files, self.config.engine
                 )
         except ExoError as exc:
             self.state, self.error = "failed", str(exc)
             log.error("cannot open %s: %s", self.config.model, exc)
             return
-        self.layer_bytes = self.files.args.layer_bytes
+        # plans count layers in the bytes the torch engine holds (the stored, quantized form); a node on a
+        # float32 engine advertises its memory scaled down by how much more it holds per layer
+        self.layer_bytes = self.files.layer_bytes(PLAN_UNIT_ENGINE)
         key = ClusterKey.from_secret(self.cluster.cluster_key) if self.cluster.cluster_key else None
         if key is None:
             log.warning(
@@ -202,10 +207,16 @@ class ClusterNode(Node):
             ring.node_down(peer.node_id)
         self._replan(f"node {peer.node_id} stopped answering")
 
+    def _plan_memory(self, memory: int, engine: str) -> int:
+        """A node's memory in plan units: bytes of layers as the torch engine holds them."""
+        assert self.files is not None
+        held = self.files.layer_bytes(engine) if engine in ENGINES else self.files.layer_bytes("numpy")
+        return int(memory * self.layer_bytes / max(1, held))
+
     def _replan(self, why: str = "the nodes changed") -> None:
         assert self.net is not None and self.files is not None
         nodes = [
-            NodeCapacity(p.node_id, p.hello.memory)
+            NodeCapacity(p.node_id, self._plan_memory(p.hello.memory, p.hello.engine))
             for p in self.net.peers.values()
             if p.hello is not None and p.hello.model == self.config.model
         ]
@@ -261,9 +272,8 @@ class ClusterNode(Node):
         spec = self.config.draft_model
         if not spec or spec == "ngram" or self.net is None or self.files is None:
             return
-        args = self.files.args
         free = {
-            a.node_id: p.hello.memory - args.shard_bytes(a.start, a.end)
+            a.node_id: p.hello.memory - self.files.shard_bytes(a.start, a.end, p.hello.engine)
             for plan in plans
             for a in plan
             if (p := self.net.peers.get(a.node_id)) is not None and p.hello is not None and p.hello.draft == spec
@@ -417,6 +427,17 @@ class ClusterNode(Node):
         if self.net is not None:
             await self.net.close()
 
+    def _weights_bytes(self, node_id: str, engine: str) -> int | None:
+        """Bytes of the weights a node holds for the current plan: measured on this node, from the stored
+        tensor kinds (weights/sizes.py) for the others."""
+        role = self.shard.role if getattr(self, "shard", None) is not None else None
+        if node_id == self.node_id and role is not None:
+            return int(role.runner.weight_bytes)
+        mine = [a for plan in self.ring_plans for a in plan if a.node_id == node_id]
+        if not mine or self.files is None:
+            return None
+        return sum(self.files.shard_bytes(a.start, a.end, engine) for a in mine)
+
     def cluster_info(self) -> dict[str, Any]:
         info = super().cluster_info()
         nodes = []
@@ -430,6 +451,7 @@ class ClusterNode(Node):
                     "address": host,
                     "engine": p.hello.engine,
                     "memory_bytes": p.hello.memory,
+                    "weights_bytes": self._weights_bytes(p.node_id, p.hello.engine),
                     "model": p.hello.model,
                     "loaded_plan": p.hello.loaded,
                     "alive": self.net.alive(p.node_id),

@@ -172,6 +172,11 @@ class Node:
             raise ModelLoadingError(f"the model {self.config.model} is still loading; retry in a few seconds")
         return self.files, self.router
 
+    def weights_bytes(self) -> int | None:
+        """Bytes of model weights this node's engine holds (None before the model is loaded)."""
+        shards = getattr(self.router.pipeline, "shards", None) if self.router is not None else None
+        return sum(int(r.weight_bytes) for r in shards) if shards else None
+
     def kv_requests(self) -> int:
         """Requests whose KV caches this node holds (kept prefix-cache entries included)."""
         shards = getattr(self.router.pipeline, "shards", []) if self.router is not None else []
@@ -198,6 +203,7 @@ class Node:
                     "address": self.config.address or socket.gethostname(),
                     "engine": self.config.engine,
                     "memory_bytes": total_memory_bytes(),
+                    "weights_bytes": self.weights_bytes(),
                     "hostname": socket.gethostname(),
                 }
             ],

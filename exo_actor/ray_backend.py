@@ -307,14 +307,16 @@ class RayNode(Node):
     async def _place(self) -> None:
         """Plan the ring and reserve one placement-group bundle per shard."""
         assert self.files is not None
-        rc, args = self.ray_config, self.files.args
+        rc, args, files = self.ray_config, self.files.args, self.files
+        engine, quantize = self.config.engine, self.config.quantize
+        layer_bytes = files.layer_bytes(engine, quantize)  # as the shards' engine holds them
         alive = [n for n in await self.loop.run_in_executor(None, ray.nodes) if n.get("Alive")]
         memory = [int(n.get("Resources", {}).get("memory", 0)) for n in alive]
         shards = rc.shards or max(1, len(alive))
         # a first plan sizes the bundles: each can hold the largest shard, because which machine a
         # bundle lands on (and so how many layers it gets) is Ray's choice
-        first = plan_shards(memory, shards, args.num_hidden_layers, args.layer_bytes)
-        largest = max(args.shard_bytes(a.start, a.end) for a in first)
+        first = plan_shards(memory, shards, args.num_hidden_layers, layer_bytes)
+        largest = max(files.shard_bytes(a.start, a.end, engine, quantize) for a in first)
         bundles = [{"CPU": rc.cpus_per_shard, "memory": largest + HEADROOM} for _ in first]
         problem = placement_problem(bundles, [n.get("Resources", {}) for n in alive], rc.placement)
         if problem:
@@ -340,7 +342,7 @@ class RayNode(Node):
         table = await self.loop.run_in_executor(None, ray.util.placement_group_table, self.pg)
         where = [table["bundles_to_node_id"][i] for i in range(len(bundles))]
         node_memory = {n["NodeID"]: int(n.get("Resources", {}).get("memory", 0)) for n in alive}
-        plan = plan_placed(where, node_memory, args.num_hidden_layers, args.layer_bytes)
+        plan = plan_placed(where, node_memory, args.num_hidden_layers, layer_bytes)
         prefix = f"{self.node_id}-"
         self.assignments = [Assignment(prefix + a.node_id, a.start, a.end) for a in plan]
         self.bundle = {prefix + a.node_id: int(a.node_id[1:]) for a in plan}  # host -> its bundle
@@ -367,7 +369,7 @@ class RayNode(Node):
                 a.start,
                 a.end,
                 self.net.endpoint,
-                self.files.args.shard_bytes(a.start, a.end) + HEADROOM,
+                self.files.shard_bytes(a.start, a.end, self.config.engine, self.config.quantize) + HEADROOM,
                 max(1, int(rc.cpus_per_shard)),
                 rc.heartbeat,
                 rc.timeout,

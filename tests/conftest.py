@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 
 from exo_actor.registry import load_registry, local_path
+
+# The CLI's default engine is `auto` (the torch engine where installed). Nodes and runs the tests start
+# without --engine use the exact float32 numpy reference, whose outputs the tests compare bit for bit;
+# the torch engine's tests name it explicitly.
+os.environ.setdefault("EXO_ACTOR_ENGINE", "numpy")
 
 
 @pytest.fixture(scope="session")

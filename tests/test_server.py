@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from exo_actor.weights import open_model
 from tests.api.servers import process_server
 from tests.test_cli import assert_one_line_error, cli
 from tests.tiny import TinySpec, write_gguf
@@ -36,8 +37,11 @@ def test_status_table_and_json(tiny):
         table = cli("status", "--api", srv.url)
         assert table.returncode == 0, table.stderr
         assert "state ready" in table.stdout and "numpy" in table.stdout and "0-3" in table.stdout
+        assert "WEIGHTS" in table.stdout and " MiB" in table.stdout
         info = json.loads(cli("status", "--api", srv.url, "--json").stdout)
         assert info["plan"][0]["start"] == 0 and info["plan"][0]["end"] == 4
+        node = info["nodes"][0]
+        assert node["weights_bytes"] == open_model(tiny).shard_bytes(0, 4, "numpy")  # float32: 4 bytes a value
 
 
 def test_status_of_nothing_is_one_line(tiny):

@@ -151,12 +151,12 @@ def open_draft(spec: str, target: ModelFiles) -> ModelFiles:
     return files
 
 
-def draft_bytes(spec: str, target: ModelFiles) -> int:
-    """Memory the draft's weights take (0 for prompt lookup)."""
+def draft_bytes(spec: str, target: ModelFiles, engine: str = "numpy") -> int:
+    """Memory the draft's weights take on `engine` (0 for prompt lookup)."""
     if spec == "ngram":
         return 0
-    args = open_draft(spec, target).args
-    return args.shard_bytes(0, args.num_hidden_layers)
+    files = open_draft(spec, target)
+    return files.shard_bytes(0, files.args.num_hidden_layers, engine)
 
 
 def load_drafter(spec: str, target: ModelFiles, engine: str = "numpy") -> Drafter:

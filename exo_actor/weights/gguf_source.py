@@ -141,9 +141,11 @@ class GGUFSource:
     def has(self, name: str) -> bool:
         return name in self._tensors
 
-    def stored_bytes(self, name: str) -> int:
-        """Bytes of a tensor as the file stores it."""
-        return int(self._tensors[name].n_bytes)
+    def kind(self, name: str) -> tuple[str, int] | None:
+        """(GGUF type name, values) of a tensor by Hugging Face name (None if absent); a fused bias name
+        (self_attn.qkv_proj.bias) is not a file tensor and answers None."""
+        t = self._tensors.get(name)
+        return None if t is None else (t.tensor_type.name, int(t.n_elements))
 
     def _unsupported(self, t: Any) -> UnsupportedModelError:
         return UnsupportedModelError(

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 
 from ..errors import ModelNotFoundError, WeightsError
 from ..models.config import ModelArgs
 from ..models.llama import ShardWeights
 from ..tokenizer import TextTokenizer, tokenizer_from_gguf, tokenizer_from_hf_folder
+from . import sizes
 from .base import ShardTensors, TensorSource, float_weights, load_shard_tensors, load_shard_weights
 from .gguf_source import GGUFSource, field, open_reader
 from .safetensors_source import SafetensorsSource
@@ -24,6 +26,16 @@ class ModelFiles:
     args: ModelArgs
     tokenizer: TextTokenizer
     open_source: Callable[[], TensorSource]
+    # (stored kind, values) of a tensor by Hugging Face name, when known without reading it (GGUF)
+    kinds: Callable[[str], tuple[str, int] | None] = dc_field(default=lambda name: None)
+
+    def layer_bytes(self, engine: str = "numpy", quantize: str | None = None) -> int:
+        """Bytes one decoder layer takes in memory on `engine` (weights/sizes.py)."""
+        return sizes.layer_bytes(self.args, self.kinds, engine, quantize)
+
+    def shard_bytes(self, start: int, end: int, engine: str = "numpy", quantize: str | None = None) -> int:
+        """Bytes the weights of layers [start, end) take on `engine`, embedding / head included."""
+        return sizes.shard_bytes(self.args, self.kinds, start, end, engine, quantize)
 
     def shard_weights(self, start: int, end: int, quantize: str | None = None) -> ShardWeights:
         """Float32 weights of layers [start, end): reads only those layers' tensors. With `quantize`
@@ -43,7 +55,7 @@ def _open_gguf(path: Path) -> ModelFiles:
     src = GGUFSource(path, reader)
     keys = [k for k in reader.fields if k.startswith("tokenizer.")]
     tokenizer = tokenizer_from_gguf({k: field(reader, k) for k in keys})
-    return ModelFiles(path=path, args=src.args, tokenizer=tokenizer, open_source=lambda: src)
+    return ModelFiles(path=path, args=src.args, tokenizer=tokenizer, open_source=lambda: src, kinds=src.kind)
 
 
 def _open_hf_folder(path: Path) -> ModelFiles:

@@ -43,7 +43,8 @@ def browser():
 
 @pytest.fixture(scope="module")
 def speculative_server(smollm2_path):
-    with process_server("--model", "smollm2-135m", "--enable-speculative", "--draft-model", "ngram") as srv:
+    args = ("--model", "smollm2-135m", "--engine", "torch", "--enable-speculative", "--draft-model", "ngram")
+    with process_server(*args) as srv:
         yield srv
 
 
@@ -59,7 +60,9 @@ def test_dashboard_shows_the_ring_and_streams_a_chat_reply(browser, speculative_
     assert browser.find_element(By.ID, "model").text == "smollm2-135m"
     row = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#nodes tr.node")))
     cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
-    assert cells[2] == "numpy" and cells[4] == "0-29" and "GiB" in cells[3]
+    assert cells[2] == "torch" and cells[5] == "0-29" and "GiB" in cells[3]
+    held = float(cells[4].removesuffix(" MiB"))  # the weights as the engine holds them: 4/8-bit, not float32
+    assert 100 < held < 200, cells
     ring_label = browser.find_element(By.CSS_SELECTOR, "#ring text.layers")
     assert ring_label.text == "layers 0-29"
 
