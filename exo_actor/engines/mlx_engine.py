@@ -17,7 +17,7 @@ from ..errors import ContextLengthError
 from ..models.config import ModelArgs
 from ..models.rope import inv_frequencies, rope_tables
 from ..weights import ModelFiles
-from ..weights.base import ShardTensors, Weight, weight_bytes
+from ..weights.base import ShardTensors, Weight
 from ..weights.quant import QuantizedTensor, concat_rows, same_format
 from .base import CachePositionError, RequestCaches, require_module
 
@@ -119,12 +119,12 @@ class MlxShardRunner(RequestCaches):
             }
             for l in tensors.layers
         ]
-        self.embed_table = tensors.embed  # looked up on the host, rows dequantized on demand
+        self.embed_table = tensors.embed_rows  # looked up on the host, rows dequantized on demand
         self.final_norm = arr(tensors.final_norm)
         self.head = _Linear(mx, tensors.head) if tensors.head is not None else None
         linears = [x for l in self.layers for x in (*l["wqkv"], l["wo"], *l["w_gate_up"], l["w_down"])]
         self._bytes = sum(x.nbytes for x in linears) + (self.head.nbytes if self.head else 0)
-        self._bytes += weight_bytes(self.embed_table)
+        self._bytes += int(self.embed_table.nbytes) if self.embed_table is not None else 0
         self.H, self.KV, self.hd = args.num_attention_heads, args.num_key_value_heads, args.dim_head
         self.eps = args.rms_norm_eps
         self.inv_freq = inv_frequencies(self.hd, args.rope_theta, args.rope_scaling, args.rope_freq_factors)
@@ -148,8 +148,7 @@ class MlxShardRunner(RequestCaches):
         if start_pos > cache.length:
             raise CachePositionError(f"request {request_id}: position {start_pos} skips past cached {cache.length}")
         if self.is_first:
-            e, ids = self.embed_table, np.asarray(x, dtype=np.int64)
-            rows = e.rows_float(ids) if isinstance(e, QuantizedTensor) else np.asarray(e[ids], dtype=np.float32)
+            rows = self.embed_table.rows_float(np.asarray(x, dtype=np.int64))
             h = mx.array(np.ascontiguousarray(rows))
         else:
             h = mx.array(np.asarray(x, dtype=np.float32))

@@ -20,7 +20,7 @@ from ..errors import ContextLengthError, ExoError
 from ..models.config import ModelArgs
 from ..models.rope import inv_frequencies
 from ..weights import ModelFiles
-from ..weights.base import ShardTensors, Weight, weight_bytes
+from ..weights.base import ShardTensors, Weight
 from ..weights.quant import QuantizedTensor, concat_rows, same_format
 from .base import CachePositionError, Pass, RequestCaches, require_module
 from .torch_linear import QLinear
@@ -108,21 +108,21 @@ class TorchShardRunner(RequestCaches):
         self.H, self.KV, self.hd = args.num_attention_heads, args.num_key_value_heads, args.dim_head
         self.eps = float(args.rms_norm_eps)
         self.layers = [_Layer(torch, lt, args, device) for lt in tensors.layers]
-        self.embed_table = tensors.embed  # looked up on the host (numpy), rows dequantized on demand
+        self.embed_table = tensors.embed_rows  # looked up on the host (numpy), rows dequantized on demand
         self.final_norm = None
         self.head: QLinear | None = None
         if self.is_last:
             assert tensors.final_norm is not None and tensors.head is not None
             self.final_norm = torch.from_numpy(np.array(tensors.final_norm, dtype=np.float32)).to(device)
             self.head = QLinear(tensors.head, device)
-            self.head_rows = tensors.head  # as stored: leading logits are recomputed from it (_refine)
+            self.head_rows = tensors.head_rows  # as stored: leading logits are recomputed from it (_refine)
         # the head is held twice: packed for the kernel, and as stored for _refine (a tied table's stored
         # form also serves the first shard's lookups)
         self._bytes = sum(l.nbytes for l in self.layers) + (self.head.nbytes if self.head else 0)
         if self.embed_table is not None:
-            self._bytes += weight_bytes(self.embed_table)
-        if self.is_last and tensors.head is not self.embed_table:
-            self._bytes += weight_bytes(tensors.head)
+            self._bytes += int(self.embed_table.nbytes)
+        if self.is_last and self.head_rows is not self.embed_table:
+            self._bytes += int(self.head_rows.nbytes)
         self.inv_freq = inv_frequencies(self.hd, args.rope_theta, args.rope_scaling, args.rope_freq_factors)
         self._freqs_table: Any = None
         self._rope_len = 0
@@ -134,10 +134,8 @@ class TorchShardRunner(RequestCaches):
 
     # --- inputs ------------------------------------------------------------------------------------
     def _embed(self, tokens: np.ndarray) -> Any:
-        e = self.embed_table
-        assert e is not None
-        ids = np.asarray(tokens, dtype=np.int64)
-        rows = e.rows_float(ids) if isinstance(e, QuantizedTensor) else np.asarray(e[ids], dtype=np.float32)
+        assert self.embed_table is not None
+        rows = self.embed_table.rows_float(np.asarray(tokens, dtype=np.int64))
         return self.t.from_numpy(np.ascontiguousarray(rows)).to(self.device)
 
     def _input(self, x: np.ndarray) -> Any:
@@ -246,8 +244,7 @@ class TorchShardRunner(RequestCaches):
         """
         k = min(_REFINE, logits.shape[-1])
         top = np.argpartition(logits, -k, axis=-1)[:, -k:]  # [R, k]
-        w = self.head_rows
-        rows = w.rows_float(top.ravel()) if isinstance(w, QuantizedTensor) else np.asarray(w[top.ravel()])
+        rows = self.head_rows.rows_float(top.ravel())
         exact = np.einsum("rkd,rd->rk", rows.reshape(*top.shape, -1), hn, dtype=np.float32)
         np.put_along_axis(logits, top, exact, axis=-1)
         return logits

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -119,6 +119,10 @@ class ShardTensors:
     embed: Weight | None = None
     final_norm: np.ndarray | None = None
     head: Weight | None = None
+    # where single rows of the embedding table / head are read from: an object with rows_float(ids),
+    # the mapped file itself for GGUF blocks (weights.gguf_source.BlockRows), else the tensor
+    embed_rows: Any = None
+    head_rows: Any = None
 
 
 def weight_bytes(w: Weight | None) -> int:
@@ -191,7 +195,29 @@ def load_shard_tensors(
         out.head = _stored(src, "model.embed_tokens.weight" if tied else "lm_head.weight", (V, D), quantize)
     if is_first:
         out.embed = out.head if tied and is_last else _stored(src, "model.embed_tokens.weight", (V, D), quantize)
+    row_reader = getattr(src, "row_reader", None) if quantize is None else None
+    for table, attr, name in (
+        (out.embed, "embed_rows", "model.embed_tokens.weight"),
+        (out.head, "head_rows", "model.embed_tokens.weight" if tied else "lm_head.weight"),
+    ):
+        if table is not None:
+            setattr(out, attr, (row_reader(name) if row_reader else None) or _row_view(table))
+    release = getattr(src, "release_pages", None)
+    if release is not None:
+        release()
     return out
+
+
+class _FloatRows:
+    def __init__(self, w: np.ndarray) -> None:
+        self.w, self.nbytes = w, w.nbytes
+
+    def rows_float(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.w[rows], dtype=np.float32)
+
+
+def _row_view(w: Weight) -> Any:
+    return w if isinstance(w, QuantizedTensor) else _FloatRows(w)
 
 
 def float_weights(args: ModelArgs, t: ShardTensors) -> ShardWeights:

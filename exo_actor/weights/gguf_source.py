@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGUFReader
+from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
 from ..errors import UnsupportedModelError, WeightsError
@@ -125,21 +127,90 @@ def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w[unpermute_index(w.shape[0], n_heads)]
 
 
+class BlockRows:
+    """A block-quantized [rows, cols] matrix left in the file, rows read (pread, not through the memory
+    map, so they never join the process's resident set) and decoded when asked for."""
+
+    nbytes = 0  # nothing of its own in memory
+
+    def __init__(self, path: Path, kind: str, offset: int, row_bytes: int, shape: tuple[int, int]) -> None:
+        self.path, self.kind, self.offset, self.row_bytes, self.shape = path, kind, offset, row_bytes, shape
+        self._fd: int | None = None
+
+    def rows_float(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        if rows.size and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise WeightsError(f"row {int(rows.max())} is outside a table of {self.shape[0]} rows")
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        raw = np.empty((rows.size, self.row_bytes), dtype=np.uint8)
+        for i, r in enumerate(rows):
+            got = os.preadv(self._fd, [memoryview(raw[i])], self.offset + int(r) * self.row_bytes)
+            if got != self.row_bytes:
+                raise WeightsError(f"{self.path} is truncated: row {int(r)} of a table could not be read")
+        return from_gguf_blocks(self.kind, raw, (rows.size, self.shape[1])).dequantize()
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    """What the loader needs of a GGUF tensor: its data is a view into the file's map."""
+
+    name: str
+    tensor_type: GGMLQuantizationType
+    shape: tuple[int, ...]  # GGUF order: innermost dimension first
+    n_elements: int
+    n_bytes: int
+    data: np.ndarray
+
+
 class GGUFSource:
-    """Reads a GGUF file's tensors by Hugging Face name, dequantized to float32 on demand."""
+    """Reads a GGUF file's tensors by Hugging Face name, dequantized to float32 on demand.
+
+    It keeps the file's memory map and a small table of tensors, not the gguf package's reader: the
+    reader holds every metadata array as many small numpy objects (~150 MB for a 49k vocabulary).
+    """
 
     def __init__(self, path: Path, reader: GGUFReader | None = None) -> None:
         self.path = path
-        self.reader = reader or open_reader(path)
-        self.args = args_from_gguf(self.reader)
-        self._tensors = {}
-        for t in self.reader.tensors:
+        reader = reader or open_reader(path)
+        self.args = args_from_gguf(reader)
+        self._map = reader.data
+        self._tensors: dict[str, _Tensor] = {}
+        for t in reader.tensors:
             name = hf_name(t.name)
             if name is not None:
-                self._tensors[name] = t
+                shape = tuple(int(d) for d in t.shape)
+                self._tensors[name] = _Tensor(t.name, t.tensor_type, shape, int(t.n_elements), int(t.n_bytes), t.data)
 
     def has(self, name: str) -> bool:
         return name in self._tensors
+
+    def release_pages(self) -> None:
+        """Drop the mapped file's pages from this process's resident set once the loaded shard holds
+        its own copies (they are clean: the kernel re-reads any page touched later)."""
+        import mmap
+
+        raw = getattr(self._map, "_mmap", None)
+        if raw is not None and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                raw.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):  # not every platform lets a read-only map be advised
+                pass
+
+    def row_reader(self, name: str) -> BlockRows | None:
+        """Rows of a block-quantized matrix decoded on demand from the mapped file (embedding lookups,
+        exact head logits), so a shard need not hold a second copy of the table; None for floats."""
+        t = self._tensors[name]
+        kind = t.tensor_type.name
+        if kind in FLOAT_TYPES or len(t.shape) != 2 or not (kind in KEPT_TYPES or kind in CONVERTED_TYPES):
+            return None
+        rows = int(t.shape[1])
+        offset = int(t.data.ctypes.data - self._map.ctypes.data)  # the tensor's place in the file
+        return BlockRows(self.path, kind, offset, t.n_bytes // rows, (rows, int(t.shape[0])))
 
     def kind(self, name: str) -> tuple[str, int] | None:
         """(GGUF type name, values) of a tensor by Hugging Face name (None if absent); a fused bias name

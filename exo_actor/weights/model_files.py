@@ -41,7 +41,12 @@ class ModelFiles:
         """Float32 weights of layers [start, end): reads only those layers' tensors. With `quantize`
         (q4 / q8), the float32 values of the weights quantized that way."""
         if quantize in (None, "none"):
-            return load_shard_weights(self.args, self.open_source(), start, end)
+            src = self.open_source()
+            weights = load_shard_weights(self.args, src, start, end)
+            release = getattr(src, "release_pages", None)
+            if release is not None:  # the float32 copies are made: the file's pages can go
+                release()
+            return weights
         return float_weights(self.args, load_shard_tensors(self.args, self.open_source(), start, end, quantize))
 
     def shard_tensors(self, start: int, end: int, quantize: str | None = None) -> ShardTensors:

@@ -86,9 +86,9 @@ def shard_bytes(
 ) -> int:
     """Bytes the weights of layers [start, end) (with the embedding / head at the ends) take on `engine`.
 
-    Quantized engines keep the embedding table as stored (rows are dequantized per lookup) and pack the
-    head for their kernels; torch also keeps the stored head for exact leading logits. Float engines
-    hold a tied table once.
+    Quantized engines pack the head for their kernels and read single rows of the embedding table (and,
+    on torch, of the head for exact leading logits) from the stored form: GGUF blocks stay in the mapped
+    file, other tables keep a copy. Float engines hold a tied table once.
     """
     layers = sum(_bytes(_layer_shapes(args, i), kinds, engine, quantize) for i in range(start, end))
     V, D = args.vocab_size, args.hidden_size
@@ -96,7 +96,7 @@ def shard_bytes(
     first, last = start == 0, end == args.num_hidden_layers
     embed = ("model.embed_tokens.weight", V * D, True)
     packed_head = _bytes([embed if tied else ("lm_head.weight", V * D, True)], kinds, engine, quantize)
-    stored = V * D * 1.25  # a table as held in the stored form (Q8_0-like: 1.125; 4-bit unpacked: 1.25)
+    stored = V * D * _table_rows_bytes(kinds("model.embed_tokens.weight"), quantize)
     tables = 0.0
     if engine in QUANTIZED_ENGINES:
         tables += (packed_head if last else 0) + (stored if first else 0)
@@ -106,6 +106,15 @@ def shard_bytes(
         tables += (packed_head if last else 0) + (packed_head if first and not (last and tied) else 0)
     final_norm = 4 * D if last else 0
     return int(layers + tables + final_norm)
+
+
+def _table_rows_bytes(known: tuple[str, int] | None, quantize: str | None) -> float:
+    """Bytes per value of the copy a quantized engine reads single table rows from: none for GGUF blocks
+    left in the mapped file, the quantized form (~1.25) for --quantize q4/q8, float32 otherwise."""
+    kind = known[0] if known else "F16"
+    if quantize is None and kind not in _FLOAT:
+        return 0.0
+    return 1.25 if quantize in ("q4", "q8") else 4.0
 
 
 def layer_bytes(args: ModelArgs, kinds: Kinds, engine: str, quantize: str | None = None) -> int:
