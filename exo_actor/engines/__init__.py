@@ -43,8 +43,10 @@ def limit_threads(threads: int) -> None:
 
     threadpool_limits(threads, user_api="blas")
     _thread_limit[:] = [threads]
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
+    # torch may be half-imported by the compute thread right now: then TorchEngine applies the limit
+    set_threads = getattr(sys.modules.get("torch"), "set_num_threads", None)
+    if set_threads is not None:
+        set_threads(threads)
 
 
 def thread_limit() -> int | None:
