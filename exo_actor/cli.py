@@ -483,7 +483,12 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
         help="q4 / q8: quantize float weights at load (4-bit affine / 8-bit groups of 32); none: all float; "
         "default: as stored (GGUF blocks stay quantized)",
     )
-    p.add_argument("--device", choices=DEVICES, default="cpu", help="the torch engine's device (cpu)")
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="the torch engine's device: auto (default: CUDA or MPS when torch sees one, else cpu), cpu, cuda, mps",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

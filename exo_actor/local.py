@@ -23,7 +23,7 @@ def load_local(
     shards: int = 1,
     progress: Progress | None = None,
     quantize: str | None = None,
-    device: str = "cpu",
+    device: str = "auto",
 ) -> tuple[ModelFiles, LocalPipeline]:
     """Open a model (registry name, path or Hub repo id; downloaded if missing) and load it as
     `shards` chained shards."""

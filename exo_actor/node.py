@@ -39,7 +39,7 @@ class NodeConfig:
     model: str = "smollm2-135m"
     engine: str = "numpy"
     quantize: str | None = None  # None: weights as stored; q4 / q8 / none (weights.base.load_shard_tensors)
-    device: str = "cpu"  # the torch engine's device
+    device: str = "auto"  # the torch engine's device (auto: a GPU torch sees, else the CPU)
     max_concurrent: int = 8
     address: str = ""
     draft_model: str | None = None  # speculative decoding: ngram, NAME or NAME:layers=K (None: off)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from exo_actor.registry import load_registry, local_path
 # without --engine use the exact float32 numpy reference, whose outputs the tests compare bit for bit;
 # the torch engine's tests name it explicitly.
 os.environ.setdefault("EXO_ACTOR_ENGINE", "numpy")
+# The torch engine's packed-weights cache goes to a folder of this run, not the user's $EXO_HOME.
+os.environ.setdefault("EXO_ACTOR_CACHE", tempfile.mkdtemp(prefix="exo-actor-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from ..errors import InvalidRequestError
 from .base import Engine, EngineUnavailableError, Pass, ShardRunner
 
 ENGINES = ("torch", "numpy", "mlx", "tinygrad")
-DEVICES = ("cpu", "cuda", "mps")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def resolve_engine(name: str) -> str:
@@ -68,21 +68,35 @@ def _tinygrad_has_gpu() -> bool:
         return False
 
 
-def get_engine(name: str, quantize: str | None = None, device: str = "cpu") -> Engine:
+def _torch_device(device: str) -> str:
+    if device != "auto":
+        return device
+    try:
+        import torch
+    except ImportError:
+        return "cpu"  # TorchEngine then names the missing extra
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
+
+def get_engine(name: str, quantize: str | None = None, device: str = "auto") -> Engine:
     """The engine called `name` (`auto`: see resolve_engine).
 
     quantize: None keeps weights as stored; "q4" / "q8" quantize float checkpoints at load; "none"
-    dequantizes everything (see weights.base.load_shard_tensors). device: the torch engine's device.
+    dequantizes everything (see weights.base.load_shard_tensors). device: the torch engine's device
+    (`auto`: a CUDA or MPS device when torch sees one, else the CPU).
     """
     name = resolve_engine(name)
-    if device != "cpu" and name != "torch":
+    if device not in ("auto", "cpu") and name != "torch":
         raise InvalidRequestError(f"--device {device} needs the torch engine (--engine torch)")
     if device not in DEVICES:
         raise InvalidRequestError(f"unknown device {device!r} (available: {', '.join(DEVICES)})")
     if name == "torch":
         from .torch_engine import TorchEngine
 
-        return TorchEngine(device, quantize)
+        return TorchEngine(_torch_device(device), quantize)
     if name == "mlx":
         from .mlx_engine import MlxEngine
 

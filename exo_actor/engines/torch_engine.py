@@ -26,10 +26,6 @@ from .base import CachePositionError, Pass, RequestCaches, require_module
 from .torch_linear import QLinear
 
 _GROW = 256
-# Passes of up to this many positions (speculative verification, short prompts) attend row by row, so
-# each row's numbers are exactly those of a one-token decode step at its position (the weight kernels
-# are row-independent too): speculative greedy output is then identical to plain greedy output.
-_ROW_ATTENTION = 16
 _REFINE = 32  # leading logits per position recomputed in float32 (see TorchShardRunner._refine)
 
 
@@ -67,24 +63,48 @@ class _Layer:
             bq, bk, bv = np.split(lt.bqkv, [H * hd, (H + KV) * hd])
             self.bqkv = f32(np.concatenate([_interleave(bq, H, scale), _interleave(bk, KV), bv]))
         q, k = _interleave(lt.q, H, scale), _interleave(lt.k, KV)
-        self.qkv = _fuse([q, k, lt.v], device)
-        self.o = QLinear(lt.o, device)
-        self.gate_up = _fuse([lt.gate, lt.up], device)
-        self.down = QLinear(lt.down, device)
+        self.qkv, self.gate_up = _fuse([q, k, lt.v], device), _fuse([lt.gate, lt.up], device)
+        self.o, self.down = QLinear(lt.o, device), QLinear(lt.down, device)
+        self._build(args)
 
-    @property
-    def nbytes(self) -> int:
+    @classmethod
+    def from_state(cls, state: dict[str, Any], args: ModelArgs, device: str) -> _Layer:
+        """A layer rebuilt from state() (the packed-weights cache) without packing."""
+        self = cls.__new__(cls)
+        self.attn_norm, self.ffn_norm, self.bqkv = state["attn_norm"], state["ffn_norm"], state["bqkv"]
+        self.qkv = [QLinear.from_state(s, device) for s in state["qkv"]]
+        self.gate_up = [QLinear.from_state(s, device) for s in state["gate_up"]]
+        self.o, self.down = QLinear.from_state(state["o"], device), QLinear.from_state(state["down"], device)
+        self._build(args)
+        return self
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "attn_norm": self.attn_norm,
+            "ffn_norm": self.ffn_norm,
+            "bqkv": self.bqkv,
+            "qkv": [p.state() for p in self.qkv],
+            "o": self.o.state(),
+            "gate_up": [p.state() for p in self.gate_up],
+            "down": self.down.state(),
+        }
+
+    def _build(self, args: ModelArgs) -> None:
+        from . import torch_model  # imports torch: only once the engine is chosen
+
         linears = [*self.qkv, self.o, *self.gate_up, self.down]
         vectors = [self.attn_norm, self.ffn_norm] + ([] if self.bqkv is None else [self.bqkv])
-        return sum(l.nbytes for l in linears) + sum(v.numel() * 4 for v in vectors)
-
-
-def _run(parts: list[QLinear], x: Any) -> Any:
-    if len(parts) == 1:
-        return parts[0](x)
-    import torch
-
-    return torch.cat([p(x) for p in parts], dim=-1)
+        self.nbytes = sum(l.nbytes for l in linears) + sum(v.numel() * 4 for v in vectors)
+        shape = (args.num_attention_heads, args.num_key_value_heads, args.dim_head, float(args.rms_norm_eps))
+        self.module = torch_model.Layer(
+            (self.attn_norm, self.ffn_norm),
+            self.bqkv,
+            torch_model.Fused([p.module() for p in self.qkv]),
+            self.o.module(),
+            torch_model.Fused([p.module() for p in self.gate_up]),
+            self.down.module(),
+            shape,
+        )
 
 
 class _Cache:
@@ -99,7 +119,16 @@ class _Cache:
 class TorchShardRunner(RequestCaches):
     """Layers [start, end) on torch with quantized weights, one KV cache per request."""
 
-    def __init__(self, args: ModelArgs, start: int, end: int, tensors: ShardTensors, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        args: ModelArgs,
+        start: int,
+        end: int,
+        tensors: ShardTensors,
+        device: str = "cpu",
+        packed: dict[str, Any] | None = None,
+    ) -> None:
+        """`packed`: a state() from the packed-weights cache (then `tensors` needs only the tables)."""
         import torch
 
         self.t, self.args, self.device = torch, args, device
@@ -107,18 +136,31 @@ class TorchShardRunner(RequestCaches):
         self.is_first, self.is_last = start == 0, end == args.num_hidden_layers
         self.H, self.KV, self.hd = args.num_attention_heads, args.num_key_value_heads, args.dim_head
         self.eps = float(args.rms_norm_eps)
-        self.layers = [_Layer(torch, lt, args, device) for lt in tensors.layers]
+        if packed is not None:
+            layers = [_Layer.from_state(s, args, device) for s in packed["layers"]]
+        else:
+            layers = [_Layer(torch, lt, args, device) for lt in tensors.layers]
+        self._layers = layers
+        self.layers_count = len(layers)
+        from . import torch_model
+
+        self.row_attention = torch_model.ROW_ATTENTION
+        self.model = torch_model.script(torch_model.Shard([l.module for l in layers], self.eps))
         self.embed_table = tensors.embed_rows  # looked up on the host (numpy), rows dequantized on demand
         self.final_norm = None
         self.head: QLinear | None = None
         if self.is_last:
-            assert tensors.final_norm is not None and tensors.head is not None
+            assert tensors.final_norm is not None and tensors.head_rows is not None
             self.final_norm = torch.from_numpy(np.array(tensors.final_norm, dtype=np.float32)).to(device)
-            self.head = QLinear(tensors.head, device)
+            if packed is not None:
+                self.head = QLinear.from_state(packed["head"], device)
+            else:
+                assert tensors.head is not None
+                self.head = QLinear(tensors.head, device)
             self.head_rows = tensors.head_rows  # as stored: leading logits are recomputed from it (_refine)
         # the head is held twice: packed for the kernel, and as stored for _refine (a tied table's stored
         # form also serves the first shard's lookups)
-        self._bytes = sum(l.nbytes for l in self.layers) + (self.head.nbytes if self.head else 0)
+        self._bytes = sum(l.nbytes for l in layers) + (self.head.nbytes if self.head else 0)
         if self.embed_table is not None:
             self._bytes += int(self.embed_table.nbytes)
         if self.is_last and self.head_rows is not self.embed_table:
@@ -131,6 +173,10 @@ class TorchShardRunner(RequestCaches):
     @property
     def weight_bytes(self) -> int:
         return self._bytes
+
+    def packed_state(self) -> dict[str, Any]:
+        """The packed weights, for the cache (torch_cache)."""
+        return {"layers": [l.state() for l in self._layers], "head": self.head.state() if self.head else None}
 
     # --- inputs ------------------------------------------------------------------------------------
     def _embed(self, tokens: np.ndarray) -> Any:
@@ -166,7 +212,7 @@ class TorchShardRunner(RequestCaches):
             raise CachePositionError(f"request {request_id}: position {start_pos} skips past cached {cache.length}")
         if end > cache.capacity:
             cap = min(self.args.max_position_embeddings, -(-max(end, 2 * cache.capacity) // _GROW) * _GROW)
-            shape = (len(self.layers), self.KV, cap, self.hd)
+            shape = (self.layers_count, self.KV, cap, self.hd)
             k = self.t.empty(shape, dtype=self.t.float32, device=self.device)
             v = self.t.empty(shape, dtype=self.t.float32, device=self.device)
             if cache.length:
@@ -183,10 +229,10 @@ class TorchShardRunner(RequestCaches):
             T, end = h.shape[0], start_pos + len(x)
             freqs = self._freqs(end)[start_pos:end]
             mask = None
-            if T > 1:  # query t (position start_pos + t) sees keys 0 .. start_pos + t
+            if T > self.row_attention:  # query t (position start_pos + t) sees keys 0 .. start_pos + t
                 mask = self.t.ones(T, end, dtype=self.t.bool, device=self.device).tril(start_pos)
-            for i, layer in enumerate(self.layers):
-                h = self._layer(h, layer, cache, i, start_pos, end, freqs, mask)
+            if self.layers_count:
+                h = self.model(h, cache.k, cache.v, start_pos, freqs, mask)
             cache.length = end
             return self._output(h[T - num_logits :] if self.is_last else h)
 
@@ -221,8 +267,7 @@ class TorchShardRunner(RequestCaches):
         with t.inference_mode():
             h = self._input(x)
             freqs = self._freqs(max(positions) + 1)[t.tensor(positions, device=self.device)]
-            for i, layer in enumerate(self.layers):
-                h = self._layer_rows(h, layer, caches, i, positions, freqs)
+            h = self.model.forward_rows(h, [c.k for c in caches], [c.v for c in caches], positions, freqs)
             for cache, p in zip(caches, positions):
                 cache.length = p + 1
             return self._output(h)
@@ -231,7 +276,7 @@ class TorchShardRunner(RequestCaches):
         if not self.is_last:
             return h.cpu().numpy()
         assert self.head is not None
-        hn = self._norm32(h, self.final_norm)
+        hn = self.model.norm32(h, self.final_norm)
         logits = self.head(hn.to(self.t.bfloat16)).float()
         top = logits.topk(min(_REFINE, logits.shape[-1]), dim=-1, sorted=False).indices
         return self._refine(logits.cpu().numpy(), hn.cpu().numpy(), top.cpu().numpy())
@@ -251,82 +296,6 @@ class TorchShardRunner(RequestCaches):
         np.put_along_axis(logits, top, exact, axis=-1)
         return logits
 
-    # --- layers --------------------------------------------------------------------------------------
-    # Decode is dominated by per-operation overhead once the weight products run at memory speed, so
-    # each layer is written with as few torch calls as it takes: RMSNorm in four, RoPE as one complex
-    # product (q/k rows are put in llama.cpp's interleaved-pair order at load, see _Layer), the softmax
-    # scale folded into the q rows, and a plain three-call attention for single-token rows.
-    def _norm32(self, x: Any, w: Any) -> Any:
-        r = x.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()
-        return (x * r).mul_(w)
-
-    def _norm(self, x: Any, w: Any) -> Any:
-        """RMSNorm in float32, returned as the bfloat16 input of a weight product."""
-        return self._norm32(x, w).to(self.t.bfloat16)
-
-    def _qk_rope(self, qkv: Any, T: int, freqs: Any) -> tuple[Any, Any, Any]:
-        """qkv [T, (H + 2KV) * hd] float32 -> q [H, T, hd], k and v [KV, T, hd] with q and k rotated."""
-        t, H, KV, hd = self.t, self.H, self.KV, self.hd
-        n = (H + KV) * hd
-        pairs = t.view_as_complex(qkv[:, :n].reshape(T, H + KV, hd // 2, 2))
-        qk = t.view_as_real(pairs * freqs).reshape(T, H + KV, hd).transpose(0, 1)
-        v = qkv[:, n:].view(T, KV, hd).transpose(0, 1)
-        return qk[:H], qk[H:], v
-
-    def _qkv(self, h: Any, layer: _Layer) -> Any:
-        qkv = _run(layer.qkv, self._norm(h, layer.attn_norm)).float()
-        if layer.bqkv is not None:
-            qkv += layer.bqkv
-        return qkv
-
-    def _mlp(self, h: Any, layer: _Layer) -> None:
-        gate_up = _run(layer.gate_up, self._norm(h, layer.ffn_norm))
-        F = gate_up.shape[-1] // 2
-        act = self.t.nn.functional.silu(gate_up[:, :F]).mul_(gate_up[:, F:])
-        h += layer.down(act)
-
-    def _attend_one(self, q: Any, k: Any, v: Any) -> Any:
-        """One query row per head: q [H, 1, hd] (pre-scaled), k, v [KV, L, hd] -> [H * hd]."""
-        KV = k.shape[0]
-        s = self.t.matmul(q.reshape(KV, -1, self.hd), k.transpose(1, 2)).softmax(-1)  # [KV, G, L]
-        return self.t.matmul(s, v).reshape(-1)
-
-    def _layer(self, h: Any, layer: _Layer, cache: _Cache, i: int, start: int, end: int, freqs, mask) -> Any:
-        t, T = self.t, h.shape[0]
-        q, k, v = self._qk_rope(self._qkv(h, layer), T, freqs)
-        cache.k[i, :, start:end] = k
-        cache.v[i, :, start:end] = v
-        keys, values = cache.k[i, :, :end], cache.v[i, :, :end]
-        if T == 1:
-            attn = self._attend_one(q, keys, values)[None]
-        elif T <= _ROW_ATTENTION:  # a speculative verification block: each row exactly as a decode step
-            attn = t.stack(
-                [
-                    self._attend_one(q[:, r : r + 1], keys[:, : start + r + 1], values[:, : start + r + 1])
-                    for r in range(T)
-                ]
-            )
-        else:
-            o = t.nn.functional.scaled_dot_product_attention(
-                q[None], keys[None], values[None], attn_mask=mask, scale=1.0, enable_gqa=True
-            )  # [1, H, T, hd]
-            attn = o[0].transpose(0, 1).reshape(T, -1)
-        h = h + layer.o(attn.to(t.bfloat16))
-        self._mlp(h, layer)
-        return h
-
-    def _layer_rows(self, h: Any, layer: _Layer, caches: list[_Cache], i: int, positions: list[int], freqs) -> Any:
-        t, B = self.t, h.shape[0]
-        q, k, v = self._qk_rope(self._qkv(h, layer), B, freqs)
-        attn = t.empty(B, self.H * self.hd, dtype=t.float32, device=self.device)
-        for b, (cache, p) in enumerate(zip(caches, positions)):
-            cache.k[i, :, p] = k[:, b]
-            cache.v[i, :, p] = v[:, b]
-            attn[b] = self._attend_one(q[:, b : b + 1], cache.k[i, :, : p + 1], cache.v[i, :, : p + 1])
-        h = h + layer.o(attn.to(t.bfloat16))
-        self._mlp(h, layer)
-        return h
-
 
 class TorchEngine:
     """4/8-bit weights on torch's CPU kernels (`pip install 'exo-actor[torch]'`)."""
@@ -344,5 +313,13 @@ class TorchEngine:
             torch.set_num_threads(threads)
 
     def load_shard(self, model: ModelFiles, start: int, end: int) -> TorchShardRunner:
-        tensors = model.shard_tensors(start, end, self.quantize)
-        return TorchShardRunner(model.args, start, end, tensors, self.device)
+        from . import torch_cache
+
+        where = torch_cache.cache_path(model.path, start, end, self.quantize, self.device)
+        packed = torch_cache.load(where)
+        if packed is not None:  # only the tables are read from the model; the layers come packed
+            tables = model.shard_tensors(start, end, self.quantize, layers=False)
+            return TorchShardRunner(model.args, start, end, tables, self.device, packed)
+        runner = TorchShardRunner(model.args, start, end, model.shard_tensors(start, end, self.quantize), self.device)
+        torch_cache.save(where, runner.packed_state())
+        return runner

@@ -66,11 +66,46 @@ class QLinear:
             dense = w.dequantize() if isinstance(w, QuantizedTensor) else np.asarray(w, dtype=np.float32)
             self.dense = torch.from_numpy(dense).to(device=device, dtype=torch.bfloat16).contiguous()
 
+    def state(self) -> dict[str, Any]:
+        """Everything the product needs, as tensors and numbers (the packed-weights cache saves it)."""
+        return {
+            "packed": [p.packed for p in self.planes],
+            "scales_zeros": [p.scales_zeros for p in self.planes],
+            "group": self.group,
+            "dense": self.dense,
+            "shape": [self.out_features, self.in_features],
+            "padded": self.padded,
+            "kind": self.kind,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: str = "cpu") -> QLinear:
+        """A product rebuilt from state() without packing anything."""
+        self = cls.__new__(cls)
+        self.out_features, self.in_features = (int(x) for x in state["shape"])
+        self.device, self.kind = device, state["kind"]
+        self.group, self.padded = int(state["group"]), int(state["padded"])
+        self.dense = state["dense"]
+        self.planes = [_Plane(p, sz) for p, sz in zip(state["packed"], state["scales_zeros"])]
+        return self
+
     @property
     def nbytes(self) -> int:
         if self.dense is not None:
             return int(self.dense.numel() * self.dense.element_size())
         return sum(int(p.packed.numel() * p.packed.element_size() + p.scales_zeros.numel() * 2) for p in self.planes)
+
+    def module(self) -> Any:
+        """The same product as a TorchScript-able module (torch_model.QLinear)."""
+        from .torch_model import QLinear as Module
+
+        return Module(
+            [p.packed for p in self.planes],
+            [p.scales_zeros for p in self.planes],
+            self.group,
+            self.dense,
+            self.out_features,
+        )
 
     def __call__(self, x: Any) -> Any:
         """x: [T, in] bfloat16 -> [T, out] bfloat16."""

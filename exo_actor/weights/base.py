@@ -152,7 +152,7 @@ def _stored(src: TensorSource, name: str, shape: tuple[int, ...], quantize: str 
 
 
 def load_shard_tensors(
-    args: ModelArgs, src: TensorSource, start: int, end: int, quantize: str | None = None
+    args: ModelArgs, src: TensorSource, start: int, end: int, quantize: str | None = None, layers: bool = True
 ) -> ShardTensors:
     """Layers [start, end) (plus embedding / head at the ends) as stored, or converted by `quantize`
     (None: as stored; "q4" / "q8": float matrices quantized to 4-bit affine / 8-bit symmetric groups
@@ -161,8 +161,8 @@ def load_shard_tensors(
         raise WeightsError(f"unknown quantization {quantize!r} (choose {', '.join(QUANTIZE_CHOICES)})")
     D, F, V, hd = args.hidden_size, args.intermediate_size, args.vocab_size, args.dim_head
     H, KV = args.num_attention_heads, args.num_key_value_heads
-    layers = []
-    for i in range(start, end):
+    out_layers = []
+    for i in range(start, end) if layers else ():
         p = f"model.layers.{i}."
 
         def get(n: str, shape: tuple[int, ...], p: str = p) -> Weight:
@@ -173,7 +173,7 @@ def load_shard_tensors(
             bias = np.concatenate(
                 [_get(src, p + f"self_attn.{n}_proj.bias", (m * hd,)) for n, m in (("q", H), ("k", KV), ("v", KV))]
             )
-        layers.append(
+        out_layers.append(
             LayerTensors(
                 attn_norm=_get(src, p + "input_layernorm.weight", (D,)),
                 q=get("self_attn.q_proj.weight", (H * hd, D)),
@@ -187,7 +187,7 @@ def load_shard_tensors(
                 down=get("mlp.down_proj.weight", (D, F)),
             )
         )
-    out = ShardTensors(layers=layers)
+    out = ShardTensors(layers=out_layers)
     is_first, is_last = start == 0, end == args.num_hidden_layers
     tied = args.tie_word_embeddings or not src.has("lm_head.weight")
     if is_last:

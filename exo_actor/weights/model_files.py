@@ -49,10 +49,11 @@ class ModelFiles:
             return weights
         return float_weights(self.args, load_shard_tensors(self.args, self.open_source(), start, end, quantize))
 
-    def shard_tensors(self, start: int, end: int, quantize: str | None = None) -> ShardTensors:
+    def shard_tensors(self, start: int, end: int, quantize: str | None = None, layers: bool = True) -> ShardTensors:
         """Weights of layers [start, end) as stored (block-quantized tensors kept so), or converted by
-        `quantize` (q4 / q8 / none): what quantized engines load."""
-        return load_shard_tensors(self.args, self.open_source(), start, end, quantize)
+        `quantize` (q4 / q8 / none): what quantized engines load. layers=False: only the embedding / head
+        tables and the final norm (an engine with the layers from its own cache)."""
+        return load_shard_tensors(self.args, self.open_source(), start, end, quantize, layers)
 
 
 def _open_gguf(path: Path) -> ModelFiles:

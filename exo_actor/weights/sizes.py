@@ -81,9 +81,7 @@ def _bytes(entries: list[tuple[str, int, bool]], kinds: Kinds, engine: str, quan
     return int(total)
 
 
-def shard_bytes(
-    args: ModelArgs, kinds: Kinds, start: int, end: int, engine: str, quantize: str | None = None
-) -> int:
+def shard_bytes(args: ModelArgs, kinds: Kinds, start: int, end: int, engine: str, quantize: str | None = None) -> int:
     """Bytes the weights of layers [start, end) (with the embedding / head at the ends) take on `engine`.
 
     Quantized engines pack the head for their kernels and read single rows of the embedding table (and,

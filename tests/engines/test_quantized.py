@@ -165,3 +165,54 @@ def test_device_flags_are_checked():
         get_engine("numpy", device="cuda")
     with pytest.raises(InvalidRequestError, match="unknown device 'tpu'"):
         get_engine("torch", device="tpu")
+
+
+def test_torchscript_and_eager_modules_compute_the_same(tiny_q, monkeypatch):
+    """The torch engine's shard runs under TorchScript; where that is unavailable the same module runs
+    eagerly (torch_model.script falls back): both give the same numbers."""
+    require("torch")
+    from exo_actor.engines import torch_model
+
+    files, _ = tiny_q
+    scripted = get_engine("torch").load_shard(files, 0, 4)
+    assert scripted.model.__class__.__name__ == "RecursiveScriptModule"
+    monkeypatch.setattr(torch_model.torch.jit, "script", lambda m: (_ for _ in ()).throw(RuntimeError("no jit")))
+    eager = get_engine("torch").load_shard(files, 0, 4)
+    assert isinstance(eager.model, torch_model.Shard)
+    prompt = np.array([5, 9, 13, 2, 7])
+    np.testing.assert_allclose(eager.forward("r", prompt, 0, 5), scripted.forward("r", prompt, 0, 5), rtol=0, atol=1e-5)
+    out = [r.forward_batch([Pass("r", np.array([3]), 5)])[0] for r in (eager, scripted)]
+    np.testing.assert_allclose(out[0], out[1], rtol=0, atol=1e-5)
+
+
+def test_packed_weights_are_cached_on_disk_and_reused(tiny_q, tmp_path, monkeypatch, caplog):
+    require("torch")
+    from exo_actor.engines import torch_linear
+
+    files, _ = tiny_q
+    monkeypatch.setenv("EXO_ACTOR_CACHE", str(tmp_path / "cache"))
+    first = get_engine("torch").load_shard(files, 1, 4)
+    cached = list((tmp_path / "cache").glob("*.pt"))
+    assert len(cached) == 1
+    prompt = np.random.default_rng(0).standard_normal((3, files.args.hidden_size)).astype(np.float32)
+    want = first.forward("r", prompt, 0, 3)
+
+    def no_packing(*args, **kwargs):
+        raise AssertionError("packed again although the cache holds this shard")
+
+    with monkeypatch.context() as m:
+        m.setattr(torch_linear.QLinear, "__init__", no_packing)
+        again = get_engine("torch").load_shard(files, 1, 4)
+    np.testing.assert_array_equal(again.forward("r", prompt, 0, 3), want)
+    assert again.weight_bytes == first.weight_bytes
+    get_engine("torch").load_shard(files, 0, 2)  # another layer range: its own entry
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+
+    cached[0].write_bytes(b"not a torch file")  # damaged: packed again, with a warning
+    np.testing.assert_array_equal(get_engine("torch").load_shard(files, 1, 4).forward("r", prompt, 0, 3), want)
+    assert "unreadable" in caplog.text
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("EXO_ACTOR_CACHE", str(blocker / "sub"))  # cannot be created: a warning, no failure
+    np.testing.assert_array_equal(get_engine("torch").load_shard(files, 1, 4).forward("r", prompt, 0, 3), want)
+    assert "cannot cache packed weights" in caplog.text
