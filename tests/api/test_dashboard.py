@@ -62,7 +62,7 @@ def test_dashboard_shows_the_ring_and_streams_a_chat_reply(browser, speculative_
     cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
     assert cells[2] == "torch" and cells[5] == "0-29" and "GiB" in cells[3]
     held = float(cells[4].removesuffix(" MiB"))  # the weights as the engine holds them: 4/8-bit, not float32
-    assert 100 < held < 200, cells
+    assert 80 < held < 150, cells  # SmolLM2 Q4_1: ~97 MiB on torch, 513 MiB as float32
     ring_label = browser.find_element(By.CSS_SELECTOR, "#ring text.layers")
     assert ring_label.text == "layers 0-29"
 
