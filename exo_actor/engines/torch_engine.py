@@ -277,9 +277,10 @@ class TorchShardRunner(RequestCaches):
             return h.cpu().numpy()
         assert self.head is not None
         hn = self.model.norm32(h, self.final_norm)
-        logits = self.head(hn.to(self.t.bfloat16)).float()
-        top = logits.topk(min(_REFINE, logits.shape[-1]), dim=-1, sorted=False).indices
-        return self._refine(logits.cpu().numpy(), hn.cpu().numpy(), top.cpu().numpy())
+        logits = self.head(hn.to(self.t.bfloat16)).float().cpu().numpy()
+        k = min(_REFINE, logits.shape[-1])
+        top = np.argpartition(logits, -k, axis=-1)[:, -k:]  # ~60 us for 49k logits (torch.topk: ~350 us)
+        return self._refine(logits, hn.cpu().numpy(), top)
 
     def _refine(self, logits: np.ndarray, hn: np.ndarray, top: np.ndarray) -> np.ndarray:
         """Recompute each row's leading logits (`top`: the kernel's _REFINE best) in float32 from the
