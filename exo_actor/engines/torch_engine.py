@@ -232,7 +232,8 @@ class TorchShardRunner(RequestCaches):
             if T > self.row_attention:  # query t (position start_pos + t) sees keys 0 .. start_pos + t
                 mask = self.t.ones(T, end, dtype=self.t.bool, device=self.device).tril(start_pos)
             if self.layers_count:
-                h = self.model(h, cache.k, cache.v, start_pos, freqs, mask)
+                with self.t.jit.optimized_execution(False):  # see torch_model.script
+                    h = self.model(h, cache.k, cache.v, start_pos, freqs, mask)
             cache.length = end
             return self._output(h[T - num_logits :] if self.is_last else h)
 
@@ -267,7 +268,8 @@ class TorchShardRunner(RequestCaches):
         with t.inference_mode():
             h = self._input(x)
             freqs = self._freqs(max(positions) + 1)[t.tensor(positions, device=self.device)]
-            h = self.model.forward_rows(h, [c.k for c in caches], [c.v for c in caches], positions, freqs)
+            with t.jit.optimized_execution(False):  # see torch_model.script
+                h = self.model.forward_rows(h, [c.k for c in caches], [c.v for c in caches], positions, freqs)
             for cache, p in zip(caches, positions):
                 cache.length = p + 1
             return self._output(h)

@@ -192,7 +192,11 @@ class Shard(nn.Module):
 def script(shard: Shard) -> Any:
     """The shard compiled by TorchScript, or the same module run eagerly where this torch cannot script it
     (torch 2.13 marks `torch.jit.script` deprecated in favour of torch.compile, which was measured here:
-    58 s to compile, one recompilation per layer, no faster decode)."""
+    58 s to compile, one recompilation per layer, no faster decode).
+
+    Callers run it under `torch.jit.optimized_execution(False)`: the profiling executor's optimized graphs
+    were no faster here and held ~70-120 MB more per process (one specialization per pass shape).
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
