@@ -192,16 +192,20 @@ def load_shard_tensors(
     tied = args.tie_word_embeddings or not src.has("lm_head.weight")
     if is_last:
         out.final_norm = _get(src, "model.norm.weight", (D,))
-        out.head = _stored(src, "model.embed_tokens.weight" if tied else "lm_head.weight", (V, D), quantize)
-    if is_first:
-        out.embed = out.head if tied and is_last else _stored(src, "model.embed_tokens.weight", (V, D), quantize)
+    head_name = "model.embed_tokens.weight" if tied else "lm_head.weight"
     row_reader = getattr(src, "row_reader", None) if quantize is None else None
-    for table, attr, name in (
-        (out.embed, "embed_rows", "model.embed_tokens.weight"),
-        (out.head, "head_rows", "model.embed_tokens.weight" if tied else "lm_head.weight"),
+    for wanted, attr, rows_attr, name in (
+        (is_last, "head", "head_rows", head_name),
+        (is_first, "embed", "embed_rows", "model.embed_tokens.weight"),
     ):
-        if table is not None:
-            setattr(out, attr, (row_reader(name) if row_reader else None) or _row_view(table))
+        if not wanted:
+            continue
+        rows = row_reader(name) if row_reader else None
+        if layers or rows is None:  # the whole table (layers=False with a row reader: rows only)
+            table = out.head if attr == "embed" and tied and is_last else _stored(src, name, (V, D), quantize)
+            setattr(out, attr, table)
+            rows = rows or _row_view(table)
+        setattr(out, rows_attr, rows)
     release = getattr(src, "release_pages", None)
     if release is not None:
         release()
