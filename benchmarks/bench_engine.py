@@ -115,14 +115,15 @@ class LlamaCppRunner:
 
     name = "llama.cpp (llama-cpp-python, Q4_1 as shipped)"
 
-    def __init__(self, prompt: list[int]) -> None:
+    def __init__(self, prompt: list[int], threads: int | None = None) -> None:
         from llama_cpp import Llama
 
         from exo_actor.registry import load_registry, local_path
 
         path = local_path(load_registry()["smollm2-135m"])
         assert path is not None
-        self.llm = Llama(model_path=str(path), n_ctx=2048, n_threads=os.cpu_count() or 1, verbose=False)
+        n = threads or os.cpu_count() or 1
+        self.llm = Llama(model_path=str(path), n_ctx=2048, n_threads=n, n_threads_batch=n, verbose=False)
         self.prompt = list(prompt)
 
     def _complete(self, prompt: list[int], n: int) -> tuple[float, int]:

@@ -35,6 +35,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from benchmarks.bench_engine import LlamaCppRunner  # noqa: E402
 from benchmarks.report import write_report  # noqa: E402
 from exo_actor.engines import get_engine  # noqa: E402
 from exo_actor.engines.base import Pass  # noqa: E402
@@ -114,31 +115,6 @@ class Engine:
         return best
 
 
-class LlamaCpp:
-    """llama.cpp through llama-cpp-python, on the GGUF as shipped."""
-
-    def __init__(self, prompt: list[int], threads: int) -> None:
-        from llama_cpp import Llama
-
-        self.llm = Llama(model_path=str(_gguf()), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
-        self.prompt = list(prompt)
-
-    def _complete(self, prompt: list[int], n: int) -> tuple[float, int]:
-        self.llm.reset()
-        t = time.perf_counter()
-        out = self.llm.create_completion(prompt=prompt, max_tokens=n, temperature=0.0, top_k=1)
-        return time.perf_counter() - t, int(out["usage"]["completion_tokens"])
-
-    def decode(self, n: int) -> float:
-        first, _ = self._complete(self.prompt, 1)
-        total, got = self._complete(self.prompt, n + 1)
-        return (got - 1) / max(total - first, 1e-9)
-
-    def prefill(self, ids: np.ndarray) -> float:
-        seconds, _ = self._complete([int(i) for i in ids], 1)
-        return len(ids) / seconds
-
-
 def load_seconds() -> list[float]:
     """Seconds to load the whole model on the torch engine in a fresh process: first with an empty
     packed-weights cache (reading, packing and saving), then from that cache."""
@@ -195,10 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     torch_e, numpy_e = Engine("torch"), Engine("numpy")
-    llama: dict[int, LlamaCpp] = {}
+    llama: dict[int, LlamaCppRunner] = {}
     note = ""
     try:
-        llama = {t: LlamaCpp(torch_e.prompt, t) for t in (1, 2)}
+        llama = {t: LlamaCppRunner(torch_e.prompt, t) for t in (1, 2)}
     except ImportError:
         note = "llama-cpp-python is not installed: llama.cpp rows skipped (see the README to build it)"
         log.warning(note)
