@@ -179,7 +179,7 @@ class Shard(nn.Module):
     ) -> Tensor:
         i = 0
         for layer in self.layers:
-            h = layer.forward_rows(h, [k[i] for k in kcs], [v[i] for v in vcs], positions, freqs)
+            h = layer.forward_rows(h, [k[i] for k in kcs], [v[i] for v in vcs], positions, freqs)  # type: ignore[operator]
             i += 1
         return h
 

@@ -203,6 +203,7 @@ def load_shard_tensors(
         rows = row_reader(name) if row_reader else None
         if layers or rows is None:  # the whole table (layers=False with a row reader: rows only)
             table = out.head if attr == "embed" and tied and is_last else _stored(src, name, (V, D), quantize)
+            assert table is not None
             setattr(out, attr, table)
             rows = rows or _row_view(table)
         setattr(out, rows_attr, rows)

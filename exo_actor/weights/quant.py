@@ -182,6 +182,8 @@ def _k_scales(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _decode(kind: str, b: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray | None]:
     """Blocks [n, bytes] -> (bits, group, q [n, values], scale [n, groups], offset or None)."""
     n = b.shape[0]
+    q: np.ndarray
+    high: np.ndarray
     if kind == "Q8_0":
         return 8, 32, b[:, 2:].view(np.int8), _f16(b[:, :2]), None
     if kind in ("Q4_0", "Q4_1"):
