@@ -106,9 +106,6 @@ class LayerTensors:
     up: Weight
     down: Weight
 
-    def matrices(self) -> tuple[Weight, ...]:
-        return (self.q, self.k, self.v, self.o, self.gate, self.up, self.down)
-
 
 @dataclass
 class ShardTensors:
@@ -123,11 +120,6 @@ class ShardTensors:
     # the mapped file itself for GGUF blocks (weights.gguf_source.BlockRows), else the tensor
     embed_rows: Any = None
     head_rows: Any = None
-
-
-def weight_bytes(w: Weight | None) -> int:
-    """Bytes a weight holds in memory in the form the loader returns."""
-    return 0 if w is None else int(w.nbytes)
 
 
 def _convert(w: Weight, quantize: str | None) -> Weight:
@@ -201,7 +193,9 @@ def load_shard_tensors(
         if not wanted:
             continue
         rows = row_reader(name) if row_reader else None
-        if layers or rows is None:  # the whole table (layers=False with a row reader: rows only)
+        # the whole table, unless its rows can be read from the file and nothing packs it: an embedding
+        # table is only ever read by rows, a head is packed with the layers (not with layers=False)
+        if rows is None or (attr == "head" and layers):
             table = out.head if attr == "embed" and tied and is_last else _stored(src, name, (V, D), quantize)
             assert table is not None
             setattr(out, attr, table)
