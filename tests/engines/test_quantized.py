@@ -216,3 +216,40 @@ def test_packed_weights_are_cached_on_disk_and_reused(tiny_q, tmp_path, monkeypa
     monkeypatch.setenv("EXO_ACTOR_CACHE", str(blocker / "sub"))  # cannot be created: a warning, no failure
     np.testing.assert_array_equal(get_engine("torch").load_shard(files, 1, 4).forward("r", prompt, 0, 3), want)
     assert "cannot cache packed weights" in caplog.text
+
+
+@pytest.mark.parametrize("source", ["hf-bf16", "qwen2-gguf-q8", "mixed-blocks"])
+def test_torch_engine_on_other_layouts_matches_numpy(tmp_path, source):
+    """A bf16 Hugging Face folder (float weights: dense bf16 on torch, and --quantize q8), a Qwen2 GGUF
+    (q/k/v biases, interleaved with the q/k rows), and a layer whose v projection is stored in another
+    block type than q and k (unfused products, concatenated)."""
+    require("torch")
+    from gguf import GGMLQuantizationType as Q
+    from gguf.quants import quantize as gguf_quantize
+
+    from tests.tiny import write_hf_folder
+
+    if source == "hf-bf16":
+        path = tmp_path / "hf"
+        write_hf_folder(path, TinySpec(tied=False), dtype="BF16")
+    elif source == "qwen2-gguf-q8":
+        path = tmp_path / "qwen2.gguf"
+        write_gguf(path, TinySpec(architecture="qwen2", tied=False), qtype=Q.Q8_0)
+    else:
+        path = tmp_path / "mixed.gguf"
+        spec = TinySpec(tied=False)
+        v = np.random.default_rng(7).standard_normal((spec.kv_heads * spec.head_dim, spec.hidden_size))
+        raw = gguf_quantize(v.astype(np.float32), Q.Q8_0)
+        write_gguf(path, spec, qtype=Q.Q4_0, raw_override={"blk.1.attn_v.weight": (raw, Q.Q8_0)})
+    files = open_model(path)
+    prompt = np.array([5, 9, 13, 2, 7])
+    runner = get_engine("torch").load_shard(files, 0, 4)
+    want = get_engine("numpy").load_shard(files, 0, 4).forward("r", prompt, 0, 5)
+    assert rel_err(runner.forward("r", prompt, 0, 5), want) <= TORCH_MODEL_RTOL
+    if source == "mixed-blocks":
+        assert len(runner._layers[1].qkv) == 3 and len(runner._layers[0].qkv) == 1  # v on its own in layer 1
+    if source == "hf-bf16":
+        ref = get_engine("numpy", quantize="q8").load_shard(files, 0, 4).forward("r", prompt, 0, 5)
+        q8 = get_engine("torch", quantize="q8").load_shard(files, 0, 4)
+        assert rel_err(q8.forward("r", prompt, 0, 5), ref) <= TORCH_MODEL_RTOL
+        assert q8.weight_bytes < runner.weight_bytes  # 8-bit groups hold less than bf16
