@@ -664,6 +664,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_engine_env(args: argparse.Namespace) -> None:
+    """$EXO_ACTOR_ENGINE is the --engine default: a bad value is named as the variable, not as a flag."""
+    from .engines import ENGINES
+
+    env = os.environ.get("EXO_ACTOR_ENGINE")
+    if env and getattr(args, "engine", None) == env and env not in (*ENGINES, "auto"):
+        raise ExoError(f"EXO_ACTOR_ENGINE={env!r} is not an engine (choose {', '.join(ENGINES)} or auto)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -674,6 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:  # its retry warnings would bury the one-line error a failed download ends with
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     try:
+        _check_engine_env(args)
         return args.func(args)
     except ExoError as exc:
         if args.verbose:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -114,6 +115,17 @@ def test_a_missing_torch_names_its_extra(tiny_gguf):
         timeout=60,
     )
     assert_one_line_error(proc, "exo-actor[torch]")
+
+
+def test_a_bad_engine_in_the_environment_is_named(tiny_gguf):
+    proc = subprocess.run(
+        [sys.executable, "-m", "exo_actor.cli", "run", str(tiny_gguf), "--prompt", "x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "EXO_ACTOR_ENGINE": "gpu"},
+    )
+    assert_one_line_error(proc, "EXO_ACTOR_ENGINE='gpu'", "torch")
 
 
 def test_bad_quantize_and_device_values_are_refused(tiny_gguf):
