@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.bench_engine import LlamaCppRunner  # noqa: E402
 from benchmarks.report import write_report  # noqa: E402
-from exo_actor.engines import get_engine  # noqa: E402
+from exo_actor.engines import get_engine, limit_threads  # noqa: E402
 from exo_actor.engines.base import Pass  # noqa: E402
 from exo_actor.registry import load_registry, local_path  # noqa: E402
 from exo_actor.tokenizer import chat_prompt_ids  # noqa: E402
@@ -64,13 +64,7 @@ class Engine:
         self.prompt = chat_prompt_ids(self.files.tokenizer, PROMPT)
 
     def threads(self, n: int) -> None:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(n, user_api="blas")
-        if self.name == "torch":
-            import torch
-
-            torch.set_num_threads(n)
+        limit_threads(n)  # BLAS, and torch's pool when torch is loaded
 
     def decode(self, n: int) -> float:
         r = self.runner

@@ -102,9 +102,7 @@ def test_unsupported_quantization(tmp_path, engine):
     assert_one_line_error(proc, "Q8_1", "not supported", "Q4_K", "Q6_K", "--quantize")
 
 
-_WITHOUT_TORCH = (
-    "import sys; sys.modules['torch'] = None; from exo_actor.cli import main; sys.exit(main(sys.argv[1:]))"
-)
+_WITHOUT_TORCH = "import sys; sys.modules['torch'] = None; from exo_actor.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 def test_a_missing_torch_names_its_extra(tiny_gguf):

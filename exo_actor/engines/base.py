@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import ExoError
+from ..errors import ContextLengthError, ExoError
 from ..models.llama import ShardWeights
 from ..weights import ModelFiles
 
@@ -93,6 +93,15 @@ class Engine(Protocol):
     def load_shard(self, model: ModelFiles, start: int, end: int) -> ShardRunner:
         """Load layers [start, end) of a model (only those layers' weights are read)."""
         ...
+
+
+def check_pass(request_id: str, cached: int, start_pos: int, end: int, max_positions: int) -> None:
+    """The checks every engine makes before a pass over positions [start_pos, end) of a request whose
+    cache holds `cached` positions: within the context window, and not skipping past the cache."""
+    if end > max_positions:
+        raise ContextLengthError(f"position {end} exceeds the model's context window ({max_positions})")
+    if start_pos > cached:
+        raise CachePositionError(f"request {request_id}: position {start_pos} skips past cached {cached}")
 
 
 class RequestCaches:

@@ -13,13 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ContextLengthError
 from ..models.config import ModelArgs
 from ..models.rope import inv_frequencies, rope_tables
 from ..weights import ModelFiles
 from ..weights.base import ShardTensors, Weight
 from ..weights.quant import QuantizedTensor, concat_rows, same_format
-from .base import CachePositionError, RequestCaches, require_module
+from .base import RequestCaches, check_pass, require_module
 
 MLX_GROUPS = (32, 64, 128)
 
@@ -143,10 +142,7 @@ class MlxShardRunner(RequestCaches):
             )
         T = len(x)
         end = start_pos + T
-        if end > cache.max_positions:
-            raise ContextLengthError(f"position {end} exceeds the model's context window ({cache.max_positions})")
-        if start_pos > cache.length:
-            raise CachePositionError(f"request {request_id}: position {start_pos} skips past cached {cache.length}")
+        check_pass(request_id, cache.length, start_pos, end, cache.max_positions)
         if self.is_first:
             rows = self.embed_table.rows_float(np.asarray(x, dtype=np.int64))
             h = mx.array(np.ascontiguousarray(rows))

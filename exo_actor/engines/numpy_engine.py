@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import ContextLengthError, ExoError
+from ..errors import ExoError
 from ..models.kv_cache import KVCache
 from ..models.llama import LlamaShard
 from ..weights import ModelFiles
-from .base import CachePositionError, Pass, RequestCaches
+from .base import Pass, RequestCaches, check_pass
 
 
 class NumpyShardRunner(RequestCaches):
@@ -66,12 +66,7 @@ class NumpyShardRunner(RequestCaches):
         cache = self.caches.get(request_id)
         if cache is None:
             cache = self.caches[request_id] = self.shard.new_cache()
-        if start_pos + n > cache.max_positions:
-            raise ContextLengthError(
-                f"position {start_pos + n} exceeds the model's context window ({cache.max_positions})"
-            )
-        if start_pos > cache.length:
-            raise CachePositionError(f"request {request_id}: position {start_pos} skips past cached {cache.length}")
+        check_pass(request_id, cache.length, start_pos, start_pos + n, cache.max_positions)
         return cache
 
 

@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ContextLengthError
 from ..models.config import ModelArgs
 from ..models.llama import ShardWeights
 from ..models.rope import inv_frequencies, rope_tables
 from ..weights import ModelFiles
-from .base import CachePositionError, RequestCaches, layer_tensors, require_module
+from .base import RequestCaches, check_pass, layer_tensors, require_module
 from .tinygrad_thread import on_tinygrad_thread
 
 _GROW = 256
@@ -88,12 +87,7 @@ class TinygradShardRunner(RequestCaches):
             cache = self.caches[request_id] = _Cache()
         T = len(x)
         end = start_pos + T
-        if end > self.args.max_position_embeddings:
-            raise ContextLengthError(
-                f"position {end} exceeds the model's context window ({self.args.max_position_embeddings})"
-            )
-        if start_pos > cache.length:
-            raise CachePositionError(f"request {request_id}: position {start_pos} skips past cached {cache.length}")
+        check_pass(request_id, cache.length, start_pos, end, self.args.max_position_embeddings)
         self._reserve(cache, end)
         C = cache.capacity
         if self.is_first:

@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ContextLengthError, ExoError
+from ..errors import ExoError
 from ..models.config import ModelArgs
 from ..models.rope import inv_frequencies
 from ..weights import ModelFiles
 from ..weights.base import ShardTensors, Weight
 from ..weights.quant import QuantizedTensor, concat_rows, same_format
-from .base import CachePositionError, Pass, RequestCaches, require_module
+from .base import Pass, RequestCaches, check_pass, require_module
 from .torch_linear import QLinear
 
 _GROW = 256
@@ -204,12 +204,7 @@ class TorchShardRunner(RequestCaches):
         if cache is None:
             cache = self.caches[request_id] = _Cache()
         end = start_pos + n
-        if end > self.args.max_position_embeddings:
-            raise ContextLengthError(
-                f"position {end} exceeds the model's context window ({self.args.max_position_embeddings})"
-            )
-        if start_pos > cache.length:
-            raise CachePositionError(f"request {request_id}: position {start_pos} skips past cached {cache.length}")
+        check_pass(request_id, cache.length, start_pos, end, self.args.max_position_embeddings)
         if end > cache.capacity:
             cap = min(self.args.max_position_embeddings, -(-max(end, 2 * cache.capacity) // _GROW) * _GROW)
             shape = (self.layers_count, self.KV, cap, self.hd)
@@ -231,9 +226,8 @@ class TorchShardRunner(RequestCaches):
             mask = None
             if T > self.row_attention:  # query t (position start_pos + t) sees keys 0 .. start_pos + t
                 mask = self.t.ones(T, end, dtype=self.t.bool, device=self.device).tril(start_pos)
-            if self.layers_count:
-                with self.t.jit.optimized_execution(False):  # see torch_model.script
-                    h = self.model(h, cache.k, cache.v, start_pos, freqs, mask)
+            with self.t.jit.optimized_execution(False):  # see torch_model.script
+                h = self.model(h, cache.k, cache.v, start_pos, freqs, mask)
             cache.length = end
             return self._output(h[T - num_logits :] if self.is_last else h)
 
