@@ -22,7 +22,7 @@ from pathlib import Path  # noqa: E402
 
 from benchmarks.report import write_report  # noqa: E402
 from exo_actor.actors.router import RouterActor  # noqa: E402
-from exo_actor.local import load_local  # noqa: E402
+from exo_actor.runtime.local import load_local  # noqa: E402
 from exo_actor.sampling import SamplingParams  # noqa: E402
 from exo_actor.tokenizer import chat_prompt_ids  # noqa: E402
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.report import write_report
-from exo_actor.downloads import download
+from exo_actor.storage.downloads import download
 
 REPO = "bench/model"
 

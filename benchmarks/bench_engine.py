@@ -25,7 +25,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.report import write_report  # noqa: E402
-from exo_actor.local import load_local  # noqa: E402
+from exo_actor.runtime.local import load_local  # noqa: E402
 from exo_actor.tokenizer import chat_prompt_ids  # noqa: E402
 
 log = logging.getLogger("bench_engine")
@@ -82,7 +82,7 @@ class TransformersRunner:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from exo_actor.registry import load_registry, local_path
+        from exo_actor.storage.registry import load_registry, local_path
 
         torch.set_num_threads(os.cpu_count() or 1)
         path = local_path(load_registry()["smollm2-135m"])
@@ -118,7 +118,7 @@ class LlamaCppRunner:
     def __init__(self, prompt: list[int], threads: int | None = None) -> None:
         from llama_cpp import Llama
 
-        from exo_actor.registry import load_registry, local_path
+        from exo_actor.storage.registry import load_registry, local_path
 
         path = local_path(load_registry()["smollm2-135m"])
         assert path is not None

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.report import write_report  # noqa: E402
 from exo_actor.engines import get_engine  # noqa: E402
-from exo_actor.registry import resolve_model  # noqa: E402
+from exo_actor.storage.registry import resolve_model  # noqa: E402
 from exo_actor.weights import open_model  # noqa: E402
 
 

@@ -27,8 +27,8 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.report import write_report  # noqa: E402
-from exo_actor.generation import generate  # noqa: E402
-from exo_actor.local import load_local  # noqa: E402
+from exo_actor.runtime.generation import generate  # noqa: E402
+from exo_actor.runtime.local import load_local  # noqa: E402
 from exo_actor.sampling import SamplingParams  # noqa: E402
 from exo_actor.tokenizer import chat_prompt_ids  # noqa: E402
 from tests.api.servers import process_server  # noqa: E402

@@ -20,9 +20,9 @@ import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from benchmarks.report import write_report  # noqa: E402
-from exo_actor.generation import generate  # noqa: E402
-from exo_actor.local import load_local  # noqa: E402
-from exo_actor.prefix_cache import PrefixCache  # noqa: E402
+from exo_actor.runtime.generation import generate  # noqa: E402
+from exo_actor.runtime.local import load_local  # noqa: E402
+from exo_actor.runtime.prefix_cache import PrefixCache  # noqa: E402
 from exo_actor.sampling import SamplingParams  # noqa: E402
 from exo_actor.tokenizer import chat_prompt_ids  # noqa: E402
 

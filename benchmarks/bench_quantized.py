@@ -39,7 +39,7 @@ from benchmarks.bench_engine import LlamaCppRunner  # noqa: E402
 from benchmarks.report import write_report  # noqa: E402
 from exo_actor.engines import get_engine, limit_threads  # noqa: E402
 from exo_actor.engines.base import Pass  # noqa: E402
-from exo_actor.registry import load_registry, local_path  # noqa: E402
+from exo_actor.storage.registry import load_registry, local_path  # noqa: E402
 from exo_actor.tokenizer import chat_prompt_ids  # noqa: E402
 from exo_actor.weights import open_model  # noqa: E402
 

@@ -36,8 +36,8 @@ import httpx  # noqa: E402
 
 from benchmarks.latency_proxy import DelayProxy  # noqa: E402
 from benchmarks.report import write_report  # noqa: E402
-from exo_actor.generation import generate  # noqa: E402
-from exo_actor.local import load_local  # noqa: E402
+from exo_actor.runtime.generation import generate  # noqa: E402
+from exo_actor.runtime.local import load_local  # noqa: E402
 from exo_actor.sampling import SamplingParams  # noqa: E402
 from exo_actor.speculative import Speculation, expected_tokens  # noqa: E402
 from exo_actor.speculative.drafts import load_drafter  # noqa: E402

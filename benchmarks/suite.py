@@ -320,7 +320,7 @@ def gateway(p: dict[str, Any]) -> Section:
 
 
 def _rss_mb(pid: int) -> float:
-    from exo_actor.memory import rss_bytes
+    from exo_actor.runtime.memory import rss_bytes
 
     return rss_bytes(pid) / 2**20
 

@@ -15,14 +15,14 @@ from . import __version__
 from .errors import ExoError
 
 if TYPE_CHECKING:
-    from .downloads import Progress
+    from .storage.downloads import Progress
 
 log = logging.getLogger("exo_actor")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .generation import generate
-    from .local import load_local
+    from .runtime.generation import generate
+    from .runtime.local import load_local
     from .sampling import SamplingParams
     from .tokenizer import chat_prompt_ids
 
@@ -81,7 +81,7 @@ def _speculation_config(args: argparse.Namespace):  # type: ignore[no-untyped-de
     """The NodeConfig part that --enable-speculative / --draft-model / --draft-tokens set."""
     from .engines import resolve_engine
     from .node import NodeConfig
-    from .registry import load_registry
+    from .storage.registry import load_registry
 
     draft = args.draft_model
     if args.enable_speculative and not draft:
@@ -108,9 +108,9 @@ def _speculation_config(args: argparse.Namespace):  # type: ignore[no-untyped-de
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from .downloads import download
-    from .model_store import is_repo_id
-    from .registry import exo_home, load_registry
+    from .storage.downloads import download
+    from .storage.model_store import is_repo_id
+    from .storage.registry import exo_home, load_registry
 
     entry = load_registry().get(args.model)
     repo = entry.hf_repo if entry else args.model
@@ -134,7 +134,7 @@ def progress_bar() -> Iterator[Progress]:
     """A download Progress drawn as a tqdm bar on stderr (bytes, speed, time left)."""
     from tqdm import tqdm
 
-    from .downloads import Progress
+    from .storage.downloads import Progress
 
     bar: list[tqdm] = []
 
@@ -168,7 +168,7 @@ def progress_bar() -> Iterator[Progress]:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .registry import load_registry, local_path
+    from .storage.registry import load_registry, local_path
 
     rows = [("NAME", "ARCH", "LAYERS", "HUGGING FACE REPO", "LOCAL")]
     for e in load_registry().values():
@@ -185,8 +185,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
 
     from .api import GatewayConfig
     from .cluster import ClusterConfig
-    from .peers_file import read_peers
     from .server import serve
+    from .transport.peers_file import read_peers
 
     key = args.api_key or os.environ.get("EXO_ACTOR_API_KEY") or None
     gateway = None

@@ -23,15 +23,15 @@ from .actors.draft import DraftActor, RemoteDrafter
 from .actors.ring import RemoteRing
 from .actors.router import RouterActor
 from .actors.shard import ShardActor, ShardRole
-from .downloads import DownloadCancelled, Progress
 from .engines import ENGINES, Engine, get_engine, limit_threads
 from .errors import ExoError
-from .memory import release_freed_memory
-from .model_store import ensure_layers, ensure_model
 from .node import Node, start_router, total_memory_bytes
 from .partition import Assignment, NodeCapacity, PartitionError, memory_weighted, place_draft, split_rings
+from .runtime.memory import release_freed_memory
 from .speculative import Drafter, Speculation
 from .speculative.drafts import draft_bytes, load_drafter
+from .storage.downloads import DownloadCancelled, Progress
+from .storage.model_store import ensure_layers, ensure_model
 from .transport.discovery import Discovery
 from .transport.messages import Beacon, Drafted, Failure, Free, Hello, Logits, LogitsBatch
 from .transport.peers import Peer, PeerNetwork

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .actors.router import RouterActor
-from .downloads import Progress
 from .errors import ExoError
-from .local import load_local
-from .memory import release_freed_memory
 from .models.config import ModelArgs
-from .registry import load_registry
+from .runtime.local import load_local
+from .runtime.memory import release_freed_memory
 from .speculative import Speculation
+from .storage.downloads import Progress
+from .storage.registry import load_registry
 from .weights import ModelFiles
 
 log = logging.getLogger(__name__)

@@ -38,10 +38,10 @@ from .actors.router import RouterActor
 from .actors.shard import ShardActor, ShardRole
 from .engines import get_engine
 from .errors import ExoError
-from .memory import release_freed_memory
-from .model_store import ensure_layers, ensure_model
 from .node import Node, NodeConfig, start_router
 from .partition import Assignment, memory_weighted, placement_problem, plan_placed, shard_capacities
+from .runtime.memory import release_freed_memory
+from .storage.model_store import ensure_layers, ensure_model
 from .transport.messages import Failure, Hello, Logits, LogitsBatch
 from .transport.peers import Peer, PeerNetwork
 from .transport.security import ClusterKey
@@ -163,7 +163,7 @@ class ShardHost:
         self._joined.wait()
 
     def info(self) -> dict[str, Any]:
-        from .memory import rss_bytes
+        from .runtime.memory import rss_bytes
 
         ctx = ray.get_runtime_context()
         return {

@@ -15,8 +15,8 @@ import uvicorn
 from .api import GatewayConfig, create_app
 from .cluster import ClusterConfig, ClusterNode
 from .errors import ExoError
-from .model_store import check_model
 from .node import Node, NodeConfig
+from .storage.model_store import check_model
 
 if TYPE_CHECKING:
     from .ray_backend import RayConfig

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from exo_actor.registry import load_registry, local_path
+from exo_actor.storage.registry import load_registry, local_path
 
 # The CLI's default engine is `auto` (the torch engine where installed). Nodes and runs the tests start
 # without --engine use the exact float32 numpy reference, whose outputs the tests compare bit for bit;

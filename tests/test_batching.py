@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from exo_actor.actors.router import RouterActor
-from exo_actor.batching import PREFILL_BUSY, PREFILL_IDLE, Pending, plan_turn
 from exo_actor.engines import Pass
 from exo_actor.engines.numpy_engine import NumpyEngine
 from exo_actor.errors import ContextLengthError
-from exo_actor.generation import generate
-from exo_actor.local import load_local
+from exo_actor.runtime.batching import PREFILL_BUSY, PREFILL_IDLE, Pending, plan_turn
+from exo_actor.runtime.generation import generate
+from exo_actor.runtime.local import load_local
 from exo_actor.sampling import SamplingParams
 from exo_actor.tokenizer import chat_prompt_ids
 from exo_actor.weights import open_model

@@ -13,8 +13,8 @@ import httpx
 import pytest
 import zmq
 
-from exo_actor.generation import generate
-from exo_actor.local import load_local
+from exo_actor.runtime.generation import generate
+from exo_actor.runtime.local import load_local
 from exo_actor.sampling import SamplingParams
 from exo_actor.tokenizer import chat_prompt_ids
 from tests.api.servers import loopback_ring

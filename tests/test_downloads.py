@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from exo_actor.downloads import DownloadError, download, files_for_layers
 from exo_actor.engines import get_engine
-from exo_actor.generation import LocalPipeline, generate
+from exo_actor.runtime.generation import LocalPipeline, generate
 from exo_actor.sampling import SamplingParams
+from exo_actor.storage.downloads import DownloadError, download, files_for_layers
 from exo_actor.weights import open_model
 from tests.conftest import TINY_REPO_FILES as FILES
 from tests.hub_server import Hub

@@ -84,8 +84,8 @@ def _no_dead_caches(urls: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def expected(smollm2_path):
-    from exo_actor.generation import generate
-    from exo_actor.local import load_local
+    from exo_actor.runtime.generation import generate
+    from exo_actor.runtime.local import load_local
     from exo_actor.sampling import SamplingParams
     from exo_actor.tokenizer import chat_prompt_ids
 

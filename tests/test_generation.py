@@ -9,7 +9,7 @@ import pytest
 
 from exo_actor.engines.numpy_engine import NumpyEngine
 from exo_actor.errors import ContextLengthError
-from exo_actor.generation import LocalPipeline, apply_penalties, generate
+from exo_actor.runtime.generation import LocalPipeline, apply_penalties, generate
 from exo_actor.sampling import SamplingParams
 from exo_actor.weights import open_model
 from tests.tiny import TinySpec, write_gguf

@@ -105,8 +105,8 @@ def ask(ns: str, i: int) -> tuple[int, dict]:
 
 
 def test_a_cut_link_ends_requests_promptly_and_the_ring_heals(mesh, tmp_path, smollm2_path):
-    from exo_actor.generation import generate
-    from exo_actor.local import load_local
+    from exo_actor.runtime.generation import generate
+    from exo_actor.runtime.local import load_local
     from exo_actor.sampling import SamplingParams
     from exo_actor.tokenizer import chat_prompt_ids
 

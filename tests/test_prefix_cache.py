@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from exo_actor.engines import get_engine
-from exo_actor.generation import LocalPipeline, generate
-from exo_actor.prefix_cache import PrefixCache, common_prefix
+from exo_actor.runtime.generation import LocalPipeline, generate
+from exo_actor.runtime.prefix_cache import PrefixCache, common_prefix
 from exo_actor.sampling import SamplingParams
 from exo_actor.speculative import Speculation
 from exo_actor.speculative.drafts import NgramDrafter

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exo_actor.generation import generate
-from exo_actor.local import load_local
+from exo_actor.runtime.generation import generate
+from exo_actor.runtime.local import load_local
 from exo_actor.sampling import SamplingParams
 from exo_actor.tokenizer import chat_prompt_ids
 from tests.conftest import require

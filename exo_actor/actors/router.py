@@ -1,7 +1,7 @@
 """RouterActor: drives generation for many concurrent requests over one pipeline.
 
 Compute runs on one worker thread so the asyncio event loop (HTTP, heartbeats) never waits on it.
-The worker batches requests continuously (batching.py): each turn runs one batched pass holding the
+The worker batches requests continuously (runtime/batching.py): each turn runs one batched pass holding the
 decode step of every running request plus a piece of any new prompt, so simultaneous requests all
 progress and share each pass over the weights; requests join and leave between turns. Results flow
 back to each request's asyncio queue. Cancelling a request (a client that went away) closes its
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..batching import MAX_ROWS, Pending, plan_turn
 from ..errors import ExoError
-from ..generation import Delta, Pipeline, Steps, generation
-from ..prefix_cache import PrefixCache
+from ..runtime.batching import MAX_ROWS, Pending, plan_turn
+from ..runtime.generation import Delta, Pipeline, Steps, generation
+from ..runtime.prefix_cache import PrefixCache
 from ..sampling import SamplingParams
 from ..speculative import Speculation
 from ..tokenizer import TextTokenizer

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ..generation import GenerationStats
+from ..runtime.generation import GenerationStats
 
 
 class GatewayMetrics:

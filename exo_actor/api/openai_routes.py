@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..actors.router import GenerationStream, RouterActor
 from ..errors import ExoError
-from ..generation import Delta, GenerationStats, TokenLogprob
+from ..runtime.generation import Delta, GenerationStats, TokenLogprob
 from ..sampling import SamplingParams
 from ..tokenizer import TextTokenizer, chat_prompt_ids
 from . import responses as R

@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any
 
-from ..generation import GenerationStats, TokenLogprob
+from ..runtime.generation import GenerationStats, TokenLogprob
 from ..tokenizer import TextTokenizer
 
 

@@ -23,7 +23,7 @@ _CODE = ("torch_linear.py", "torch_engine.py", "torch_cache.py")
 
 
 def cache_dir() -> Path:
-    from ..registry import exo_home
+    from ..storage.registry import exo_home
 
     override = os.environ.get("EXO_ACTOR_CACHE")
     return Path(override).expanduser() if override else exo_home() / "cache" / "torch"

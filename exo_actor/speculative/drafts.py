@@ -17,10 +17,10 @@ import numpy as np
 
 from ..engines import get_engine
 from ..errors import ExoError
-from ..generation import LocalPipeline
-from ..model_store import ensure_layers, ensure_model
+from ..runtime.generation import LocalPipeline
 from ..sampling import SamplingParams
 from ..sampling.sampler import draw, filtered_probs
+from ..storage.model_store import ensure_layers, ensure_model
 from ..weights import ModelFiles, open_model
 from .speculation import Drafter, Proposal
 

@@ -16,7 +16,7 @@ import pytest
 from exo_actor.engines import EngineUnavailableError, get_engine, resolve_engine
 from exo_actor.engines.base import require_module
 from exo_actor.errors import InvalidRequestError
-from exo_actor.generation import LocalPipeline, generate
+from exo_actor.runtime.generation import LocalPipeline, generate
 from exo_actor.sampling import SamplingParams
 from exo_actor.tokenizer import chat_prompt_ids
 from exo_actor.weights import open_model

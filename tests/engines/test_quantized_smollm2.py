@@ -12,9 +12,9 @@ import pytest
 
 from exo_actor.engines import get_engine
 from exo_actor.engines.base import Pass
-from exo_actor.generation import LocalPipeline, generate
-from exo_actor.local import load_local
 from exo_actor.partition import even_ranges
+from exo_actor.runtime.generation import LocalPipeline, generate
+from exo_actor.runtime.local import load_local
 from exo_actor.sampling import SamplingParams
 from exo_actor.speculative import Speculation
 from exo_actor.speculative.drafts import load_drafter

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from exo_actor.engines.numpy_engine import NumpyEngine
-from exo_actor.generation import LocalPipeline
 from exo_actor.partition import even_ranges
+from exo_actor.runtime.generation import LocalPipeline
 from exo_actor.weights import open_model
 from tests.conftest import require
 from tests.tiny import TinySpec, write_hf_folder

@@ -95,7 +95,7 @@ def test_rate_estimate_counts_trials_up_to_the_rejection():
 
 
 def test_malformed_drafts_are_cut_or_dropped():
-    from exo_actor.generation import _usable
+    from exo_actor.runtime.generation import _usable
 
     q = np.full((3, 5), 0.2)
     assert _usable([1, 2, 3], q, 5) == ([1, 2, 3], q)

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from exo_actor.engines.numpy_engine import NumpyShardRunner
-from exo_actor.generation import LocalPipeline, generate
 from exo_actor.models.config import ModelArgs
 from exo_actor.models.llama import LlamaShard
+from exo_actor.runtime.generation import LocalPipeline, generate
 from exo_actor.sampling import SamplingParams, filtered_probs
 from exo_actor.speculative import Speculation
 from exo_actor.speculative.drafts import ModelDrafter
@@ -134,5 +134,5 @@ def test_a_rule_that_accepts_every_draft_fails_it(models, monkeypatch):
     def accept_all(p, q, drafted, uniform, draw):
         return len(drafted), draw(p[len(drafted)])
 
-    monkeypatch.setattr("exo_actor.generation.accept_drafts", accept_all)
+    monkeypatch.setattr("exo_actor.runtime.generation.accept_drafts", accept_all)
     assert chi_square(sample(target, _speculation(draft)), law, RUNS) > CHI2_999_DF80

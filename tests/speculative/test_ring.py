@@ -13,9 +13,9 @@ import time
 import pytest
 
 from exo_actor.cluster import ClusterConfig, ClusterNode
-from exo_actor.generation import generate
-from exo_actor.local import load_local
 from exo_actor.node import NodeConfig
+from exo_actor.runtime.generation import generate
+from exo_actor.runtime.local import load_local
 from exo_actor.sampling import SamplingParams
 from exo_actor.speculative import Speculation
 from exo_actor.speculative.drafts import load_drafter
@@ -123,7 +123,7 @@ def test_the_prefix_cache_through_the_ring(cluster, single):
     """A chat's next turn over the ring: each shard takes over the previous turn's KV cache when the
     request's first pass reaches it (Forward.adopt), prefills only the new tokens, and generates
     exactly what plain decoding of the whole conversation gives."""
-    from exo_actor.prefix_cache import PrefixCache
+    from exo_actor.runtime.prefix_cache import PrefixCache
 
     files, pipe = single
     params = SamplingParams(max_tokens=16)

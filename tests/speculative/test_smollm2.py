@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exo_actor.generation import LocalPipeline, generate
-from exo_actor.local import load_local
+from exo_actor.runtime.generation import LocalPipeline, generate
+from exo_actor.runtime.local import load_local
 from exo_actor.sampling import SamplingParams
 from exo_actor.speculative import Speculation
 from exo_actor.speculative.drafts import ModelDrafter, load_drafter

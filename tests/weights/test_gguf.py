@@ -9,7 +9,7 @@ from gguf import GGMLQuantizationType as Q
 
 from exo_actor.engines.numpy_engine import NumpyEngine
 from exo_actor.errors import UnsupportedModelError, WeightsError
-from exo_actor.generation import LocalPipeline
+from exo_actor.runtime.generation import LocalPipeline
 from exo_actor.weights import open_model
 from exo_actor.weights.gguf_source import GGUFSource
 from tests.models.test_llama import VARIANTS

@@ -17,12 +17,12 @@ from typing import Protocol
 
 import numpy as np
 
-from .engines import Pass, ShardRunner
-from .errors import ContextLengthError
+from ..engines import Pass, ShardRunner
+from ..errors import ContextLengthError
+from ..sampling import Sampler, SamplingParams, StopMatcher, filtered_probs
+from ..speculative import RateEstimate, Speculation, accept_drafts
+from ..tokenizer import IncrementalDetokenizer, TextTokenizer
 from .prefix_cache import PrefixCache
-from .sampling import Sampler, SamplingParams, StopMatcher, filtered_probs
-from .speculative import RateEstimate, Speculation, accept_drafts
-from .tokenizer import IncrementalDetokenizer, TextTokenizer
 
 PREFILL_CHUNK = 512  # prompt tokens per forward: bounds attention memory on long prompts
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import ModelNotFoundError, UnsupportedModelError
+from ..errors import ModelNotFoundError, UnsupportedModelError
 
-_HERE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent  # exo_actor/
 # Installed wheels carry the registry inside the package; a source checkout has it at the root.
-_REGISTRY_CANDIDATES = (_HERE / "configs" / "models.toml", _HERE.parent / "configs" / "models.toml")
+_REGISTRY_CANDIDATES = (_PACKAGE / "configs" / "models.toml", _PACKAGE.parent / "configs" / "models.toml")
 
 
 @dataclass(frozen=True)

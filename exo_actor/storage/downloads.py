@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import ExoError
+from ..errors import ExoError
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from .errors import ExoError
+from ..errors import ExoError
 
 
 class ConfigError(ExoError):

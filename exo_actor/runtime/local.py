@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from .engines import get_engine
+from ..engines import get_engine
+from ..partition import even_ranges
+from ..storage.model_store import ensure_model
+from ..weights import ModelFiles, open_model
 from .generation import LocalPipeline
-from .model_store import ensure_model
-from .partition import even_ranges
-from .weights import ModelFiles, open_model
 
 if TYPE_CHECKING:
-    from .downloads import Progress
+    from ..storage.downloads import Progress
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .engines import Pass
+from ..engines import Pass
 
 MAX_ROWS = 64  # passes per turn (a batched message carries at most this many rows)
 PREFILL_IDLE = 512  # prompt tokens per turn when no request is decoding
