@@ -79,8 +79,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _speculation_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The NodeConfig part that --enable-speculative / --draft-model / --draft-tokens set."""
+    from .config import NodeConfig
     from .engines import resolve_engine
-    from .node import NodeConfig
     from .storage.registry import load_registry
 
     draft = args.draft_model
@@ -184,7 +184,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
     import os
 
     from .api import GatewayConfig
-    from .cluster import ClusterConfig
+    from .config import ClusterConfig
     from .server import serve
     from .transport.peers_file import read_peers
 
@@ -273,7 +273,7 @@ def _ray_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         host, _, port = address.removeprefix("ray://").rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ExoError(f"--ray-address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
-    from .ray_backend import RayConfig
+    from .config import RayConfig
 
     advertise, advertise_port = _advertise(args) if args.advertise else (None, None)
     if advertise_port is not None and advertise_port != args.port:

@@ -16,13 +16,13 @@ import os
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from .actors.draft import DraftActor, RemoteDrafter
 from .actors.ring import RemoteRing
 from .actors.router import RouterActor
 from .actors.shard import ShardActor, ShardRole
+from .config import ClusterConfig
 from .engines import ENGINES, Engine, get_engine, limit_threads
 from .errors import ExoError
 from .node import Node, start_router, total_memory_bytes
@@ -39,24 +39,6 @@ from .transport.security import ClusterKey
 from .weights import open_model
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ClusterConfig:
-    host: str = "0.0.0.0"  # where the ROUTER binds
-    port: int = 52416
-    advertise: str = "127.0.0.1"  # the host peers use to reach us
-    advertise_port: int | None = None  # the port peers use, if not `port` (NAT, a proxy)
-    peers: list[str] = field(default_factory=list)  # HOST:PORT of other nodes
-    memory: int | None = None  # bytes to advertise (default: physical memory)
-    wait_for_peers: int = 0
-    heartbeat: float = 0.5
-    timeout: float = 3.0
-    step_timeout: float = 300.0
-    rings: int = 1  # whole copies of the model, each on its own group of nodes
-    discovery: str = "manual"  # or "udp": beacons (transport/discovery.py)
-    discovery_port: int = 52417
-    cluster_key: str | None = None  # the cluster secret (transport/security.py); None: open, trusted LAN
 
 
 PLAN_UNIT_ENGINE = "torch"

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .actors.router import RouterActor
+from .config import NodeConfig
 from .errors import ExoError
-from .models.config import ModelArgs
 from .runtime.local import load_local
 from .runtime.memory import release_freed_memory
 from .speculative import Speculation
@@ -32,34 +32,6 @@ def total_memory_bytes() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 0
-
-
-@dataclass
-class NodeConfig:
-    model: str = "smollm2-135m"
-    engine: str = "numpy"
-    quantize: str | None = None  # None: weights as stored; q4 / q8 / none (weights.base.load_shard_tensors)
-    device: str = "auto"  # the torch engine's device (auto: a GPU torch sees, else the CPU)
-    max_concurrent: int = 8
-    address: str = ""
-    draft_model: str | None = None  # speculative decoding: ngram, NAME or NAME:layers=K (None: off)
-    draft_tokens: int = 8  # longest draft (the adaptive length stays at or below it)
-    adaptive_draft: bool = True  # pick the draft length from the measured acceptance rate and costs
-    prefix_cache_mb: int = 512  # KV caches of finished requests kept for the next chat turn (0: off)
-
-    def prefix_cache_tokens(self, args: ModelArgs) -> int:
-        """The prefix cache budget in tokens: MB / the model's float32 KV bytes per token."""
-        per_token = 2 * args.num_hidden_layers * args.num_key_value_heads * args.dim_head * 4
-        return self.prefix_cache_mb * 2**20 // per_token
-
-    def speculation(self, files: ModelFiles) -> Speculation | None:
-        """Load the configured draft for a target model (None when speculation is off)."""
-        if not self.draft_model:
-            return None
-        from .speculative.drafts import load_drafter
-
-        drafter = load_drafter(self.draft_model, files, self.engine)
-        return Speculation(drafter, self.draft_tokens, self.adaptive_draft)
 
 
 def start_router(config: NodeConfig, files: ModelFiles, pipeline: Any, speculation: Speculation | None) -> RouterActor:

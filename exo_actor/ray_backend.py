@@ -26,7 +26,7 @@ import sys
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -36,9 +36,10 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from .actors.ring import RemoteRing
 from .actors.router import RouterActor
 from .actors.shard import ShardActor, ShardRole
+from .config import NodeConfig, RayConfig
 from .engines import get_engine
 from .errors import ExoError
-from .node import Node, NodeConfig, start_router
+from .node import Node, start_router
 from .partition import Assignment, memory_weighted, placement_problem, plan_placed, shard_capacities
 from .runtime.memory import release_freed_memory
 from .storage.model_store import ensure_layers, ensure_model
@@ -56,23 +57,6 @@ HEADROOM = 256 << 20  # a bundle's memory beyond the shard's weights: KV caches,
 
 class RayBackendError(ExoError):
     """Ray cannot run the ring (cannot connect, cannot place the shards, a shard cannot load)."""
-
-
-@dataclass
-class RayConfig:
-    address: str | None = None  # None: start a local Ray instance (or use the one this process runs)
-    shards: int | None = None  # None: one per alive Ray node
-    placement: str = "SPREAD"  # the placement group strategy
-    cpus_per_shard: float = 1.0
-    host: str = "0.0.0.0"  # where the driver's ROUTER binds
-    port: int = 52416
-    advertise: str | None = None  # the address hosts use to reach the driver (default: Ray's node IP)
-    heartbeat: float = 0.5
-    timeout: float = 3.0
-    step_timeout: float = 300.0
-    cluster_key: str | None = None
-    placement_timeout: float = 120.0  # how long Ray may take to reserve the bundles
-    init_options: dict[str, Any] = field(default_factory=dict)  # more ray.init arguments (a local instance)
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,13 @@ import uvicorn
 
 from .api import GatewayConfig, create_app
 from .cluster import ClusterConfig, ClusterNode
+from .config import NodeConfig
 from .errors import ExoError
-from .node import Node, NodeConfig
+from .node import Node
 from .storage.model_store import check_model
 
 if TYPE_CHECKING:
-    from .ray_backend import RayConfig
+    from .config import RayConfig
 
 log = logging.getLogger(__name__)
 

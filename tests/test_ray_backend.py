@@ -15,14 +15,15 @@ import time
 import httpx
 import pytest
 
-from exo_actor.node import NodeConfig
+from exo_actor.config import NodeConfig
 from exo_actor.sampling import SamplingParams
 from exo_actor.tokenizer import chat_prompt_ids
 from tests.api.servers import free_port, stop_processes
 
 ray = pytest.importorskip("ray")
 
-from exo_actor.ray_backend import NAMESPACE, RayConfig, RayNode  # noqa: E402 - needs ray
+from exo_actor.config import RayConfig  # noqa: E402
+from exo_actor.ray_backend import NAMESPACE, RayNode  # noqa: E402 - needs ray
 
 pytestmark = pytest.mark.slow
 STORY = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]

@@ -10,7 +10,8 @@ ray = pytest.importorskip("ray")
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from exo_actor.ray_backend import RayConfig, RayNode  # noqa: E402
+from exo_actor.config import RayConfig  # noqa: E402
+from exo_actor.ray_backend import RayNode  # noqa: E402
 from tests.test_ray_backend import exo_run, generated, run_driver  # noqa: E402
 
 pytestmark = pytest.mark.slow

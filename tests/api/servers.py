@@ -19,7 +19,8 @@ import httpx
 import uvicorn
 
 from exo_actor.api import GatewayConfig, create_app
-from exo_actor.node import Node, NodeConfig
+from exo_actor.config import NodeConfig
+from exo_actor.node import Node
 from exo_actor.server import bind_socket
 
 

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from exo_actor.cluster import ClusterConfig, ClusterNode
-from exo_actor.node import NodeConfig
+from exo_actor.cluster import ClusterNode
+from exo_actor.config import ClusterConfig, NodeConfig
 from exo_actor.runtime.generation import generate
 from exo_actor.runtime.local import load_local
 from exo_actor.sampling import SamplingParams
