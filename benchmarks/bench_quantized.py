@@ -12,7 +12,7 @@ figure's best (the machine is shared and noisy). Measured:
   - start-up: the time to load the weights (load_shard) in a fresh process, packing them (first start) and
     from the packed-weights cache (later starts);
   - resident memory of one `exo-actor start --engine torch` process vs a 3-node ring on loopback.
-llama.cpp comes from `llama-cpp-python` built from source with AMX disabled (README, Performance); without
+llama.cpp comes from `llama-cpp-python` built from source with AMX disabled (docs/performance.md); without
 it the llama.cpp rows are skipped with a note. OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are removed from this
 process's environment before numpy loads (the test suite keeps them).
 """
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         llama = {t: LlamaCppRunner(torch_e.prompt, t) for t in (1, 2)}
     except ImportError:
-        note = "llama-cpp-python is not installed: llama.cpp rows skipped (see the README to build it)"
+        note = "llama-cpp-python is not installed: llama.cpp rows skipped (docs/performance.md says how to build it)"
         log.warning(note)
     prompt400 = np.random.default_rng(0).integers(100, 40000, size=400)
     best: dict[str, float] = {}

@@ -9,7 +9,7 @@ speculative, batching (concurrent streams), prefix (second chat turn), gateway (
 streams), memory (resident memory of each shard process). Writes DIR/suite.json, DIR/suite.md and
 one PNG per section, and prints the tables. Each section measures its baseline in the same run
 (the machines are noisy). `quick` is the CI smoke run (small sizes; its numbers are not meant to be
-quoted); `full` is what the README reports and takes under 10 minutes on 2 cores.
+quoted); `full` is what docs/performance.md reports and takes under 10 minutes on 2 cores.
 
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are removed from this process's environment before numpy loads
 (OpenBLAS then picks its kernels for the CPU), as in every benchmark here.

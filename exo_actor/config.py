@@ -6,14 +6,20 @@ combination is one ConfigError naming the setting.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from .errors import ConfigError
 from .models.config import ModelArgs
+from .sampling.params import MAX_DRAFT_TOKENS
 
 if TYPE_CHECKING:
     from .speculative import Speculation
     from .weights import ModelFiles
+
+RAY_PLACEMENTS = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")  # Ray's placement group strategies
+DISCOVERY_MODES = ("manual", "udp")  # a peers list, or UDP beacons (transport/discovery.py)
 
 
 @dataclass
@@ -28,6 +34,13 @@ class NodeConfig:
     draft_tokens: int = 8  # longest draft (the adaptive length stays at or below it)
     adaptive_draft: bool = True  # pick the draft length from the measured acceptance rate and costs
     prefix_cache_mb: int = 512  # KV caches of finished requests kept for the next chat turn (0: off)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            _fail(self, "model", f"must name a model (registry name, path or ORG/NAME), got {self.model!r}")
+        _check_int(self, "max_concurrent", 1)
+        _check_int(self, "draft_tokens", 1, MAX_DRAFT_TOKENS)
+        _check_int(self, "prefix_cache_mb", 0)
 
     def prefix_cache_tokens(self, args: ModelArgs) -> int:
         """The prefix cache budget in tokens: MB / the model's float32 KV bytes per token."""
@@ -62,6 +75,21 @@ class ClusterConfig:
     discovery_port: int = 52417
     cluster_key: str | None = None  # the cluster secret (transport/security.py); None: open, trusted LAN
 
+    def __post_init__(self) -> None:
+        _check_port(self, "port", 0)  # 0: any free port
+        if not isinstance(self.advertise, str) or not self.advertise:
+            _fail(self, "advertise", f"must be the host peers reach this node at, got {self.advertise!r}")
+        if self.advertise_port is not None:
+            _check_port(self, "advertise_port", 1)
+        if self.memory is not None:
+            _check_int(self, "memory", 1)
+        _check_int(self, "wait_for_peers", 0)
+        _check_int(self, "rings", 1)
+        if self.discovery not in DISCOVERY_MODES:
+            _fail(self, "discovery", f"must be one of {', '.join(DISCOVERY_MODES)}, got {self.discovery!r}")
+        _check_port(self, "discovery_port", 1)
+        _check_liveness(self)
+
 
 @dataclass
 class RayConfig:
@@ -78,3 +106,51 @@ class RayConfig:
     cluster_key: str | None = None
     placement_timeout: float = 120.0  # how long Ray may take to reserve the bundles
     init_options: dict[str, Any] = field(default_factory=dict)  # more ray.init arguments (a local instance)
+
+    def __post_init__(self) -> None:
+        if self.address and self.address != "auto":
+            host, _, port = self.address.removeprefix("ray://").rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                _fail(self, "address", f"{self.address}: expected auto, HOST:PORT or ray://HOST:PORT")
+        if self.shards is not None:
+            _check_int(self, "shards", 1)
+        if self.placement not in RAY_PLACEMENTS:
+            _fail(self, "placement", f"must be one of {', '.join(RAY_PLACEMENTS)}, got {self.placement!r}")
+        _check_positive(self, "cpus_per_shard")
+        _check_port(self, "port", 0)
+        _check_liveness(self)
+        _check_positive(self, "placement_timeout")
+
+
+def _fail(config: object, setting: str, problem: str) -> NoReturn:
+    raise ConfigError(type(config).__name__, setting, problem)
+
+
+def _check_int(config: object, setting: str, minimum: int, maximum: int | None = None) -> None:
+    value = getattr(config, setting)
+    if not isinstance(value, int) or isinstance(value, bool):
+        _fail(config, setting, f"must be an integer, got {value!r}")
+    if value < minimum:
+        _fail(config, setting, f"must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        _fail(config, setting, f"must be <= {maximum}, got {value}")
+
+
+def _check_port(config: object, setting: str, lowest: int) -> None:
+    value = getattr(config, setting)
+    if not isinstance(value, int) or isinstance(value, bool) or not lowest <= value <= 65535:
+        _fail(config, setting, f"must be a port ({lowest}-65535), got {value!r}")
+
+
+def _check_positive(config: object, setting: str) -> None:
+    value = getattr(config, setting)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < math.inf:
+        _fail(config, setting, f"must be a positive number, got {value!r}")
+
+
+def _check_liveness(config: ClusterConfig | RayConfig) -> None:
+    """The heartbeat, peer timeout and step timeout that LAN clusters and the Ray driver share."""
+    for setting in ("heartbeat", "timeout", "step_timeout"):
+        _check_positive(config, setting)
+    if config.timeout <= 2 * config.heartbeat:  # one late ping must not mark a live peer down
+        _fail(config, "timeout", f"({config.timeout:g} s) must exceed twice heartbeat ({config.heartbeat:g} s)")

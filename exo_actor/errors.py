@@ -25,3 +25,19 @@ class ContextLengthError(ExoError):
 
 class InvalidRequestError(ExoError):
     """Invalid generation parameters (sampling values, token counts, ...)."""
+
+
+class ConfigError(ExoError):
+    """A NodeConfig / ClusterConfig / RayConfig setting that cannot work: "ClusterConfig.rings must be >= 1, got 0".
+
+    `setting` and `problem` are kept apart so that the CLI can name the flag instead ("--rings must be >= 1, got 0").
+    """
+
+    def __init__(self, config: str, setting: str, problem: str) -> None:
+        super().__init__(f"{config}.{setting} {problem}")
+        self.config = config
+        self.setting = setting
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str, str]]:
+        return type(self), (self.config, self.setting, self.problem)  # picklable despite the three arguments

@@ -1,6 +1,8 @@
 """A node: this device's model, pipeline and RouterActor, and what it reports about itself.
 
-Alone, a node is a cluster of one; the cluster issue makes several nodes share one ring.
+`Node` serves the whole model in this process. `cluster.ClusterNode` (a LAN ring) and
+`ray_backend.RayNode` (shards as Ray actors) are the other backends; the gateway and `serve()` use
+any of them through the same interface: start_async / stop_async, ready_router, cluster_info.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from .actors.router import RouterActor
@@ -52,13 +55,29 @@ class ModelLoadingError(ExoError):
     """The model is not ready (still loading, or it failed to load)."""
 
 
+class NodeState(StrEnum):
+    """Where a node is on its way to serving (its `detail` says more, e.g. which layers it loads)."""
+
+    STARTING = "starting"
+    CONNECTING = "connecting"  # the Ray driver reaching Ray
+    DOWNLOADING = "downloading"
+    LOADING = "loading"
+    WAITING_FOR_PEERS = "waiting for peers"  # --wait-for-peers not met yet
+    NO_PLAN = "no plan"  # the nodes heard so far cannot hold the model
+    LOADING_DRAFT = "loading the draft model"
+    RECOVERING = "recovering"  # the Ray driver waiting for Ray to restart a shard
+    READY = "ready"
+    FAILED = "failed"
+
+
 @dataclass
 class Node:
     """One device: loads its model in the background, then serves it through a RouterActor."""
 
     config: NodeConfig
     node_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    state: str = "starting"  # starting -> loading -> ready | failed
+    state: NodeState = NodeState.STARTING  # written by one thread: the loader's, or the event loop
+    detail: str | None = None  # more about the state ("1/2 peers", "layers 0-14"), shown beside it
     error: str | None = None
     files: ModelFiles | None = None
     router: RouterActor | None = None
@@ -70,12 +89,30 @@ class Node:
         self.download.listener = self._on_download
         self._download_logged = 0.0
 
+    def set_state(self, state: NodeState, detail: str | None = None) -> None:
+        self.state, self.detail = state, detail
+
+    def fail(self, error: str) -> None:
+        self.state, self.detail, self.error = NodeState.FAILED, None, error
+
+    @property
+    def status(self) -> str:
+        """The state with its detail, for messages and logs."""
+        return f"{self.state} ({self.detail})" if self.detail else str(self.state)
+
     def _on_download(self, p: Progress) -> None:
+        """Called by a download on its thread (here the loader's, which owns the state)."""
+        self._follow_download(p)
+        self._log_download(p)
+
+    def _follow_download(self, p: Progress) -> None:
+        if p.state == "downloading" and self.state == NodeState.LOADING:
+            self.set_state(NodeState.DOWNLOADING, self.detail)
+        elif p.state != "downloading" and self.state == NodeState.DOWNLOADING:
+            self.set_state(NodeState.LOADING, self.detail)
+
+    def _log_download(self, p: Progress) -> None:
         """Log a download's progress every few seconds (the dashboard and /v1/cluster show it live)."""
-        if p.state == "downloading" and self.state == "loading":
-            self.state = "downloading"
-        elif p.state != "downloading" and self.state == "downloading":
-            self.state = "loading"
         now = time.monotonic()
         if p.state == "downloading" and now - self._download_logged < 5.0:
             return
@@ -108,9 +145,25 @@ class Node:
         """Requests being generated on this node's rings."""
         return self.router.in_flight if self.router else 0
 
-    def start(self) -> None:
+    @property
+    def messages_dropped(self) -> int:
+        """Malformed messages this node's actor socket received (none without a network)."""
+        return 0
+
+    @property
+    def beacons_rejected(self) -> int:
+        """Discovery beacons dropped for a missing or wrong signature (none without discovery)."""
+        return 0
+
+    async def start_async(self) -> None:
         """Load the model on a background thread (the API answers meanwhile)."""
-        self.state = "loading"
+        self.start()
+
+    async def stop_async(self) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.set_state(NodeState.LOADING)
         threading.Thread(target=self._load, name="exo-load", daemon=True).start()
 
     def _load(self) -> None:
@@ -126,10 +179,10 @@ class Node:
             router = start_router(self.config, files, pipeline, self.config.speculation(files))
             self.files, self.router = files, router
             self.plan = [(s.start, s.end) for s in pipeline.shards]
-            self.state = "ready"
+            self.set_state(NodeState.READY)
             log.info("model %s ready (%d layers)", self.config.model, files.args.num_hidden_layers)
         except ExoError as exc:
-            self.state, self.error = "failed", str(exc)
+            self.fail(str(exc))
             log.error("cannot load %s: %s", self.config.model, exc)
 
     def stop(self) -> None:
@@ -138,7 +191,7 @@ class Node:
 
     def ready_router(self) -> tuple[ModelFiles, RouterActor]:
         """The loaded model and router, or a ModelLoadingError saying why not."""
-        if self.state == "failed":
+        if self.state == NodeState.FAILED:
             raise ModelLoadingError(f"the model failed to load: {self.error}")
         if self.files is None or self.router is None:
             raise ModelLoadingError(f"the model {self.config.model} is still loading; retry in a few seconds")
@@ -166,7 +219,8 @@ class Node:
         router = self.router
         return {
             "model": self.config.model,
-            "state": self.state,
+            "state": self.state.value,
+            "state_detail": self.detail,
             "error": self.error,
             "layers": n_layers,
             "nodes": [
@@ -181,7 +235,7 @@ class Node:
             ],
             "plan": [{"node": self.node_id, "start": a, "end": b} for a, b in self.plan],
             "ring": {
-                "state": self.state,
+                "state": self.state.value,
                 "in_flight": router.in_flight if router else 0,
                 "max_concurrent": self.config.max_concurrent,
                 "tokens_per_second": round(router.tokens_per_second(), 2) if router else 0.0,

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from .api import GatewayConfig, create_app
-from .cluster import ClusterConfig, ClusterNode
-from .config import NodeConfig
+from .cluster import ClusterNode
+from .config import ClusterConfig, NodeConfig
 from .errors import ExoError
 from .node import Node
 from .storage.model_store import check_model
@@ -53,14 +53,14 @@ def serve(
 ) -> None:
     """Run until Ctrl-C / SIGTERM. gateway=None runs the node without the HTTP API; cluster=None
     serves the whole model in this process (a cluster of one without sockets); ray_config runs the
-    shards as Ray actors (ray_backend.py) with the router and the gateway here."""
+    shards as Ray actors (the ray_backend package) with the router and the gateway here."""
     check_model(node_config.model)  # an unknown model is an error now, not a log line later
     sock = bind_socket(host, port) if gateway is not None else None
     if sock is not None:
         node_config.address = f"{host}:{sock.getsockname()[1]}"
     node: Node
     if ray_config is not None:
-        from .ray_backend import RayNode  # the only module that imports ray
+        from .ray_backend import RayNode  # the only package that imports ray
 
         node = RayNode(node_config, ray_config, node_id)
     elif cluster is not None:
@@ -76,10 +76,7 @@ def serve(
 
 
 async def _main(node: Node, gateway: GatewayConfig | None, sock: socket.socket | None) -> None:
-    if hasattr(node, "start_async"):  # a cluster node, or the Ray driver
-        await node.start_async()
-    else:
-        node.start()
+    await node.start_async()
     try:
         if sock is None or gateway is None:
             await _wait_for_signal()
@@ -89,10 +86,7 @@ async def _main(node: Node, gateway: GatewayConfig | None, sock: socket.socket |
         log.info("exo-actor gateway on http://%s (OpenAI API at /v1, dashboard at /)", node.config.address)
         await _serve_until_signal(server, sock)
     finally:
-        if hasattr(node, "stop_async"):
-            await node.stop_async()
-        else:
-            node.stop()
+        await node.stop_async()
 
 
 class _Server(uvicorn.Server):

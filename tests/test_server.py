@@ -1,4 +1,6 @@
-"""`exo-actor start` and `exo-actor status` as real processes: shutdown, busy port, status output."""
+"""`exo-actor start` and `exo-actor status` as real processes: shutdown, busy port, status output.
+The tests marked `ring` start a node process that loads a model and serves; the others see the CLI
+refuse before anything starts."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 
 from exo_actor.weights import open_model
 from tests.api.servers import process_server
-from tests.test_cli import assert_one_line_error, cli
+from tests.cli.helpers import assert_one_line_error, cli
 from tests.tiny import TinySpec, write_gguf
 
 
@@ -23,6 +25,7 @@ def tiny(tmp_path_factory):
     return path
 
 
+@pytest.mark.ring
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_shuts_down_cleanly(tiny, sig):
     with process_server("--model", str(tiny)) as srv:
@@ -32,6 +35,7 @@ def test_signal_shuts_down_cleanly(tiny, sig):
         assert "Traceback" not in out
 
 
+@pytest.mark.ring
 def test_status_table_and_json(tiny):
     with process_server("--model", str(tiny)) as srv:
         table = cli("status", "--api", srv.url)
@@ -76,6 +80,7 @@ def test_busy_port_is_one_line(tiny):
     assert_one_line_error(proc, "cannot listen", str(port))
 
 
+@pytest.mark.ring
 def test_api_key_protects_status(tiny):
     with process_server("--model", str(tiny), "--api-key", "k1") as srv:
         assert_one_line_error(cli("status", "--api", srv.url), "401", "--api-key")

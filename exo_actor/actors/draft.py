@@ -19,7 +19,7 @@ from ..errors import ExoError
 from ..sampling import SamplingParams
 from ..speculative import Drafter, Proposal
 from ..transport.messages import Draft, Drafted, Free
-from ..transport.peers import PeerNetwork
+from ..transport.peers import PeerNetwork, UnknownPeerError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class DraftActor:
         self.served += 1
         try:
             self.net.send(msg.src, Drafted(msg.rid, self.net.node_id, msg.seq, prop.tokens, q.astype(np.float32)))
-        except KeyError:
+        except UnknownPeerError:
             log.warning("draft for %s: its router %s is gone", msg.rid, msg.src)
 
     def close(self) -> None:
@@ -133,7 +133,7 @@ class RemoteDrafter:
         def send() -> None:
             try:
                 self.net.send(self.host, Free(request_id, self.net.node_id))
-            except KeyError:
-                pass
+            except UnknownPeerError:
+                pass  # the draft host left, and its caches with it
 
         self.loop.call_soon_threadsafe(send)

@@ -16,7 +16,7 @@ import numpy as np
 from ..engines import Pass
 from ..errors import ExoError
 from ..transport.messages import MAX_LIST, Failure, Forward, ForwardBatch, Free, Logits, LogitsBatch, Truncate
-from ..transport.peers import PeerNetwork
+from ..transport.peers import PeerNetwork, UnknownPeerError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class RemoteRing:
         if self.broken:
             raise RingError(self.broken)
         me = self.net.node_id
-        waits: list[asyncio.Future[np.ndarray] | asyncio.Task[np.ndarray]] = [None] * len(passes)  # type: ignore[list-item]
+        waits: dict[int, asyncio.Future[np.ndarray]] = {}  # pass index -> its answer (a Task is a Future)
         rows = [i for i, p in enumerate(passes) if len(p.tokens) == 1 and p.num_logits == 1]
         for i, p in enumerate(passes):
             if i not in rows:
@@ -108,7 +108,7 @@ class RemoteRing:
                     f.set_exception(exc)
             for i, rid, fut in zip(chunk, rids, futs):
                 waits[i] = self.loop.create_task(self._answer(rid, fut))
-        return list(await asyncio.gather(*waits, return_exceptions=True))
+        return list(await asyncio.gather(*(waits[i] for i in range(len(passes))), return_exceptions=True))
 
     def _send(self, msg: Forward | ForwardBatch, rids: list[str]) -> list[asyncio.Future[np.ndarray]]:
         futs = []
@@ -118,7 +118,7 @@ class RemoteRing:
             futs.append(fut)
         try:
             self.net.send(self.nodes[0], msg)
-        except KeyError:
+        except UnknownPeerError:
             for rid in rids:
                 self.pending.pop(rid, None)
             raise RingError(f"node {self.nodes[0]} left the cluster") from None
@@ -164,5 +164,5 @@ class RemoteRing:
         for node in self.nodes:
             try:
                 self.net.send(node, msg)
-            except KeyError:
-                pass
+            except UnknownPeerError:
+                pass  # a node that left holds no cache to free or truncate

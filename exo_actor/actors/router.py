@@ -218,8 +218,8 @@ class RouterActor:
                 k = turn % len(order)
                 order = order[k:] + order[:k]
             turn += 1
-            waiting = [a for a in order if a.pending is not None]
-            pieces = plan_turn([a.pending for a in waiting])  # type: ignore[misc]
+            waiting = [(a, a.pending) for a in order if a.pending is not None]
+            pieces = plan_turn([pending for _, pending in waiting])
             try:
                 results = self.pipeline.forward_batch([p.run for p in pieces])
             except Exception as exc:  # noqa: BLE001 - the whole batch failed: so did each of its requests
@@ -230,7 +230,7 @@ class RouterActor:
                 self.passes += 1
                 self.batched_rows += len(pieces)
             for piece, result in zip(pieces, results):
-                a = waiting[piece.index]
+                a, pending = waiting[piece.index]
                 if a.req.request_id not in active:
                     continue
                 if isinstance(result, Exception):
@@ -239,7 +239,7 @@ class RouterActor:
                     a.pending = None
                     self._advance(a, result, active)
                 else:
-                    a.pending.done += len(piece.run.tokens)  # type: ignore[union-attr]
+                    pending.done += len(piece.run.tokens)
 
     def _advance(self, a: _Active, logits: np.ndarray | None, active: dict[str, _Active]) -> None:
         """Resume a request's generation with the logits it waited for; deliver its text up to its

@@ -18,7 +18,7 @@ import numpy as np
 from ..engines import Pass, ShardRunner
 from ..errors import ExoError
 from ..transport.messages import Failure, Forward, ForwardBatch, Free, Logits, LogitsBatch, Truncate
-from ..transport.peers import PeerNetwork
+from ..transport.peers import PeerNetwork, UnknownPeerError
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,8 @@ class ShardActor:
                         msg.adopt_len,
                     ),
                 )
-        except KeyError as exc:
-            self._fail(
-                msg,
-                "peer_down",
-                f"node {exc.args[0]} cannot be reached from here; the cluster is re-planning, retry the request",
-            )
+        except UnknownPeerError as exc:
+            self._fail(msg, "peer_down", _peer_down(exc))
         except Exception as exc:  # noqa: BLE001 - whatever goes wrong, the router must hear of it
             log.exception("shard could not pass on request %s", msg.rid)
             self._fail(msg, "shard_error", f"{type(exc).__name__}: {exc}")
@@ -143,14 +139,13 @@ class ShardActor:
                 self.net.send(
                     role.next_node, ForwardBatch(me, msg.router, msg.plan, rids, positions, adopt, adopt_len, data)
                 )
-        except Exception as exc:  # noqa: BLE001 - whatever goes wrong, the routers must hear of it
-            text = (
-                f"node {exc.args[0]} cannot be reached from here; the cluster is re-planning, retry the request"
-                if isinstance(exc, KeyError)
-                else f"{type(exc).__name__}: {exc}"
-            )
+        except UnknownPeerError as exc:
             for rid in rids:
-                self._fail_row(msg.router, rid, "peer_down" if isinstance(exc, KeyError) else "shard_error", text)
+                self._fail_row(msg.router, rid, "peer_down", _peer_down(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever goes wrong, the routers must hear of it
+            log.exception("shard could not pass on a batch of %d requests", len(rids))
+            for rid in rids:
+                self._fail_row(msg.router, rid, "shard_error", f"{type(exc).__name__}: {exc}")
 
     @staticmethod
     def _run_batch(runner: ShardRunner, msg: ForwardBatch, rows: list[int]) -> list[np.ndarray | Exception]:
@@ -181,8 +176,8 @@ class ShardActor:
         for rid, router in list(self.routers.items()):
             try:
                 self.net.send(router, Failure(rid, self.net.node_id, "plan_changed", reason))
-            except KeyError:
-                pass
+            except UnknownPeerError:
+                pass  # that router is gone too: nobody waits for the request
         self.routers.clear()
 
     async def on_free(self, msg: Free) -> None:
@@ -201,8 +196,12 @@ class ShardActor:
     def _fail_row(self, router: str, rid: str, code: str, text: str) -> None:
         try:
             self.net.send(router, Failure(rid, self.net.node_id, code, text))
-        except KeyError:
+        except UnknownPeerError:
             log.warning("cannot report failure of %s: its router %s is gone", rid, router)
+
+
+def _peer_down(exc: UnknownPeerError) -> str:
+    return f"node {exc.node_id} cannot be reached from here; the cluster is re-planning, retry the request"
 
 
 def _adopt(runner: ShardRunner, rid: str, source: str, length: int) -> None:

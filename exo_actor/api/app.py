@@ -87,7 +87,9 @@ class Gateway:
 
     def __init__(self, node: Node, config: GatewayConfig) -> None:
         self.node, self.config = node, config
-        self.metrics = GatewayMetrics(lambda: node.in_flight)
+        self.metrics = GatewayMetrics(
+            lambda: node.in_flight, lambda: node.messages_dropped, lambda: node.beacons_rejected
+        )
 
     def check_model(self, requested: str) -> None:
         check_model(requested, self.node.model_aliases(), self.node.model_id)

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ..runtime.generation import GenerationStats
 
 
+def _zero() -> int:  # a node without a cluster transport (standalone) drops and rejects nothing
+    return 0
+
+
 class GatewayMetrics:
-    def __init__(self, in_flight: Callable[[], float]) -> None:
+    """The gateway's metrics; the node's own counters are read from the callables at each scrape."""
+
+    def __init__(
+        self,
+        in_flight: Callable[[], float],
+        messages_dropped: Callable[[], int] = _zero,
+        beacons_rejected: Callable[[], int] = _zero,
+    ) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("exo_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
         self.errors = Counter("exo_errors", "Requests that ended in an error, by kind", ["kind"], registry=r)
@@ -45,6 +58,7 @@ class GatewayMetrics:
         Gauge(
             "exo_tokens_per_pass", "Tokens per ring pass after the prompt (1 without speculation)", registry=r
         ).set_function(lambda: _ratio(self.decode_tokens, self.decode_passes))
+        r.register(_NodeCounters(messages_dropped, beacons_rejected))
 
     def record(self, stats: GenerationStats) -> None:
         """Count one finished request."""
@@ -64,6 +78,25 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _NodeCounters(Collector):
+    """Counters the node keeps itself (its transport's), exported as they are at scrape time."""
+
+    def __init__(self, messages_dropped: Callable[[], int], beacons_rejected: Callable[[], int]) -> None:
+        self.messages_dropped, self.beacons_rejected = messages_dropped, beacons_rejected
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "exo_messages_dropped",
+            "Malformed messages this node's actor socket received and dropped",
+            value=self.messages_dropped(),
+        )
+        yield CounterMetricFamily(
+            "exo_beacons_rejected",
+            "Discovery beacons dropped for not being signed with this cluster's key",
+            value=self.beacons_rejected(),
+        )
 
 
 def _ratio(a: Counter, b: Counter) -> float:

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from starlette.requests import Request
@@ -128,7 +128,7 @@ class OpenAIRoutes:
 
     async def _chat_events(
         self, cid: str, model: str, tok: TextTokenizer, stream: GenerationStream, include_usage: bool, logprobs: bool
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         created = int(time.time())
         yield _sse(R.chat_chunk(cid, created, model, {"role": "assistant", "content": ""}))
         last: Delta | None = None
@@ -183,7 +183,7 @@ class OpenAIRoutes:
 
     async def _completion_events(
         self, cid: str, model: str, tok: TextTokenizer, stream: GenerationStream, include_usage: bool, logprobs: bool
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         created, last, offset = int(time.time()), None, 0
         try:
             async for d in stream:
@@ -192,7 +192,7 @@ class OpenAIRoutes:
                 offset += len(d.text)
                 if d.text or lp or d.finish_reason:
                     choice = R.completion_choice(0, d.text, d.finish_reason, lp)
-                    yield _sse(R.text_completion(cid, created, model, [choice], None) | {"usage": None})
+                    yield _sse(R.text_completion(cid, created, model, [choice], {}) | {"usage": None})
         finally:
             stream.cancel()
         if last is not None:
@@ -201,12 +201,12 @@ class OpenAIRoutes:
             yield _sse(R.usage_chunk(cid, created, model, "text_completion", last.stats if last else None))
         yield _sse("[DONE]")
 
-    def _stream_response(self, events: AsyncIterator[bytes]) -> StreamingResponse:
+    def _stream_response(self, events: AsyncGenerator[bytes, None]) -> StreamingResponse:
         return StreamingResponse(
             self._guard(events), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
 
-    async def _guard(self, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _guard(self, events: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
         """Errors after the response started go to the client as an SSE error event, then [DONE]."""
         loop = asyncio.get_running_loop()
         limit = self.gw.config.request_timeout
@@ -229,4 +229,4 @@ class OpenAIRoutes:
             yield _sse(err.body())
             yield _sse("[DONE]")
         finally:
-            await events.aclose()  # type: ignore[attr-defined]  # cancels generation on disconnect
+            await events.aclose()  # cancels generation on disconnect

@@ -1,4 +1,4 @@
-"""The engine protocol: what every engine (numpy, MLX, tinygrad) offers the actors."""
+"""The engine protocol: what every engine (torch, numpy, MLX, tinygrad) offers the actors."""
 
 from __future__ import annotations
 

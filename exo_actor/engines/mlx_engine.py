@@ -58,10 +58,12 @@ class _Linear:
 
 
 def _fused(mx: Any, parts: list[Weight]) -> list[_Linear]:
-    if all(isinstance(p, QuantizedTensor) for p in parts) and same_format(parts):  # type: ignore[arg-type]
-        return [_Linear(mx, concat_rows(parts))]  # type: ignore[arg-type]
-    if all(isinstance(p, np.ndarray) for p in parts):
-        return [_Linear(mx, np.concatenate(parts))]  # type: ignore[arg-type]
+    quantized = [p for p in parts if isinstance(p, QuantizedTensor)]
+    if len(quantized) == len(parts) and same_format(quantized):
+        return [_Linear(mx, concat_rows(quantized))]
+    arrays = [p for p in parts if isinstance(p, np.ndarray)]
+    if len(arrays) == len(parts):
+        return [_Linear(mx, np.concatenate(arrays))]
     return [_Linear(mx, p) for p in parts]
 
 
@@ -106,7 +108,7 @@ class MlxShardRunner(RequestCaches):
         self.start, self.end = start, end
         self.is_first, self.is_last = start == 0, end == args.num_hidden_layers
         arr = lambda a: None if a is None else mx.array(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
-        self.layers = [
+        self.layers: list[dict[str, Any]] = [
             {
                 "attn_norm": arr(l.attn_norm),
                 "bqkv": arr(l.bqkv),

@@ -48,6 +48,8 @@ class TinygradShardRunner(RequestCaches):
         self.layers = layer_tensors(weights, arr)
         embed = weights.embed
         if self.is_first and embed is None:  # tied: the head's columns are the embedding
+            if weights.lm_head_t is None:
+                raise ValueError("the first shard needs the token embedding")
             embed = np.ascontiguousarray(weights.lm_head_t.T)
         self.embed_np = None if embed is None else np.ascontiguousarray(embed, dtype=np.float32)
         self.final_norm, self.lm_head_t = arr(weights.final_norm), arr(weights.lm_head_t)

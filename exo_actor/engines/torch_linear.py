@@ -3,7 +3,7 @@
 torch ships an int4 weight-only kernel for CPUs (`aten._weight_int4pack_mm_for_cpu`, AVX-512/AVX2,
 threads over the output): 4-bit values packed by `aten._convert_weight_to_int4pack_for_cpu`, one scale
 and one zero point per group of 32-256 inputs, computing `(q - 8) * scale + zero` with bfloat16
-activations. Measured on the project's machine (README, Engines) it reads SmolLM2's weights ~4x faster
+activations. Measured on the project's machine (docs/quantized.md) it reads SmolLM2's weights ~4x faster
 than OpenBLAS reads them in float32, and its float32-activation path is ~30x slower than its bfloat16
 one, so products here take bfloat16 inputs and give bfloat16 outputs.
 

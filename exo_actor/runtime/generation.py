@@ -68,12 +68,15 @@ class LocalPipeline:
 
     def forward_batch(self, passes: Sequence[Pass]) -> list[np.ndarray | Exception]:
         results: list[np.ndarray | Exception] = [p.tokens for p in passes]
-        live = list(range(len(passes)))  # passes that have not failed on an earlier shard
+        live = dict(enumerate(p.tokens for p in passes))  # passes not failed on an earlier shard -> their input
         for shard in self.shards:
-            steps = [Pass(passes[i].request_id, results[i], passes[i].start_pos, passes[i].num_logits) for i in live]  # type: ignore[arg-type]
-            for i, out in zip(live, shard.forward_batch(steps)):
+            steps = [Pass(passes[i].request_id, x, passes[i].start_pos, passes[i].num_logits) for i, x in live.items()]
+            for i, out in zip(list(live), shard.forward_batch(steps)):
                 results[i] = out
-            live = [i for i in live if not isinstance(results[i], Exception)]
+                if isinstance(out, Exception):
+                    del live[i]
+                else:
+                    live[i] = out
         return results
 
     def truncate(self, request_id: str, length: int) -> None:
@@ -222,7 +225,9 @@ def generation(
         item = next(tokens)
         while True:
             if isinstance(item, Pass):  # hand the pass to whoever runs them, the logits back down
-                item = tokens.send((yield item))
+                logits = yield item
+                assert logits is not None, "a Pass is answered with its logits"
+                item = tokens.send(logits)
                 continue
             token, row = item
             lp = [token_logprob(row, token, params.logprobs)] if params.logprobs is not None else []
@@ -271,7 +276,7 @@ def _tokens(
     stats: GenerationStats,
     spec: Speculation | None,
     cached: int = 0,
-) -> Generator[Pass | tuple[int, np.ndarray], np.ndarray | None, None]:
+) -> Generator[Pass | tuple[int, np.ndarray], np.ndarray, None]:
     """(token, the logits row it was chosen from) for each generated token, computed lazily: the
     pass for the next token is yielded (and its logits awaited) only when the caller asks for it."""
     sampler = Sampler(params)

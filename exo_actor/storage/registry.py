@@ -22,8 +22,6 @@ class ModelEntry:
     architecture: str
     layers: int
     hf_repo: str
-    gguf_repo: str | None = None
-    gguf_file: str | None = None
     gguf_package: str | None = None
     gguf_package_file: str | None = None
     install_hint: str | None = None

@@ -62,7 +62,7 @@ class TextTokenizer:
 
 
 def _stop_ids(tok: Tokenizer, explicit: list[int]) -> frozenset[int]:
-    ids = {i for i in explicit if i is not None}
+    ids = set(explicit)
     ids |= {i for i, t in tok.get_added_tokens_decoder().items() if t.special and t.content in END_OF_TURN_TEXTS}
     return frozenset(ids)
 
@@ -103,11 +103,12 @@ def tokenizer_from_gguf(fields: dict[str, Any]) -> TextTokenizer:
         i = fields.get(key)
         return tokens[i] if isinstance(i, int) and 0 <= i < len(tokens) else None
 
+    ends = [fields.get("tokenizer.ggml.eos_token_id"), fields.get("tokenizer.ggml.eot_token_id")]
     return TextTokenizer(
         tokenizer=tok,
         bos_token=tok_text("tokenizer.ggml.bos_token_id"),
         eos_token=tok_text("tokenizer.ggml.eos_token_id"),
-        stop_ids=_stop_ids(tok, [fields.get("tokenizer.ggml.eos_token_id"), fields.get("tokenizer.ggml.eot_token_id")]),
+        stop_ids=_stop_ids(tok, [i for i in ends if isinstance(i, int)]),
         chat_template=fields.get("tokenizer.chat_template"),
         add_bos=bool(fields.get("tokenizer.ggml.add_bos_token", False)),
     )

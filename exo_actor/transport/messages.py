@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from functools import cache
 from typing import Any, ClassVar
 
 import msgpack
@@ -35,10 +34,16 @@ class ProtocolError(ExoError):
     """A message that is not valid exo-actor wire protocol."""
 
 
-@cache
+_FIELDS: dict[type, tuple[tuple[str, str], ...]] = {}
+
+
 def _fields(cls: type) -> tuple[tuple[str, str], ...]:
     """(name, annotation) of a message class's fields, computed once per class."""
-    return tuple((f.name, str(f.type)) for f in fields(cls))
+    # a plain dict, not functools.cache: mypy cannot see a class object as Hashable (python/mypy#20409)
+    found = _FIELDS.get(cls)
+    if found is None:
+        found = _FIELDS[cls] = tuple((f.name, str(f.type)) for f in fields(cls))
+    return found
 
 
 class Message:
@@ -61,7 +66,7 @@ class Message:
                 if arr.dtype.name not in DTYPES:
                     raise ProtocolError(f"dtype {arr.dtype} cannot go on the wire ({', '.join(DTYPES)})")
                 header["dt"], header["sh"] = arr.dtype.name, list(arr.shape)
-                frames.append(memoryview(arr.reshape(-1).view(np.uint8)))  # zero-copy byte view
+                frames.append(arr.reshape(-1).view(np.uint8).data)  # zero-copy byte view (a memoryview)
             else:
                 header[name] = value
         return [msgpack.packb(header, use_bin_type=True), *frames]

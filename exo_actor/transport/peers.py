@@ -17,9 +17,9 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import zmq
 import zmq.asyncio
@@ -30,11 +30,24 @@ from .security import ClusterKey, start_authenticator
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Message], Awaitable[None] | None]
+M = TypeVar("M", bound=Message)
+# A handler returns None, or a coroutine the network runs as a task (see _dispatch).
+Handler = Callable[[M], Coroutine[Any, Any, None] | None]
 
 
 class TransportError(ExoError):
     """This node cannot open its actor socket."""
+
+
+class UnknownPeerError(ExoError):
+    """A send to a node this network does not know: never introduced, or declared down since."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(f"node {node_id} cannot be reached from here (it is not a live peer of this node)")
+        self.node_id = node_id
+
+    def __reduce__(self) -> tuple[type[UnknownPeerError], tuple[str]]:
+        return type(self), (self.node_id,)  # pickles (Ray) with its node id, not its message
 
 
 @dataclass
@@ -77,15 +90,15 @@ class PeerNetwork:
                 self.auth.stop()
             self.ctx.term()
             raise TransportError(
-                f"cannot listen on {bind}: {zmq.strerror(exc.errno)} (is another node using the port? try --port)"
+                f"cannot listen on {bind}: {exc.strerror} (is another node using the port? try --port)"
             ) from None
         if advertise.endswith(":0"):  # bound to a port the system picked: advertise that port
-            port = self.router.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1]
+            port = self.router.get_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
             self.endpoint = advertise[:-1] + port
             self.bind = bind.rsplit(":", 1)[0] + ":" + port
         self.dealers: dict[str, zmq.asyncio.Socket] = {}  # endpoint -> socket
         self.peers: dict[str, Peer] = {}  # node id -> peer (known by Hello)
-        self.handlers: dict[type[Message], Handler] = {}
+        self.handlers: dict[type[Message], Handler[Message]] = {}
         self.on_peer_up: Callable[[Peer], None] = lambda p: None
         self.on_peer_down: Callable[[Peer], None] = lambda p: None
         self.dropped = 0  # malformed messages received
@@ -93,8 +106,10 @@ class PeerNetwork:
         self._handling: set[asyncio.Future[Any]] = set()  # handler tasks in flight
         self._unreachable: set[str] = set()  # endpoints whose last send failed (logged once)
 
-    def on(self, kind: type[Message], handler: Handler) -> None:
-        self.handlers[kind] = handler
+    def on(self, kind: type[M], handler: Handler[M]) -> None:
+        """Call `handler` with every received message of type `kind` (exactly that type)."""
+        # _dispatch looks the handler up by type(msg), so it only ever receives a `kind`
+        self.handlers[kind] = cast(Handler[Message], handler)
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._beat())]
@@ -139,8 +154,11 @@ class PeerNetwork:
         return p is not None and time.monotonic() - p.last_seen < self.timeout
 
     def send(self, node_id: str, msg: Message) -> None:
-        """Send to a known peer (ourselves included); raises KeyError for an unknown node."""
-        self._send_to(self.peers[node_id].endpoint, msg)
+        """Send to a known peer (ourselves included); raises UnknownPeerError for any other node."""
+        peer = self.peers.get(node_id)
+        if peer is None:
+            raise UnknownPeerError(node_id)
+        self._send_to(peer.endpoint, msg)
 
     def _send_to(self, endpoint: str, msg: Message) -> None:
         sock = self.dealers.get(endpoint)
@@ -153,7 +171,12 @@ class PeerNetwork:
             sent = None
             self._undelivered(endpoint, msg)
         if isinstance(sent, asyncio.Future):  # zmq.asyncio reports a full queue on the future
-            sent.add_done_callback(lambda f: f.cancelled() or f.exception() is None or self._undelivered(endpoint, msg))
+
+            def check(f: asyncio.Future[Any]) -> None:
+                if not f.cancelled() and f.exception() is not None:
+                    self._undelivered(endpoint, msg)
+
+            sent.add_done_callback(check)
 
     def _undelivered(self, endpoint: str, msg: Message) -> None:
         """A message that could not be queued: no connection (a peer down, or refusing our key) or a

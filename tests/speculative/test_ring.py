@@ -5,15 +5,11 @@ exactly the accepted positions (the Truncate message)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import threading
 import time
 
 import pytest
 
-from exo_actor.cluster import ClusterNode
-from exo_actor.config import ClusterConfig, NodeConfig
+from exo_actor.config import NodeConfig
 from exo_actor.runtime.generation import generate
 from exo_actor.runtime.local import load_local
 from exo_actor.sampling import SamplingParams
@@ -21,49 +17,16 @@ from exo_actor.speculative import Speculation
 from exo_actor.speculative.drafts import load_drafter
 from exo_actor.tokenizer import chat_prompt_ids
 from exo_actor.transport import Draft
-from tests.api.servers import free_port
+from tests.cluster.harness import in_process_cluster
 from tests.speculative.test_smollm2 import GROUNDED, OPEN
 
 pytestmark = pytest.mark.slow
 
 
-@contextlib.contextmanager
-def in_process_cluster(memories_gib, draft_model=None):
-    """ClusterNodes node0..N-1 on one event loop thread, peered on loopback, ready."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    ports = [free_port() for _ in memories_gib]
-    nodes = []
-    for i, mem in enumerate(memories_gib):
-        cfg = ClusterConfig(
-            host="127.0.0.1",
-            port=ports[i],
-            advertise="127.0.0.1",
-            peers=[f"127.0.0.1:{p}" for p in ports],
-            memory=int(mem * 2**30),
-            wait_for_peers=len(ports) - 1,
-        )
-        node_cfg = NodeConfig(model="smollm2-135m", draft_model=draft_model, draft_tokens=4, adaptive_draft=False)
-        nodes.append(ClusterNode(node_cfg, cfg, node_id=f"node{i}"))
-    try:
-        for n in nodes:
-            asyncio.run_coroutine_threadsafe(n.start_async(), loop).result(60)
-        deadline = time.monotonic() + 120
-        while not all(n.state == "ready" for n in nodes):
-            assert time.monotonic() < deadline, [(n.node_id, n.state, n.error) for n in nodes]
-            time.sleep(0.2)
-        yield nodes
-    finally:
-        for n in nodes:
-            asyncio.run_coroutine_threadsafe(n.stop_async(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    with in_process_cluster([8, 4, 4]) as nodes:
-        yield nodes
+    with in_process_cluster("smollm2-135m", 3, memories_gib=[8, 4, 4], timeout=10.0) as c:
+        yield c.nodes
 
 
 class CheckedRing:
@@ -103,7 +66,7 @@ def test_ring_speculation_equals_plain_decoding(cluster, single, draft):
     ids = chat_prompt_ids(files.tokenizer, GROUNDED if draft == "ngram" else OPEN)
     params = SamplingParams(max_tokens=32)
     expected = [t for d in generate(pipe, files.tokenizer, ids, params, 2048) for t in d.token_ids]
-    ring = CheckedRing(cluster[0].rings[0][0], cluster)
+    ring = CheckedRing(cluster[0].rings.ring(0), cluster)
     spec = Speculation(load_drafter(draft, files), max_draft=4, adaptive=False)
     deltas = list(generate(ring, files.tokenizer, ids, params, 2048, "req-" + draft, spec))
     assert [t for d in deltas for t in d.token_ids] == expected
@@ -128,7 +91,7 @@ def test_the_prefix_cache_through_the_ring(cluster, single):
     files, pipe = single
     params = SamplingParams(max_tokens=16)
     turn1 = chat_prompt_ids(files.tokenizer, OPEN)
-    ring = cluster[0].rings[0][0]
+    ring = cluster[0].rings.ring(0)
     cache = PrefixCache(10_000)
     first = [t for d in generate(ring, files.tokenizer, turn1, params, 2048, "turn1", None, cache) for t in d.token_ids]
     assert set(cache.entries) == {"turn1"}
@@ -158,25 +121,32 @@ def test_a_node_without_room_for_the_draft_uses_a_remote_draft_actor(single):
     ids = chat_prompt_ids(files.tokenizer, OPEN)
     params = SamplingParams(max_tokens=24)
     expected = [t for d in generate(pipe, files.tokenizer, ids, params, 2048) for t in d.token_ids]
-    with in_process_cluster([0.3, 4, 4], draft_model="smollm2-135m:layers=8") as nodes:
+
+    def node_config(i: int) -> NodeConfig:
+        return NodeConfig(
+            model="smollm2-135m", draft_model="smollm2-135m:layers=8", draft_tokens=4, adaptive_draft=False
+        )
+
+    with in_process_cluster("smollm2-135m", 3, memories_gib=[0.3, 4, 4], node_config=node_config, timeout=10.0) as c:
+        nodes = c.nodes
         info = nodes[0].cluster_info()
         host = info["draft"]["host"]
         assert host in ("node1", "node2") and not info["draft"]["hosted_here"]
-        assert nodes[1].draft_host == "node1" and nodes[2].draft_host == "node2"  # room: local drafts
-        ring, router = nodes[0].rings[0]
+        assert nodes[1].drafts.host == "node1" and nodes[2].drafts.host == "node2"  # room: local drafts
+        ring, router = nodes[0].rings.ring(0), nodes[0].rings.router(0)
         spec = router.speculation
         deltas = list(generate(ring, files.tokenizer, ids, params, 2048, "remote-1", spec))
         assert [t for d in deltas for t in d.token_ids] == expected
         assert deltas[-1].stats.draft_tokens > 0
         host_node = next(n for n in nodes if n.node_id == host)
-        served = host_node.draft_actor.served
+        served = host_node.drafts.actor.served
         assert served > 0
         sampled = SamplingParams(max_tokens=16, temperature=0.7, seed=3)
         deltas = list(generate(ring, files.tokenizer, ids, sampled, 2048, "remote-2", spec))
         assert deltas[-1].finish_reason and deltas[-1].stats.draft_tokens > 0
-        assert host_node.draft_actor.served > served
+        assert host_node.drafts.actor.served > served
         deadline = time.monotonic() + 2.0
-        while host_node.draft_actor.drafter.seen:  # Free reached the draft host too
+        while host_node.drafts.actor.drafter.seen:  # Free reached the draft host too
             assert time.monotonic() < deadline
             time.sleep(0.01)
 

@@ -1,42 +1,17 @@
-"""The command line, run as a real subprocess: output, stats line, and one-line errors."""
+"""`exo-actor run` (and the commands around it), as a real subprocess: output, stats line, one-line errors."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as Q
 
+from tests.cli.helpers import assert_one_line_error, cli, python
 from tests.tiny import TinySpec, write_gguf, write_hf_folder
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exo_actor.cli", *args], capture_output=True, text=True, timeout=timeout
-    )
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cli") / "tiny.gguf"
-    write_gguf(path, TinySpec(context=48))
-    return path
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("exo-actor: error:"), lines[0]
-    for n in needles:
-        assert n in lines[0], lines[0]
-    assert proc.stdout == ""
 
 
 def test_help_everywhere():
@@ -106,23 +81,12 @@ _WITHOUT_TORCH = "import sys; sys.modules['torch'] = None; from exo_actor.cli im
 
 
 def test_a_missing_torch_names_its_extra(tiny_gguf):
-    proc = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_TORCH, "run", str(tiny_gguf), "--prompt", "x", "--engine", "torch"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = python(_WITHOUT_TORCH, "run", str(tiny_gguf), "--prompt", "x", "--engine", "torch")
     assert_one_line_error(proc, "exo-actor[torch]")
 
 
 def test_a_bad_engine_in_the_environment_is_named(tiny_gguf):
-    proc = subprocess.run(
-        [sys.executable, "-m", "exo_actor.cli", "run", str(tiny_gguf), "--prompt", "x"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "EXO_ACTOR_ENGINE": "gpu"},
-    )
+    proc = cli("run", str(tiny_gguf), "--prompt", "x", timeout=60, env={**os.environ, "EXO_ACTOR_ENGINE": "gpu"})
     assert_one_line_error(proc, "EXO_ACTOR_ENGINE='gpu'", "torch")
 
 
@@ -213,75 +177,3 @@ def test_bad_config_json_is_one_line(tmp_path, change, needle):
     cfg = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(change(cfg))
     assert_one_line_error(cli("run", str(tmp_path), "--prompt", "x"), needle)
-
-
-@pytest.mark.parametrize(
-    ("flags", "needle"),
-    [
-        (["--ray-shards", "3"], "the --ray-* options need --backend ray"),
-        (["--ray-address", "auto"], "need --backend ray"),
-        (["--backend", "ray", "--ray-address", "nowhere"], "expected auto, HOST:PORT or ray://HOST:PORT"),
-        (["--backend", "ray", "--ray-address", "ray://h:99999"], "--ray-address ray://h:99999"),
-        (["--backend", "ray", "--rings", "2"], "--rings is for LAN clusters"),
-        (["--backend", "ray", "--discovery", "udp"], "--discovery is for LAN clusters"),
-        (["--backend", "ray", "--advertise", "h:1234", "--port", "5000"], "takes a HOST only"),
-        (["--backend", "ray", "--ray-cpus-per-shard", "0"], "must be a positive number"),
-        (["--backend", "ray", "--ray-placement", "RANDOM"], "invalid choice"),
-        (["--backend", "mesh"], "invalid choice"),
-    ],
-)
-def test_bad_ray_backend_flags(flags, needle):
-    assert_one_line_error(cli("start", "--no-api", *flags), needle)
-
-
-def test_ray_backend_without_ray_names_the_extra():
-    """A machine without the `ray` package: one line naming `exo-actor[ray]`."""
-    cmd = [sys.executable, "-c", _WITHOUT_RAY, "start", "--no-api", "--backend", "ray"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert_one_line_error(proc, "pip install 'exo-actor[ray]'")
-
-
-# runs the CLI with `ray` unimportable (as on a machine without the extra)
-_WITHOUT_RAY = """
-import importlib.util, sys
-real = importlib.util.find_spec
-importlib.util.find_spec = lambda name, *a: None if name.split('.')[0] == 'ray' else real(name, *a)
-sys.modules['ray'] = None
-from exo_actor.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def test_only_the_ray_backend_imports_ray():
-    import ast
-    from pathlib import Path
-
-    import exo_actor
-
-    root = Path(exo_actor.__file__).parent
-    importers = set()
-    for path in root.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
-            if any(n == "ray" or n.startswith("ray.") for n in names):
-                importers.add(path.relative_to(root).as_posix())
-    assert importers == {"ray_backend.py"}
-
-
-@pytest.mark.parametrize("backend", [(), ("--backend", "ray")])
-def test_a_busy_actor_port_is_one_line(tmp_path, backend):
-    import socket
-
-    (tmp_path / "peers.toml").write_text('peers = ["127.0.0.1:1"]\n')
-    peers = () if backend else ("--peers", str(tmp_path / "peers.toml"))
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = str(busy.getsockname()[1])
-        proc = cli(
-            *("start", "--no-api", "--host", "127.0.0.1", "--port", port, *peers, *backend),
-            *("--cluster-key", "a-cluster-secret-for-tests"),
-        )
-    assert_one_line_error(proc, f"cannot listen on tcp://127.0.0.1:{port}: Address already in use", "--port")

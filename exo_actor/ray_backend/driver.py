@@ -1,196 +1,39 @@
-"""The Ray backend: the ring's ShardActors as Ray actors; Ray places and restarts them.
-
-The driver (`exo-actor start --backend ray`) plans the ring with the same partitioner as a LAN
-cluster, asks Ray for a placement group with one bundle per shard (CPUs + the shard's memory), and
-starts one ShardHost actor per bundle. Each host loads its layer range with the usual engines and
-runs the usual ShardActor behind its own ZeroMQ ROUTER: activations travel host to host over
-ZeroMQ exactly as on a LAN (benchmarks/bench_ray.py measured a Ray actor call at several times a
-ZeroMQ hop). The driver runs the RouterActor, its RemoteRing and the gateway.
-
-Supervision: a host that dies is restarted by Ray (max_restarts=-1); its __init__ reloads the shard
-and binds a new port. The driver notices the silent host through heartbeats (requests in flight end
-at once with a clear error), waits until Ray answers for every host again, then gives every host a
-new plan version and everyone's endpoints; when all hosts announce that version, a new router serves.
-
-This is the only module that imports ray (the `exo-actor[ray]` extra).
-"""
+"""RayNode, the driver: plans the ring, reserves a placement group, starts the ShardHosts and keeps
+them joined to one plan version; the router, its RemoteRing and the gateway run here."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
-import os
-import socket
-import sys
-import threading
-import zlib
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from .actors.ring import RemoteRing
-from .actors.router import RouterActor
-from .actors.shard import ShardActor, ShardRole
-from .config import NodeConfig, RayConfig
-from .engines import get_engine
-from .errors import ExoError
-from .node import Node, start_router
-from .partition import Assignment, memory_weighted, placement_problem, plan_placed, shard_capacities
-from .runtime.memory import release_freed_memory
-from .storage.model_store import ensure_layers, ensure_model
-from .transport.messages import Failure, Hello, Logits, LogitsBatch
-from .transport.peers import Peer, PeerNetwork
-from .transport.security import ClusterKey
-from .weights import open_model
+from ..actors.ring import RemoteRing
+from ..actors.router import RouterActor
+from ..cluster.planner import plan_shards, plan_version
+from ..cluster.ringset import RingSet
+from ..config import NodeConfig, RayConfig
+from ..errors import ExoError
+from ..node import ModelLoadingError, Node, NodeState, start_router
+from ..partition import Assignment, placement_problem, plan_placed
+from ..speculative import Speculation
+from ..storage.downloads import Progress
+from ..storage.model_store import ensure_model
+from ..transport.messages import Failure, Hello, Logits, LogitsBatch
+from ..transport.peers import Peer, PeerNetwork
+from ..transport.security import ClusterKey
+from ..weights import ModelFiles, open_model
+from .host import HostSpec, RayBackendError, ShardHostActor, node_address
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
 NAMESPACE = "exo-actor"
 HEADROOM = 256 << 20  # a bundle's memory beyond the shard's weights: KV caches, activations, the runtime
-
-
-class RayBackendError(ExoError):
-    """Ray cannot run the ring (cannot connect, cannot place the shards, a shard cannot load)."""
-
-
-@dataclass(frozen=True)
-class HostSpec:
-    """What a ShardHost needs; Ray passes the same spec again when it restarts the actor."""
-
-    node_id: str
-    model: str
-    engine: str
-    quantize: str | None
-    device: str
-    start: int
-    end: int
-    driver: str  # the driver's ZeroMQ endpoint
-    memory: int  # bytes of the shard's bundle (advertised in Hello)
-    blas_threads: int
-    heartbeat: float
-    timeout: float
-    cluster_key: str | None
-
-
-class ShardHost:
-    """One shard in a Ray worker process: its layers, a ShardActor and the ZeroMQ network around it.
-
-    A load error is kept and reported by endpoint() instead of raised: raising in __init__ would make
-    Ray restart the actor forever for a problem (a missing model) that a restart cannot fix.
-    """
-
-    def __init__(self, spec: HostSpec) -> None:
-        # this process's log lines reach the driver's console through Ray (log_to_driver)
-        if not logging.getLogger().handlers:
-            logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-        logging.getLogger("exo_actor").setLevel(logging.INFO)
-        self.spec = spec
-        self.version = 0
-        self._joined = threading.Event()  # set (and replaced) when a newer version is joined
-        self.error: str | None = None
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, name="exo-net", daemon=True).start()
-        self.compute = ThreadPoolExecutor(1, "exo-compute")
-        try:  # on the compute thread, which runs every later call into the engine
-            self.runner = self.compute.submit(self._load).result()
-        except Exception as exc:  # noqa: BLE001 - reported to the driver once, not retried by Ray
-            why = str(exc) if isinstance(exc, ExoError) else f"internal error: {type(exc).__name__}: {exc}"
-            self.error = f"shard {spec.node_id} on {socket.gethostname()}: {why}"
-            log.error("%s", self.error, exc_info=not isinstance(exc, ExoError))
-            return
-        asyncio.run_coroutine_threadsafe(_start_net(self), self.loop).result()
-
-    def _load(self) -> Any:
-        from .engines import limit_threads
-
-        spec = self.spec
-        limit_threads(spec.blas_threads)
-        files = open_model(ensure_model(spec.model, weights=False))
-        if files.path.is_dir():  # a Hub folder: fetch only this shard's weights
-            ensure_layers(files.path, (spec.start, spec.end))
-        runner = get_engine(spec.engine, spec.quantize, spec.device).load_shard(files, spec.start, spec.end)
-        release_freed_memory()
-        log.info("shard %s loaded layers [%d, %d)", spec.node_id, spec.start, spec.end)
-        return runner
-
-    def _hello(self) -> Hello:
-        s = self.spec
-        return Hello(s.node_id, self.net.endpoint, s.memory, s.engine, s.model, self.version, 1)
-
-    # remote methods ---------------------------------------------------------------------------
-    def endpoint(self) -> str:
-        """Where this host's ROUTER listens (raises the load error, if the shard could not load)."""
-        if self.error is not None:
-            raise RayBackendError(self.error)
-        return self.net.endpoint
-
-    def join(self, version: int, next_node: str | None, endpoints: list[str]) -> None:
-        """Serve plan `version`: connect to every host and the driver, drop every request's cache
-        (their routers are gone), and announce the version."""
-        asyncio.run_coroutine_threadsafe(_join(self, version, next_node, endpoints), self.loop).result()
-        previous, self._joined = self._joined, threading.Event()
-        previous.set()  # the watch of the previous version returns
-
-    def _drop_caches(self) -> None:
-        for rid in list(getattr(self.runner, "caches", {})):
-            self.runner.free(rid)
-
-    def watch(self) -> None:
-        """Returns when this host joins a newer plan version, or fails when the actor dies: the
-        driver learns of a death the moment this call fails (sooner than heartbeats can tell)."""
-        self._joined.wait()
-
-    def info(self) -> dict[str, Any]:
-        from .runtime.memory import rss_bytes
-
-        ctx = ray.get_runtime_context()
-        return {
-            "pid": os.getpid(),
-            "hostname": socket.gethostname(),
-            "ray_node": ctx.get_node_id(),
-            "rss_bytes": rss_bytes(),
-            "kv_requests": len(getattr(self.runner, "caches", {})) if self.error is None else 0,
-        }
-
-
-# The host's coroutines run on its own event loop thread. They are functions, not ShardHost methods:
-# Ray makes an actor with any `async def` method an asyncio actor, whose sync methods (watch() blocks)
-# would then stall every other call.
-async def _start_net(host: ShardHost) -> None:
-    spec = host.spec
-    key = ClusterKey.from_secret(spec.cluster_key) if spec.cluster_key else None
-    ip = node_address()
-    host.net = PeerNetwork(
-        spec.node_id, f"tcp://{ip}:0", f"tcp://{ip}:0", host._hello, spec.heartbeat, spec.timeout, key
-    )
-    host.shard = ShardActor(host.net, host.compute)
-    host.net.start()
-    host.net.connect(host.net.endpoint)  # ourselves (the last shard of a ring of one answers itself)
-    host.net.connect(spec.driver)
-
-
-async def _join(host: ShardHost, version: int, next_node: str | None, endpoints: list[str]) -> None:
-    for endpoint in endpoints:
-        host.net.connect(endpoint)
-    await host.loop.run_in_executor(host.compute, host._drop_caches)
-    host.shard.role = ShardRole(version, host.runner, next_node)
-    host.version = version
-    host.net.announce()
-
-
-ShardHostActor = ray.remote(ShardHost)
-
-
-def node_address() -> str:
-    """The address Ray uses for this process's machine (on a local instance: loopback)."""
-    me = ray.get_runtime_context().get_node_id()
-    return next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == me), ray.util.get_node_ip_address())
+RING = 0  # the driver serves one ring: index 0 of its RingSet
 
 
 def connect_ray(config: RayConfig) -> bool:
@@ -211,13 +54,13 @@ def connect_ray(config: RayConfig) -> bool:
     return True
 
 
-def plan_shards(node_memory: list[int], shards: int, n_layers: int, layer_bytes: int) -> list[Assignment]:
-    """The ring's layer ranges for `shards` shards on machines with `node_memory` bytes."""
-    return memory_weighted(shard_capacities(node_memory, min(shards, n_layers)), n_layers, layer_bytes)
-
-
 class RayNode(Node):
-    """The driver: the model's tokenizer, the router and the gateway, over shards hosted by Ray."""
+    """The driver: the model's tokenizer, the router and the gateway, over shards hosted by Ray.
+
+    Its state is written on the event loop only (start_async, the supervisor, the network's callbacks).
+    """
+
+    loop: asyncio.AbstractEventLoop  # the event loop start_async runs on
 
     def __init__(self, config: NodeConfig, ray_config: RayConfig, node_id: str | None = None) -> None:
         super().__init__(config)
@@ -232,11 +75,11 @@ class RayNode(Node):
         self.version = 0
         self.epoch = 0
         self.restarts = 0  # hosts Ray restarted that the driver rejoined
-        self.ring: RemoteRing | None = None
+        self.rings = RingSet()  # the ring, at index RING, while it serves
         self.net: PeerNetwork | None = None
         self.pg: Any = None
         self._owns_ray = False
-        self.speculation = None
+        self.speculation: Speculation | None = None
         self._task: asyncio.Task[None] | None = None
         self.joined = False  # every host has been given the current version (and not retired since)
         self._joined_at = 0.0
@@ -245,10 +88,15 @@ class RayNode(Node):
     def start(self) -> None:
         raise RuntimeError("RayNode starts with `await start_async()`")
 
+    def _on_download(self, p: Progress) -> None:
+        """Called on the download's thread: the state follows it on the event loop (which owns it)."""
+        self._log_download(p)
+        self.loop.call_soon_threadsafe(self._follow_download, p)
+
     async def start_async(self) -> None:
-        self.state = "connecting to Ray"
-        self.loop = asyncio.get_running_loop()
         rc = self.ray_config
+        self.set_state(NodeState.CONNECTING, f"to Ray at {rc.address}" if rc.address else "to Ray")
+        self.loop = asyncio.get_running_loop()
         key = ClusterKey.from_secret(rc.cluster_key) if rc.cluster_key else None
         advertise = rc.advertise or (rc.host if rc.host not in ("0.0.0.0", "::", "*") else None)
         # the actor socket first: a busy port ends the start before anything runs on Ray
@@ -267,31 +115,30 @@ class RayNode(Node):
                 host = await self.loop.run_in_executor(None, node_address)
                 net.endpoint = f"tcp://{host}:{net.endpoint.rsplit(':', 1)[1]}"
             fetch = functools.partial(ensure_model, self.config.model, weights=False, progress=self.download)
-            self.files = await self.loop.run_in_executor(None, lambda: open_model(fetch()))
-            self.speculation = await self.loop.run_in_executor(None, self.config.speculation, self.files)
-            await self._place()
+            files = self.files = await self.loop.run_in_executor(None, lambda: open_model(fetch()))
+            self.speculation = await self.loop.run_in_executor(None, self.config.speculation, files)
+            await self._place(files)
         except ExoError as exc:
-            self.state, self.error = "failed", str(exc)
+            self.fail(str(exc))
             log.error("%s", exc)
             return
-        net.on(Logits, lambda m: self.ring and self.ring.on_logits(m))
-        net.on(LogitsBatch, lambda m: self.ring and self.ring.on_logits_batch(m))
-        net.on(Failure, lambda m: self.ring and self.ring.on_failure(m))
+        net.on(Logits, self.rings.on_logits)
+        net.on(LogitsBatch, self.rings.on_logits_batch)
+        net.on(Failure, self.rings.on_failure)
         net.on_peer_down = self._peer_down
         net.start()
         net.connect(net.endpoint)
-        self._start_hosts()
-        self.state = "loading"
+        self._start_hosts(net, files)
+        self.set_state(NodeState.LOADING, f"{len(self.hosts)} shard(s) on Ray")
         self._task = asyncio.ensure_future(self._supervise())
 
     def _hello(self) -> Hello:
         assert self.net is not None
         return Hello(self.node_id, self.net.endpoint, 0, self.config.engine, self.config.model, self.version, 1)
 
-    async def _place(self) -> None:
+    async def _place(self, files: ModelFiles) -> None:
         """Plan the ring and reserve one placement-group bundle per shard."""
-        assert self.files is not None
-        rc, args, files = self.ray_config, self.files.args, self.files
+        rc, n_layers = self.ray_config, files.args.num_hidden_layers
         engine, quantize = self.config.engine, self.config.quantize
         layer_bytes = files.layer_bytes(engine, quantize)  # as the shards' engine holds them
         alive = [n for n in await self.loop.run_in_executor(None, ray.nodes) if n.get("Alive")]
@@ -299,7 +146,7 @@ class RayNode(Node):
         shards = rc.shards or max(1, len(alive))
         # a first plan sizes the bundles: each can hold the largest shard, because which machine a
         # bundle lands on (and so how many layers it gets) is Ray's choice
-        first = plan_shards(memory, shards, args.num_hidden_layers, layer_bytes)
+        first = plan_shards(memory, shards, n_layers, layer_bytes)
         largest = max(files.shard_bytes(a.start, a.end, engine, quantize) for a in first)
         bundles = [{"CPU": rc.cpus_per_shard, "memory": largest + HEADROOM} for _ in first]
         problem = placement_problem(bundles, [n.get("Resources", {}) for n in alive], rc.placement)
@@ -326,7 +173,7 @@ class RayNode(Node):
         table = await self.loop.run_in_executor(None, ray.util.placement_group_table, self.pg)
         where = [table["bundles_to_node_id"][i] for i in range(len(bundles))]
         node_memory = {n["NodeID"]: int(n.get("Resources", {}).get("memory", 0)) for n in alive}
-        plan = plan_placed(where, node_memory, args.num_hidden_layers, layer_bytes)
+        plan = plan_placed(where, node_memory, n_layers, layer_bytes)
         prefix = f"{self.node_id}-"
         self.assignments = [Assignment(prefix + a.node_id, a.start, a.end) for a in plan]
         self.bundle = {prefix + a.node_id: int(a.node_id[1:]) for a in plan}  # host -> its bundle
@@ -340,21 +187,20 @@ class RayNode(Node):
             ),
         )
 
-    def _start_hosts(self) -> None:
-        assert self.net is not None and self.files is not None
-        rc = self.ray_config
+    def _start_hosts(self, net: PeerNetwork, files: ModelFiles) -> None:
+        rc, config = self.ray_config, self.config
         for a in self.assignments:
             spec = HostSpec(
                 a.node_id,
-                self.config.model,
-                self.config.engine,
-                self.config.quantize,
-                self.config.device,
+                config.model,
+                config.engine,
+                config.quantize,
+                config.device,
                 a.start,
                 a.end,
-                self.net.endpoint,
-                self.files.shard_bytes(a.start, a.end, self.config.engine, self.config.quantize) + HEADROOM,
-                max(1, int(rc.cpus_per_shard)),
+                net.endpoint,
+                files.shard_bytes(a.start, a.end, config.engine, config.quantize) + HEADROOM,
+                max(1, int(rc.cpus_per_shard)),  # BLAS threads: the CPUs Ray reserved for the shard
                 rc.heartbeat,
                 rc.timeout,
                 rc.cluster_key,
@@ -392,14 +238,12 @@ class RayNode(Node):
         for w in self._watches:
             w.cancel()
         self._watches = []
-        ring, router, self.ring, self.router = self.ring, self.router, None, None
-        if ring is not None:
-            ring.fail_all(reason)
+        if RING in self.rings:
             log.warning("ring retired: %s", reason)
-        if router is not None:
-            router.stop(timeout=0)
-        if self.state == "ready":
-            self.state = "recovering"
+        self.rings.retire(reason)
+        self.router = None
+        if self.state == NodeState.READY:
+            self.set_state(NodeState.RECOVERING)
 
     def _ring_ok(self) -> bool:
         assert self.net is not None
@@ -419,12 +263,12 @@ class RayNode(Node):
                 raise
             except Exception:  # noqa: BLE001 - the supervisor must outlive one bad tick
                 log.exception("supervising the Ray shards failed; retrying")
-            if self.state == "failed":
+            if self.state == NodeState.FAILED:
                 return
             await asyncio.sleep(self.ray_config.heartbeat)
 
     async def _tick(self) -> None:
-        if self.ring is not None:
+        if RING in self.rings:
             if not self._ring_ok():
                 self._retire("a shard of the ring was restarted; retry the request")
             return
@@ -439,12 +283,12 @@ class RayNode(Node):
                 asyncio.gather(*(h.endpoint.remote() for h in self.hosts.values())), self.ray_config.placement_timeout
             )
         except ray.exceptions.RayTaskError as exc:  # a host's own error (its shard cannot load)
-            self.state, self.error = "failed", str(exc.cause if hasattr(exc, "cause") else exc)
+            self.fail(str(exc.cause if hasattr(exc, "cause") else exc))
             log.error("%s", self.error)
             return
         except (ray.exceptions.RayError, TimeoutError) as exc:
-            if self.state != "loading":
-                self.state = "waiting for Ray to restart a shard"
+            if self.state != NodeState.LOADING:
+                self.set_state(NodeState.RECOVERING, "waiting for Ray to restart a shard")
             log.info("waiting for the shard actors: %s", type(exc).__name__)
             return
         if self.endpoints and endpoints != self.endpoints:
@@ -454,10 +298,7 @@ class RayNode(Node):
     async def _join(self, endpoints: list[str]) -> None:
         assert self.net is not None and self.files is not None
         self.epoch += 1
-        text = f"{self.files.args.num_hidden_layers}|{self.epoch}|" + ";".join(
-            f"{a.node_id}:{a.start}-{a.end}" for a in self.assignments
-        )
-        version = zlib.crc32(text.encode()) or 1
+        version = plan_version(self.assignments, self.files.args.num_hidden_layers, self.epoch)
         for endpoint in endpoints:
             self.net.connect(endpoint)
         ids = list(self.hosts)
@@ -479,18 +320,23 @@ class RayNode(Node):
     def _serve(self) -> None:
         assert self.net is not None and self.files is not None
         ring = RemoteRing(self.net, self.loop, self.version, list(self.hosts), self.ray_config.step_timeout)
-        self.ring, self.router = ring, start_router(self.config, self.files, ring, self.speculation)
-        self.state, self.error = "ready", None
+        self.router = start_router(self.config, self.files, ring, self.speculation)
+        self.rings.add(RING, ring, self.router)
+        self.set_state(NodeState.READY)
+        self.error = None
         log.info("ring ready: %d Ray shard(s)", len(self.hosts))
 
     # the Node interface --------------------------------------------------------------------------
-    def ready_router(self) -> tuple[Any, RouterActor]:
-        if self.state == "ready" and self.router is not None and self.files is not None:
-            return self.files, self.router
-        from .node import ModelLoadingError
-
+    def ready_router(self) -> tuple[ModelFiles, RouterActor]:
+        router = self.rings.router(RING) if self.state == NodeState.READY else None
+        if router is not None and self.files is not None:
+            return self.files, router
         why = f": {self.error}" if self.error else ""
-        raise ModelLoadingError(f"the Ray ring is not ready ({self.state}{why}); retry in a few seconds")
+        raise ModelLoadingError(f"the Ray ring is not ready ({self.status}{why}); retry in a few seconds")
+
+    @property
+    def messages_dropped(self) -> int:
+        return self.net.dropped if self.net is not None else 0
 
     def kv_requests(self) -> int:
         return max((i.get("kv_requests", 0) for i in self.host_info.values()), default=0)
@@ -513,41 +359,9 @@ class RayNode(Node):
 
     def cluster_info(self) -> dict[str, Any]:
         info = super().cluster_info()
-        net = self.net
-        nodes = []
-        for a in self.assignments:
-            p = net.peers.get(a.node_id) if net else None
-            extra = self.host_info.get(a.node_id, {})
-            nodes.append(
-                {
-                    "id": a.node_id,
-                    "address": p.endpoint.removeprefix("tcp://") if p else "",
-                    "engine": self.config.engine,
-                    "memory_bytes": p.hello.memory if p and p.hello else 0,
-                    "model": self.config.model,
-                    "loaded_plan": p.hello.loaded if p and p.hello else 0,
-                    "alive": bool(net and net.alive(a.node_id)),
-                    "hostname": extra.get("hostname", ""),
-                    "ray_node": extra.get("ray_node", ""),
-                    "pid": extra.get("pid"),
-                    "download": None,
-                }
-            )
-        info["nodes"] = nodes or info["nodes"]
-        info["plan"] = [{"node": a.node_id, "start": a.start, "end": a.end, "ring": 0} for a in self.assignments]
-        router = self.router
-        info["rings"] = [
-            {
-                "index": 0,
-                "nodes": list(self.hosts),
-                "ready": self.ring is not None,
-                "in_flight": router.in_flight if router else 0,
-                "tokens_generated": router.tokens_generated if router else 0,
-                "speculative": router.speculation_info() if router else None,
-                "prefix_cache": router.prefix_cache_info() if router else None,
-                "batching": router.batching_info() if router else None,
-            }
-        ]
+        info["nodes"] = [self._host_row(a) for a in self.assignments] or info["nodes"]
+        info["plan"] = [{"node": a.node_id, "start": a.start, "end": a.end, "ring": RING} for a in self.assignments]
+        info["rings"] = self.rings.status([list(self.hosts)])
         info["plan_version"] = self.version
         info["this_node"] = self.node_id
         info["idle_nodes"] = []
@@ -561,3 +375,22 @@ class RayNode(Node):
             "restarts": self.restarts,
         }
         return info
+
+    def _host_row(self, a: Assignment) -> dict[str, Any]:
+        """A host's row in /v1/cluster's `nodes`: what its Hello says, and where Ray runs it."""
+        net = self.net
+        p = net.peers.get(a.node_id) if net else None
+        extra = self.host_info.get(a.node_id, {})
+        return {
+            "id": a.node_id,
+            "address": p.endpoint.removeprefix("tcp://") if p else "",
+            "engine": self.config.engine,
+            "memory_bytes": p.hello.memory if p and p.hello else 0,
+            "model": self.config.model,
+            "loaded_plan": p.hello.loaded if p and p.hello else 0,
+            "alive": bool(net and net.alive(a.node_id)),
+            "hostname": extra.get("hostname", ""),
+            "ray_node": extra.get("ray_node", ""),
+            "pid": extra.get("pid"),
+            "download": None,
+        }

@@ -1,0 +1,54 @@
+"""`exo-actor peers`: the nodes whose UDP beacons this machine hears."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import TYPE_CHECKING
+
+from ..errors import ExoError
+from .flags import cluster_key
+from .types import port, positive_float
+
+if TYPE_CHECKING:
+    from ..transport.messages import Beacon
+    from .flags import Subparsers
+
+
+def add_parser(sub: Subparsers) -> None:
+    """Register `peers` and its flags."""
+    peers = sub.add_parser("peers", help="list the nodes whose UDP beacons this machine hears")
+    peers.add_argument("--timeout", type=positive_float, default=3.0, help="seconds to listen (3)")
+    peers.add_argument("--discovery-port", type=port, default=52417, help="UDP beacon port (52417)")
+    peers.add_argument(
+        "--cluster-key", help="list only nodes signing beacons with this secret (or EXO_ACTOR_CLUSTER_KEY)"
+    )
+    peers.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    """Listen for --timeout seconds and print one line a node (exit 1 when none was heard)."""
+    from ..transport.discovery import Discovery
+    from ..transport.security import ClusterKey
+
+    secret = cluster_key(args)
+    key = ClusterKey.from_secret(secret) if secret else None
+
+    async def listen() -> list[Beacon]:
+        d = Discovery(None, lambda b: None, args.discovery_port, key=key)
+        d.start()
+        await asyncio.sleep(args.timeout)
+        d.stop()
+        return d.peers()
+
+    try:
+        heard = asyncio.run(listen())
+    except OSError as exc:
+        raise ExoError(f"cannot listen for beacons on UDP port {args.discovery_port}: {exc.strerror}") from None
+    if not heard:
+        print(f"no nodes heard in {args.timeout:g} s on UDP port {args.discovery_port}", file=sys.stderr)
+        return 1
+    for b in sorted(heard, key=lambda b: b.src):
+        print(f"{b.src}  {b.endpoint}  {b.engine}  {b.memory / 2**30:.1f} GiB  {b.model}")
+    return 0

@@ -1,0 +1,132 @@
+"""`start`'s flags turned into the configs `serve()` takes; an impossible value is one error naming its flag."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import socket
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from ..config import ClusterConfig, NodeConfig, RayConfig
+from ..errors import ConfigError, ExoError
+from .flags import cluster_key, node_config
+from .types import port
+
+if TYPE_CHECKING:
+    from ..api import GatewayConfig
+
+# the flag that sets a config setting, where it is not --<setting with dashes>
+_FLAGS = {"timeout": "--peer-timeout", "advertise_port": "--advertise"}
+_RAY_FLAGS = {
+    "address": "--ray-address",
+    "shards": "--ray-shards",
+    "placement": "--ray-placement",
+    "cpus_per_shard": "--ray-cpus-per-shard",
+}
+_LAN_ONLY_FLAGS = ("--peers", "--discovery", "--rings", "--wait-for-peers", "--memory")
+
+
+@contextlib.contextmanager
+def named_by_flags() -> Iterator[None]:
+    """Re-word a ConfigError raised while building configs from flags: "--peer-timeout ...", not
+    "ClusterConfig.timeout ..."."""
+    try:
+        yield
+    except ConfigError as exc:
+        renamed = _RAY_FLAGS if exc.config == RayConfig.__name__ else {}
+        flag = renamed.get(exc.setting) or _FLAGS.get(exc.setting) or "--" + exc.setting.replace("_", "-")
+        raise ExoError(f"{flag} {exc.problem}") from None
+
+
+def gateway_config(args: argparse.Namespace) -> GatewayConfig | None:
+    """The HTTP gateway's limits (None with --no-api); the key from --api-key or EXO_ACTOR_API_KEY."""
+    from ..api import GatewayConfig
+
+    if args.no_api:
+        return None
+    return GatewayConfig(
+        api_key=args.api_key or os.environ.get("EXO_ACTOR_API_KEY") or None,
+        max_body_bytes=args.max_body_bytes,
+        request_timeout=args.request_timeout,
+        max_tokens=args.max_tokens,
+        max_context=args.max_context,
+    )
+
+
+def start_node_config(args: argparse.Namespace) -> NodeConfig:
+    """The node: model, engine and speculation flags plus the ring's request limits."""
+    return node_config(args, max_concurrent=args.max_concurrent, prefix_cache_mb=args.prefix_cache_mb)
+
+
+def cluster_config(args: argparse.Namespace) -> ClusterConfig | None:
+    """The LAN backend's cluster (None without --discovery or --peers: a node on its own); refuses --ray-*."""
+    from ..transport.peers_file import read_peers
+
+    given = [f for f in ("ray_address", "ray_shards") if getattr(args, f) is not None]
+    if given or args.ray_placement != RayConfig.placement or args.ray_cpus_per_shard != RayConfig.cpus_per_shard:
+        raise ExoError("the --ray-* options need --backend ray")
+    if not (args.discovery or args.peers):
+        return None
+    if args.discovery == "manual" and not args.peers:
+        raise ExoError('--discovery manual needs --peers FILE (TOML: peers = ["HOST:PORT", ...])')
+    host, advertise_port = advertise(args)
+    return ClusterConfig(
+        host=args.host,
+        port=args.port,
+        advertise=host,
+        advertise_port=advertise_port,
+        peers=read_peers(args.peers) if args.peers else [],
+        discovery=args.discovery or "manual",
+        discovery_port=args.discovery_port,
+        memory=int(args.memory * 2**30) if args.memory else None,
+        wait_for_peers=args.wait_for_peers,
+        rings=args.rings,
+        cluster_key=cluster_key(args),
+        step_timeout=args.step_timeout,
+        heartbeat=args.heartbeat,
+        timeout=args.peer_timeout,
+    )
+
+
+def ray_config(args: argparse.Namespace) -> RayConfig:
+    """The Ray backend's settings; one clear error if ray is missing or a LAN-only flag is given."""
+    if importlib.util.find_spec("ray") is None:
+        raise ExoError("--backend ray needs the `ray` package: pip install 'exo-actor[ray]'")
+    lan_values = (args.peers, args.discovery, args.rings != 1, args.wait_for_peers, args.memory)
+    for flag, given in zip(_LAN_ONLY_FLAGS, lan_values):
+        if given:
+            raise ExoError(f"{flag} is for LAN clusters: with --backend ray, Ray places the shards (see --ray-shards)")
+    host, advertise_port = advertise(args) if args.advertise else (None, None)
+    if advertise_port is not None and advertise_port != args.port:
+        raise ExoError("--advertise with --backend ray takes a HOST only (the driver listens on --port)")
+    return RayConfig(
+        address=args.ray_address,
+        shards=args.ray_shards,
+        placement=args.ray_placement,
+        cpus_per_shard=args.ray_cpus_per_shard,
+        host=args.host,
+        port=args.port,
+        advertise=host,
+        heartbeat=args.heartbeat,
+        timeout=args.peer_timeout,
+        step_timeout=args.step_timeout,
+        cluster_key=cluster_key(args),
+    )
+
+
+def advertise(args: argparse.Namespace) -> tuple[str, int | None]:
+    """The host and port peers use to reach this node's actor socket (--advertise, else --host)."""
+    if not args.advertise:
+        host = args.host if args.host not in ("0.0.0.0", "::") else socket.gethostbyname(socket.gethostname())
+        return host, None
+    host, _, port_text = args.advertise.rpartition(":") if ":" in args.advertise else (args.advertise, "", "")
+    try:
+        advertise_port = port(port_text) if port_text else None
+    except argparse.ArgumentTypeError as exc:
+        raise ExoError(f"--advertise {args.advertise}: {exc}") from None
+    if not host:
+        raise ExoError(f"--advertise {args.advertise}: expected HOST or HOST:PORT")
+    return host, advertise_port

@@ -1,0 +1,418 @@
+"""ClusterNode: a Node whose model runs on a ring of ShardActors spread over several devices.
+
+Each node learns its peers from Hello messages (a peers file, or UDP beacons), plans the rings itself
+with the same pure planner as every other node (planner.py), loads its own layer range, and announces
+which plan it has loaded. When every node of a ring has loaded the plan, the ring is ready and this
+node's RouterActor drives requests through it (ringset.py). A peer that joins or goes silent makes every
+node re-plan; requests on the old ring end with a clear error.
+
+Everything here runs on the node's event loop (one thread): handlers of the network, the planner, the
+state. Downloads and weight loads run on worker threads and report back through the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..actors.ring import RemoteRing
+from ..actors.router import RouterActor
+from ..actors.shard import ShardActor, ShardRole
+from ..config import ClusterConfig, NodeConfig
+from ..engines import ENGINES, Engine, get_engine, limit_threads
+from ..errors import ExoError
+from ..node import ModelLoadingError, Node, NodeState, start_router, total_memory_bytes
+from ..partition import Assignment, NodeCapacity
+from ..runtime.memory import release_freed_memory
+from ..speculative import Speculation
+from ..speculative.drafts import draft_bytes
+from ..storage.downloads import DownloadCancelled, Progress
+from ..storage.model_store import ensure_layers, ensure_model
+from ..transport.discovery import Discovery
+from ..transport.messages import Beacon, Drafted, Failure, Free, Hello, Logits, LogitsBatch
+from ..transport.peers import Peer, PeerNetwork
+from ..transport.security import ClusterKey
+from ..weights import ModelFiles, open_model
+from .drafts import DraftService
+from .planner import EMPTY_PLAN, PLAN_UNIT_ENGINE, Plan, blas_threads_for, plan_cluster, plan_memory
+from .ringset import RingSet
+from .status import peer_downloads, peer_rows, plan_rows
+
+log = logging.getLogger(__name__)
+
+# How a node builds its network and its discovery; tests inject their own (e.g. a network that drops a peer).
+NetworkFactory = Callable[..., PeerNetwork]
+DiscoveryFactory = Callable[..., Discovery]
+
+
+class ClusterNode(Node):
+    def __init__(
+        self,
+        config: NodeConfig,
+        cluster: ClusterConfig,
+        node_id: str | None = None,
+        *,
+        engine: Engine | None = None,
+        network: NetworkFactory = PeerNetwork,
+        discovery: DiscoveryFactory = Discovery,
+    ) -> None:
+        super().__init__(config)
+        if node_id:
+            self.node_id = node_id
+        self.cluster = cluster
+        self.memory = cluster.memory or total_memory_bytes()
+        self.compute = ThreadPoolExecutor(1, "exo-compute")
+        self.engine = engine  # built on first load when not given
+        self._network, self._discovery = network, discovery
+        self.current: Plan = EMPTY_PLAN
+        self.loaded = 0  # the plan version this node has loaded its layers for
+        self.rings = RingSet()
+        self.net: PeerNetwork | None = None
+        self.shard: ShardActor | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the node's event loop, once started
+        self.discovery: Discovery | None = None
+        self.drafts: DraftService | None = None
+        self.layer_bytes = 0
+        self.draft_bytes = 0
+        self.blas_threads: int | None = None
+        self._download_announced = 0.0
+
+    @property
+    def version(self) -> int:
+        return self.current.version
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://{self.cluster.advertise}:{self.cluster.advertise_port or self.cluster.port}"
+
+    def _hello(self) -> Hello:
+        downloading = self.download.state == "downloading"
+        return Hello(
+            self.node_id,
+            self.endpoint,
+            self.memory,
+            self.config.engine,
+            self.config.model,
+            self.loaded,
+            1,
+            self.config.draft_model or "",
+            self.download.done_bytes if downloading else 0,
+            self.download.total_bytes if downloading else 0,
+        )
+
+    def _on_download(self, p: Progress) -> None:
+        """Called on a download thread: the state changes on the event loop (which owns it); peers learn
+        the progress from this node's Hello (about once a second)."""
+        self._log_download(p)
+        loop = self.loop
+        if loop is None:
+            return
+        loop.call_soon_threadsafe(self._follow_download, p)
+        now = time.monotonic()
+        if p.state == "downloading" and now - self._download_announced < 1.0:
+            return
+        self._download_announced = now
+        if self.net is not None:
+            loop.call_soon_threadsafe(self.net.announce)
+
+    def start(self) -> None:  # the synchronous entry of Node: cluster nodes start on the event loop
+        raise RuntimeError("ClusterNode starts with `await start_async()`")
+
+    async def start_async(self) -> None:
+        self.set_state(NodeState.LOADING)
+        loop = self.loop = asyncio.get_running_loop()
+        try:
+            fetch = functools.partial(ensure_model, self.config.model, weights=False, progress=self.download)
+            path = await loop.run_in_executor(self.compute, fetch)  # config, tokenizer, index: enough to plan
+            self.files = await loop.run_in_executor(self.compute, open_model, path)
+            if self.config.draft_model:  # sized now (and checked against the target); loaded once placed
+                self.draft_bytes = await loop.run_in_executor(
+                    self.compute, draft_bytes, self.config.draft_model, self.files, self.config.engine
+                )
+        except ExoError as exc:
+            self.fail(str(exc))
+            log.error("cannot open %s: %s", self.config.model, exc)
+            return
+        self.layer_bytes = self.files.layer_bytes(PLAN_UNIT_ENGINE)
+        key = ClusterKey.from_secret(self.cluster.cluster_key) if self.cluster.cluster_key else None
+        if key is None:
+            log.warning(
+                "no cluster key: any device that can reach port %d can join this cluster, read prompts and "
+                "inject activations; fine on a trusted LAN, otherwise start every node with "
+                "EXO_ACTOR_CLUSTER_KEY (`exo-actor keygen` makes one)",
+                self.cluster.port,
+            )
+        net = self.net = self._network(
+            self.node_id,
+            f"tcp://{self.cluster.host}:{self.cluster.port}",
+            self.endpoint,
+            self._hello,
+            self.cluster.heartbeat,
+            self.cluster.timeout,
+            key,
+        )
+        self.shard = ShardActor(net, self.compute)
+        self.drafts = DraftService(
+            self.config.draft_model,
+            self.node_id,
+            net,
+            self.files,
+            self.config.engine,
+            self.draft_bytes,
+            self._check_ready,
+        )
+        net.on(Free, self._on_free)
+        net.on(Drafted, self.drafts.on_drafted)
+        net.on(Logits, self.rings.on_logits)
+        net.on(LogitsBatch, self.rings.on_logits_batch)
+        net.on(Failure, self.rings.on_failure)
+        net.on(Hello, lambda m: self._check_ready())
+        net.on_peer_up = lambda p: self._replan(f"node {p.node_id} joined")
+        net.on_peer_down = self._peer_down
+        net.start()
+        net.connect(net.endpoint)  # ourselves: a ring of one works the same way
+        for peer in self.cluster.peers:
+            net.connect(peer if peer.startswith("tcp://") else f"tcp://{peer}")
+        if self.cluster.discovery == "udp":
+            self.discovery = self._discovery(
+                lambda: Beacon(self.node_id, net.endpoint, self.memory, self.config.engine, self.config.model),
+                lambda b: net.connect(b.endpoint),
+                self.cluster.discovery_port,
+                interface=self.cluster.advertise,
+                key=key,
+            )
+            self.discovery.start()
+        self.set_state(NodeState.WAITING_FOR_PEERS)
+
+    # planning ------------------------------------------------------------------------------------
+    def _peer_down(self, peer: Peer) -> None:
+        self.rings.node_down(peer.node_id)
+        self._replan(f"node {peer.node_id} stopped answering")
+
+    def _capacities(self) -> list[NodeCapacity]:
+        """The nodes serving this model, with memory in plan units (planner.plan_memory)."""
+        assert self.net is not None and self.files is not None
+        files = self.files
+
+        def held(engine: str) -> int:
+            return files.layer_bytes(engine) if engine in ENGINES else files.layer_bytes("numpy")
+
+        return [
+            NodeCapacity(p.node_id, plan_memory(p.hello.memory, held(p.hello.engine), self.layer_bytes))
+            for p in self.net.peers.values()
+            if p.hello is not None and p.hello.model == self.config.model
+        ]
+
+    def _waiting(self, members: int) -> bool:
+        """--wait-for-peers: hold back until that many other nodes serve the model."""
+        if members - 1 < self.cluster.wait_for_peers:
+            self.set_state(NodeState.WAITING_FOR_PEERS, f"{members - 1}/{self.cluster.wait_for_peers} peers")
+            return True
+        return False
+
+    def _replan(self, why: str = "the nodes changed") -> None:
+        assert self.net is not None and self.files is not None and self.shard is not None
+        nodes = self._capacities()
+        if self._waiting(len(nodes)):  # don't load layers for a ring about to change
+            return
+        n_layers = self.files.args.num_hidden_layers
+        plan = plan_cluster(nodes, n_layers, self.layer_bytes, self.cluster.rings)
+        if not plan.rings:
+            self.set_state(NodeState.NO_PLAN)
+            self.error = next(iter(plan.idle.values()), "no nodes")
+            return
+        if plan.version == self.version:
+            return
+        log.info("plan %08x: %s", plan.version, plan.describe())
+        self._size_blas(plan)
+        self.current = plan
+        self.plan = [(a.start, a.end) for a in plan.ring_of(self.node_id)]
+        self._retire_routers("the cluster's layer plan changed; retry the request")
+        self.shard.abandon(f"{why} (seen from {self.node_id}); the cluster is re-planning, retry the request")
+        self._place_draft(plan)
+        self.set_state(NodeState.LOADING)
+        mine = plan.assignment(self.node_id)
+        if mine is None:
+            self.shard.role = None
+            self.error = plan.idle.get(self.node_id)
+            self.loaded = plan.version
+            self.net.announce()
+            self._check_ready()
+            return
+        asyncio.ensure_future(self._load_shard(plan, mine))
+
+    def _size_blas(self, plan: Plan) -> None:
+        """Share this machine's cores among the shards of the plan that run on it."""
+        assert self.net is not None
+        if os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS"):
+            return  # the user chose explicitly
+        host = self.cluster.advertise
+        local = sum(
+            1
+            for a in plan.assignments
+            if (p := self.net.peers.get(a.node_id)) and p.endpoint.removeprefix("tcp://").rsplit(":", 1)[0] == host
+        )
+        threads = blas_threads_for(local)
+        limit_threads(threads)
+        self.blas_threads = threads
+        log.info("%d shard(s) of the plan on this host: BLAS uses %d thread(s) here", local, threads)
+
+    def _place_draft(self, plan: Plan) -> None:
+        """Each ring node that offers the same draft, with the memory its shard leaves free."""
+        if self.drafts is None or not self.drafts.remote or self.net is None or self.files is None:
+            return
+        free = {
+            a.node_id: p.hello.memory - self.files.shard_bytes(a.start, a.end, p.hello.engine)
+            for a in plan.assignments
+            if (p := self.net.peers.get(a.node_id)) is not None
+            and p.hello is not None
+            and p.hello.draft == self.config.draft_model
+        }
+        self.drafts.place(free)
+
+    async def _on_free(self, msg: Free) -> None:
+        assert self.shard is not None
+        await self.shard.on_free(msg)
+        if self.drafts is not None:
+            await self.drafts.free(msg.rid)
+
+    async def _load_shard(self, plan: Plan, mine: Assignment) -> None:
+        assert self.files is not None and self.net is not None and self.shard is not None
+        loop = asyncio.get_running_loop()
+        stale = lambda: plan.version != self.version  # noqa: E731 - a re-plan stops this load
+        try:
+            if self.files.path.is_dir():  # a folder downloaded from the Hub: fetch this shard's files
+                self.set_state(NodeState.LOADING, f"downloading layers {mine.start}-{mine.end - 1}")
+                layers = (mine.start, mine.end)
+                fetch = functools.partial(ensure_layers, self.files.path, layers, None, self.download, stale)
+                try:
+                    await loop.run_in_executor(None, fetch)
+                except DownloadCancelled:
+                    return
+                if stale():
+                    return
+            self.set_state(NodeState.LOADING, f"layers {mine.start}-{mine.end - 1}")
+            if self.engine is None:  # built off the event loop: an engine may block while it probes its backend
+                self.engine = await loop.run_in_executor(
+                    None, get_engine, self.config.engine, self.config.quantize, self.config.device
+                )
+            runner = await loop.run_in_executor(self.compute, self.engine.load_shard, self.files, mine.start, mine.end)
+        except ExoError as exc:
+            self.fail(str(exc))
+            return
+        except Exception as exc:  # a bug must show as a failed node, not a node loading forever
+            log.exception("loading layers [%d, %d) failed", mine.start, mine.end)
+            self.fail(f"internal error: {type(exc).__name__}: {exc}")
+            return
+        if stale():  # re-planned while loading
+            return
+        self.shard.role = ShardRole(plan.version, runner, plan.next_node(self.node_id))  # drops the old shard
+        self.loaded = plan.version
+        self.error = None
+        log.info("loaded layers [%d, %d) for plan %08x", mine.start, mine.end, plan.version)
+        self.net.announce()
+        self._check_ready()
+        # give the dropped shard's memory back; last, so that no re-plan can interleave with the above
+        await loop.run_in_executor(self.compute, release_freed_memory)
+
+    # readiness -----------------------------------------------------------------------------------
+    def _check_ready(self) -> None:
+        plan = self.current
+        if self.net is None or not plan.version or self.files is None or self.drafts is None:
+            return
+        if self._waiting(len(plan.assignments)):
+            return
+        peers = self.net.peers
+        for i, ring_plan in enumerate(plan.rings):
+            if i in self.rings or any(
+                (p := peers.get(a.node_id)) is None or p.hello is None or p.hello.loaded != plan.version
+                for a in ring_plan
+            ):
+                continue
+            if self.drafts.pending:
+                self.set_state(NodeState.LOADING_DRAFT)
+                return
+            drafter = self.drafts.drafter()
+            spec = Speculation(drafter, self.config.draft_tokens, self.config.adaptive_draft) if drafter else None
+            nodes = [a.node_id for a in ring_plan]
+            ring = RemoteRing(self.net, asyncio.get_running_loop(), plan.version, nodes, self.cluster.step_timeout)
+            router = start_router(self.config, self.files, ring, spec)
+            self.rings.add(i, ring, router)
+            self.router = self.router or router
+            self.set_state(NodeState.READY)
+            log.info("ring %d ready: %d node(s)", i, len(ring_plan))
+
+    def _retire_routers(self, reason: str) -> None:
+        self.rings.retire(reason)
+        self.router = None
+        if self.drafts is not None:
+            self.drafts.forget_routers()
+
+    # the Node interface ----------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return self.rings.in_flight
+
+    @property
+    def messages_dropped(self) -> int:
+        return self.net.dropped if self.net is not None else 0
+
+    @property
+    def beacons_rejected(self) -> int:
+        return self.discovery.rejected if self.discovery is not None else 0
+
+    def kv_requests(self) -> int:
+        role = self.shard.role if self.shard is not None else None
+        return len(getattr(role.runner, "caches", {})) if role is not None else 0
+
+    def ready_router(self) -> tuple[ModelFiles, RouterActor]:
+        router = self.rings.least_loaded() if self.state == NodeState.READY else None
+        if router is not None and self.files is not None:  # spread requests over the ready rings by load
+            return self.files, router
+        why = f": {self.error}" if self.error else ""
+        raise ModelLoadingError(f"the cluster is not ready ({self.status}{why}); retry in a few seconds")
+
+    def stop(self) -> None:
+        self._retire_routers("the node is shutting down")
+        self.compute.shutdown(wait=False, cancel_futures=True)
+
+    async def stop_async(self) -> None:
+        self.stop()
+        if self.discovery is not None:
+            self.discovery.stop()
+        if self.net is not None:
+            await self.net.close()
+
+    def _weights_bytes(self, node_id: str, engine: str) -> int | None:
+        """Bytes of the weights a node holds for the current plan: measured on this node, from the stored
+        tensor kinds (weights/sizes.py) for the others."""
+        role = self.shard.role if self.shard is not None else None
+        if node_id == self.node_id and role is not None:
+            return int(role.runner.weight_bytes)
+        mine = [a for a in self.current.assignments if a.node_id == node_id]
+        if not mine or self.files is None:
+            return None
+        return sum(self.files.shard_bytes(a.start, a.end, engine) for a in mine)
+
+    def cluster_info(self) -> dict[str, Any]:
+        info = super().cluster_info()
+        peers = list(self.net.peers.values()) if self.net is not None else []
+        nodes = peer_rows(peers, self.net.alive if self.net else lambda _: False, self._weights_bytes)
+        plan = self.current
+        info["nodes"] = nodes or info["nodes"]
+        info["plan"] = plan_rows(plan)
+        info["rings"] = self.rings.status([[a.node_id for a in ring] for ring in plan.rings])
+        info["downloads"] = self.downloads_info() + peer_downloads(nodes, self.node_id)
+        info["plan_version"] = plan.version
+        info["this_node"] = self.node_id
+        info["blas_threads"] = self.blas_threads
+        info["kv_requests"] = self.kv_requests()
+        info["idle_nodes"] = [{"id": k, "why": why} for k, why in sorted(plan.idle.items())]
+        info["draft"] = self.drafts.info() if self.drafts is not None else None
+        return info

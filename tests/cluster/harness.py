@@ -1,0 +1,120 @@
+"""ClusterNodes in one process: each with its real PeerNetwork (ZeroMQ on loopback), all on one event-loop
+thread, the engine injected, so a test can look into every node's shard, ring and router."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from exo_actor.cluster import ClusterNode
+from exo_actor.config import ClusterConfig, NodeConfig
+from exo_actor.engines import get_engine
+from exo_actor.sampling import SamplingParams
+from exo_actor.transport.peers import PeerNetwork
+from tests.api.servers import free_port
+
+T = TypeVar("T")
+
+
+class InProcessCluster:
+    def __init__(self, loop: asyncio.AbstractEventLoop, nodes: list[ClusterNode]) -> None:
+        self.loop, self.nodes = loop, nodes
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        """Run a coroutine on the nodes' event loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def call(self, fn: Callable[[], T], timeout: float = 30) -> T:
+        """Call a function on the event loop (the nodes' state is the loop's)."""
+
+        async def call() -> T:
+            return fn()
+
+        return self.run(call(), timeout)
+
+    def wait(self, done: Callable[[], bool], what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.call(done):
+            if time.monotonic() > deadline:
+                states = [(n.node_id, n.status, n.error) for n in self.nodes]
+                raise AssertionError(f"timed out waiting for {what}: {states}")
+            time.sleep(0.05)
+
+    def wait_ready(self, nodes: Sequence[ClusterNode] | None = None, layers: int | None = None) -> None:
+        """Until every node (of `nodes`) is ready on one plan covering `layers` nodes' worth of the ring."""
+        group = list(nodes) if nodes is not None else self.nodes
+
+        def ready() -> bool:
+            versions = {n.version for n in group}
+            return all(n.state == "ready" for n in group) and len(versions) == 1
+
+        self.wait(ready, "the ring to be ready")
+
+    def generate(self, node: ClusterNode, prompt: Sequence[int], max_tokens: int = 8, **params: Any) -> list[int]:
+        """Greedy (by default) token ids generated through `node`'s router."""
+
+        async def collect() -> list[int]:
+            _, router = node.ready_router()
+            stream = router.submit(list(prompt), SamplingParams(max_tokens=max_tokens, **params))
+            tokens: list[int] = []
+            async for delta in stream:
+                tokens += delta.token_ids
+            return tokens
+
+        return self.run(collect(), 120)
+
+
+@contextlib.contextmanager
+def in_process_cluster(
+    model: Path | str,
+    n: int = 3,
+    *,
+    memories_gib: Sequence[float] | None = None,
+    heartbeat: float = 0.5,
+    timeout: float = 3.0,
+    step_timeout: float = 30.0,
+    network: Callable[..., PeerNetwork] = PeerNetwork,
+    node_config: Callable[[int], NodeConfig] | None = None,
+    wait_for_peers: int | None = None,
+    wait: bool = True,
+) -> Iterator[InProcessCluster]:
+    """`n` ClusterNodes node0..node{n-1} peered on loopback (each lists every port), sharing one numpy engine."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="cluster-loop", daemon=True)
+    thread.start()
+    ports = [free_port() for _ in range(n)]
+    engine = get_engine("numpy")
+    nodes = []
+    for i in range(n):
+        cfg = ClusterConfig(
+            host="127.0.0.1",
+            port=ports[i],
+            advertise="127.0.0.1",
+            peers=[f"127.0.0.1:{p}" for p in ports],
+            memory=int((memories_gib[i] if memories_gib else 1.0) * 2**30),
+            wait_for_peers=n - 1 if wait_for_peers is None else wait_for_peers,
+            heartbeat=heartbeat,
+            timeout=timeout,
+            step_timeout=step_timeout,
+        )
+        ncfg = node_config(i) if node_config else NodeConfig(model=str(model), engine="numpy", prefix_cache_mb=0)
+        nodes.append(ClusterNode(ncfg, cfg, node_id=f"node{i}", engine=engine, network=network))
+    cluster = InProcessCluster(loop, nodes)
+    try:
+        for node in nodes:
+            cluster.run(node.start_async())
+        if wait:
+            cluster.wait(lambda: all(len(node.current.assignments) == n for node in nodes), "a plan of every node")
+            cluster.wait_ready()
+        yield cluster
+    finally:
+        for node in nodes:
+            with contextlib.suppress(Exception):
+                cluster.run(node.stop_async(), 30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)

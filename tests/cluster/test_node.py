@@ -1,0 +1,148 @@
+"""The actor layer in one process: ClusterNodes on a tiny model, real ZeroMQ on loopback, the engine injected.
+
+What a ring must do beyond the happy path: refuse a pass of another plan, free every request's caches,
+ignore a Truncate overtaken by a newer pass, report a shard's failure to the request's client, and survive
+a node that stops answering (a short heartbeat makes that quick)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from exo_actor.actors.ring import RingError
+from exo_actor.runtime.generation import generate
+from exo_actor.runtime.local import load_local
+from exo_actor.sampling import SamplingParams
+from exo_actor.transport.messages import Failure, Forward, Free, Truncate
+from tests.cluster.harness import InProcessCluster, in_process_cluster
+from tests.tiny import TinySpec, write_gguf
+
+PROMPT = [5, 17, 42, 8, 99, 3]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cluster") / "tiny.gguf"
+    write_gguf(path, TinySpec(layers=6, context=96))
+    return path
+
+
+@pytest.fixture(scope="module")
+def expected(tiny) -> list[int]:
+    files, pipeline = load_local(str(tiny))
+    deltas = generate(
+        pipeline, files.tokenizer, PROMPT, SamplingParams(max_tokens=12), files.args.max_position_embeddings
+    )
+    return [t for d in deltas for t in d.token_ids]
+
+
+@pytest.fixture(scope="module")
+def ring(tiny):
+    with in_process_cluster(tiny, 3, memories_gib=[2, 1, 1]) as cluster:
+        yield cluster
+
+
+def caches(cluster: InProcessCluster) -> list[int]:
+    """Requests with a KV cache on each node (read on the event loop: pass to cluster.call/wait)."""
+    return [len(n.shard.role.runner.caches) for n in cluster.nodes if n.shard.role]
+
+
+def test_every_node_plans_the_same_ring_and_generates_the_single_process_tokens(ring, expected):
+    plans = {n.current for n in ring.nodes}
+    assert len(plans) == 1
+    (plan,) = plans
+    assert [(a.node_id, a.end - a.start) for a in plan.rings[0]] == [("node0", 3), ("node1", 2), ("node2", 1)]
+    assert all(n.loaded == plan.version for n in ring.nodes)
+    for node in ring.nodes:  # each node's own router drives the same ring
+        assert ring.generate(node, PROMPT, 12) == expected
+    ring.wait(lambda: caches(ring) == [0, 0, 0], "every shard to free the requests' caches")
+
+
+def test_a_pass_of_another_plan_is_refused_with_plan_changed(ring):
+    node0 = ring.nodes[0]
+    got: list[Failure] = []
+
+    def send() -> None:
+        node0.net.on(Failure, got.append)
+        data = np.asarray([[1, 2]], dtype=np.int64)
+        node0.net.send("node1", Forward("stale", "node0", "node0", node0.version ^ 1, 0, 1, data))
+
+    try:
+        ring.call(send)
+        ring.wait(lambda: bool(got), "the Failure")
+    finally:
+        ring.call(lambda: node0.net.on(Failure, node0.rings.on_failure))
+    assert got[0].code == "plan_changed" and got[0].src == "node1" and got[0].rid == "stale"
+    assert "plan changed" in got[0].message
+    assert ring.call(lambda: caches(ring)) == [0, 0, 0]  # nothing was computed for it
+
+
+def test_a_malformed_message_is_dropped_and_counted(ring):
+    import zmq
+
+    node1 = ring.nodes[1]
+    before = node1.messages_dropped
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(node1.endpoint)
+    try:
+        dealer.send_multipart([b"\x81\xa1v\x01", b"junk"])
+        ring.wait(lambda: node1.messages_dropped == before + 1, "the malformed message to be counted")
+    finally:
+        dealer.close()
+        ctx.term()
+    assert node1.state == "ready"
+
+
+def test_a_truncate_overtaken_by_a_newer_pass_is_ignored(ring):
+    node0, node1 = ring.nodes[0], ring.nodes[1]
+    version = node0.version
+    hidden = node1.files.args.hidden_size
+    x = np.random.default_rng(0).standard_normal((6, hidden)).astype(np.float32)
+
+    def cache_len() -> int:
+        cache = node1.shard.role.runner.caches.get("t")
+        return cache.length if cache is not None else -1
+
+    # a 6-position pass straight to node1 (as if node0 had forwarded it), then Truncates
+    ring.call(lambda: node0.net.send("node1", Forward("t", "node0", "node0", version, 0, 1, x)))
+    ring.wait(lambda: cache_len() == 6, "node1 to cache the pass")
+    ring.call(lambda: node0.net.send("node1", Truncate("t", "node0", 2, after=3)))  # not its newest pass: ignored
+    ring.call(lambda: node0.net.send("node1", Truncate("t", "node0", 4, after=0)))  # its newest pass: applied
+    ring.wait(lambda: cache_len() == 4, "the Truncate of the newest pass")
+    for node in ring.nodes:
+        ring.call(lambda node=node: node0.net.send(node.node_id, Free("t", "node0")))
+    ring.wait(lambda: cache_len() == -1, "the Free")
+
+
+def test_a_shard_that_fails_ends_the_request_with_its_error_and_the_ring_serves_on(ring, expected):
+    node2 = ring.nodes[2]
+    runner = node2.shard.role.runner
+    real = runner.forward_batch
+
+    def broken(passes):  # type: ignore[no-untyped-def]
+        raise RuntimeError("disk on fire")
+
+    runner.forward_batch = broken
+    try:
+        with pytest.raises(RingError, match="node node2: RuntimeError: disk on fire"):
+            ring.generate(ring.nodes[0], PROMPT, 4)
+    finally:
+        runner.forward_batch = real
+    assert ring.generate(ring.nodes[0], PROMPT, 12) == expected
+    ring.wait(lambda: caches(ring) == [0, 0, 0], "the failed request's caches to be freed")
+
+
+def test_a_node_that_stops_answering_fails_its_requests_then_the_survivors_replan(tiny, expected):
+    with in_process_cluster(tiny, 3, heartbeat=0.2, timeout=1.5, wait_for_peers=0) as c:
+        node0, node1, node2 = c.nodes
+        first = node0.version
+        c.run(node2.stop_async())  # its sockets close: silent from now on
+        with pytest.raises(RingError, match="node2|re-planning|plan changed"):
+            c.generate(node0, PROMPT, 4000 // 64)
+        c.wait(lambda: node0.version != first and node0.state == "ready", "the survivors' new ring", 20)
+        assert [a.node_id for a in node0.current.assignments] == ["node0", "node1"]
+        assert node1.current == node0.current
+        assert c.generate(node0, PROMPT, 12) == expected
+        assert c.generate(node1, PROMPT, 12) == expected

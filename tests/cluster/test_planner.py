@@ -1,0 +1,66 @@
+"""The cluster planner: pure functions, the same answer on every node."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from exo_actor.cluster.planner import NO_SHARE, blas_threads_for, plan_cluster, plan_memory, plan_version
+from exo_actor.partition import Assignment, NodeCapacity
+
+GIB = 2**30
+
+
+def nodes(*memories_gib: float) -> list[NodeCapacity]:
+    return [NodeCapacity(f"n{i}", int(m * GIB)) for i, m in enumerate(memories_gib)]
+
+
+def test_one_ring_memory_weighted_in_ring_order():
+    plan = plan_cluster(nodes(1, 3, 2), 12, GIB // 100)
+    assert [(a.node_id, a.start, a.end) for a in plan.rings[0]] == [("n1", 0, 6), ("n2", 6, 10), ("n0", 10, 12)]
+    assert plan.version == plan_version(plan.assignments, 12) != 0
+    assert plan.next_node("n1") == "n2" and plan.next_node("n0") is None
+    assert plan.assignment("n2") == Assignment("n2", 6, 10) and plan.assignment("nobody") is None
+    assert plan.idle == {}
+
+
+@given(st.permutations(range(5)))
+def test_every_node_reaches_the_same_plan_whatever_order_it_heard_of_the_others(order):
+    group = nodes(1, 2, 2, 4, 0.5)
+    first = plan_cluster(group, 30, GIB // 100, rings=2)
+    again = plan_cluster([group[i] for i in order], 30, GIB // 100, rings=2)
+    assert again == first and again.version == first.version
+
+
+def test_two_rings_and_the_idle_nodes_say_why():
+    plan = plan_cluster(nodes(4, 4, 4, 4), 8, GIB, rings=2)  # each ring needs 8 GiB: two nodes each
+    assert len(plan.rings) == 2 and all(sum(a.layers for a in ring) == 8 for ring in plan.rings)
+    crowd = plan_cluster(nodes(3, 2, 1, 1, 1), 3, 1)  # more nodes than layers: the smallest hold none
+    assert [a.node_id for a in crowd.assignments] == ["n0", "n1", "n2"]
+    assert crowd.idle == {"n3": NO_SHARE, "n4": NO_SHARE}
+
+
+def test_no_plan_when_nothing_can_hold_the_model():
+    plan = plan_cluster(nodes(1, 1), 8, GIB)
+    assert plan.version == 0 and plan.rings == ()
+    assert set(plan.idle) == {"n0", "n1"} and all("cannot hold the model" in why for why in plan.idle.values())
+    assert plan_cluster([], 8, GIB).version == 0
+
+
+def test_an_epoch_gives_the_same_ranges_a_new_version():
+    ring = [Assignment("a", 0, 4), Assignment("b", 4, 8)]
+    assert plan_version(ring, 8) != plan_version(ring, 8, epoch=1) != plan_version(ring, 8, epoch=2)
+    assert plan_version(ring, 8) != plan_version(list(reversed(ring)), 8)
+
+
+def test_plan_memory_scales_by_what_the_engine_holds_per_layer():
+    assert plan_memory(8 * GIB, held_bytes=4, unit_bytes=1) == 2 * GIB  # a float32 engine holds 4x
+    assert plan_memory(8 * GIB, held_bytes=1, unit_bytes=1) == 8 * GIB
+    assert plan_memory(8 * GIB, held_bytes=0, unit_bytes=1) == 8 * GIB  # never divides by zero
+
+
+def test_blas_threads_share_the_cores():
+    assert [blas_threads_for(k, cores=8) for k in (0, 1, 2, 3, 8, 16)] == [8, 8, 4, 2, 1, 1]
+    assert blas_threads_for(random.randint(1, 4)) >= 1
