@@ -71,6 +71,7 @@ class ClusterNode(Node):
         self.engine = engine  # built on first load when not given
         self._network, self._discovery = network, discovery
         self.current: Plan = EMPTY_PLAN
+        self._gathered = False  # --wait-for-peers was met once (it gates only the first plan)
         self.loaded = 0  # the plan version this node has loaded its layers for
         self.rings = RingSet()
         self.net: PeerNetwork | None = None
@@ -210,8 +211,9 @@ class ClusterNode(Node):
         ]
 
     def _waiting(self, members: int) -> bool:
-        """--wait-for-peers: hold back until that many other nodes serve the model."""
-        if members - 1 < self.cluster.wait_for_peers:
+        """--wait-for-peers: before the first plan, hold back until that many other nodes serve the model.
+        Only the first: once a ring has formed, a lost node re-plans on the survivors at once."""
+        if not self._gathered and members - 1 < self.cluster.wait_for_peers:
             self.set_state(NodeState.WAITING_FOR_PEERS, f"{members - 1}/{self.cluster.wait_for_peers} peers")
             return True
         return False
@@ -230,6 +232,7 @@ class ClusterNode(Node):
         if plan.version == self.version:
             return
         log.info("plan %08x: %s", plan.version, plan.describe())
+        self._gathered = True
         self._size_blas(plan)
         self.current = plan
         self.plan = [(a.start, a.end) for a in plan.ring_of(self.node_id)]
@@ -325,8 +328,6 @@ class ClusterNode(Node):
     def _check_ready(self) -> None:
         plan = self.current
         if self.net is None or not plan.version or self.files is None or self.drafts is None:
-            return
-        if self._waiting(len(plan.assignments)):
             return
         peers = self.net.peers
         for i, ring_plan in enumerate(plan.rings):

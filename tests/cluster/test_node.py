@@ -135,7 +135,8 @@ def test_a_shard_that_fails_ends_the_request_with_its_error_and_the_ring_serves_
 
 
 def test_a_node_that_stops_answering_fails_its_requests_then_the_survivors_replan(tiny, expected):
-    with in_process_cluster(tiny, 3, heartbeat=0.2, timeout=1.5, wait_for_peers=0) as c:
+    """--wait-for-peers 2 held the first plan until all three met; it does not hold the survivors' plan."""
+    with in_process_cluster(tiny, 3, heartbeat=0.2, timeout=1.5, wait_for_peers=2) as c:
         node0, node1, node2 = c.nodes
         first = node0.version
         c.run(node2.stop_async())  # its sockets close: silent from now on
@@ -146,3 +147,16 @@ def test_a_node_that_stops_answering_fails_its_requests_then_the_survivors_repla
         assert node1.current == node0.current
         assert c.generate(node0, PROMPT, 12) == expected
         assert c.generate(node1, PROMPT, 12) == expected
+
+
+def test_wait_for_peers_holds_the_first_plan(tiny):
+    with in_process_cluster(tiny, 2, wait_for_peers=2, wait=False) as c:
+        c.wait(lambda: all(len(n.net.peers) == 2 for n in c.nodes), "the two nodes to meet")
+        for node in c.nodes:
+            assert c.call(lambda node=node: (node.state, node.detail, node.version)) == (
+                "waiting for peers",
+                "1/2 peers",
+                0,
+            )
+            with pytest.raises(Exception, match=r"not ready \(waiting for peers \(1/2 peers\)\)"):
+                node.ready_router()
