@@ -21,8 +21,25 @@ from ..transport.peers import PeerNetwork, UnknownPeerError
 log = logging.getLogger(__name__)
 
 
+# Why a step failed: the ring changed under it (a replay on the next ring gives the same answer), or the
+# request itself is at fault (refused on any ring), or a shard failed (a bug: replaying would repeat it).
+RING_CHANGED = frozenset({"ring_changed", "plan_changed", "peer_down"})
+
+
 class RingError(ExoError):
-    """The ring could not complete a step (a node failed or left)."""
+    """The ring could not complete a step (a node failed or left, or a shard refused the pass)."""
+
+    def __init__(self, message: str, code: str = "ring_changed") -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def ring_changed(self) -> bool:
+        """The failure is the ring's, not the request's: the same pass on another ring can succeed."""
+        return self.code in RING_CHANGED
+
+    def __reduce__(self) -> tuple[type[RingError], tuple[str, str]]:
+        return type(self), (str(self), self.code)
 
 
 class RemoteRing:
@@ -53,7 +70,7 @@ class RemoteRing:
     def on_failure(self, msg: Failure) -> None:
         fut = self.pending.pop(msg.rid, None)
         if fut is not None and not fut.done():
-            fut.set_exception(RingError(f"node {msg.src}: {msg.message}"))
+            fut.set_exception(RingError(f"node {msg.src}: {msg.message}", msg.code))
 
     def node_down(self, node_id: str) -> None:
         if node_id in self.nodes:
@@ -129,7 +146,7 @@ class RemoteRing:
             return await asyncio.wait_for(fut, self.step_timeout)
         except TimeoutError:
             self.pending.pop(rid, None)
-            raise RingError(f"the ring did not answer within {self.step_timeout:g} s") from None
+            raise RingError(f"the ring did not answer within {self.step_timeout:g} s", "timeout") from None
 
     # the Pipeline protocol, called on the RouterActor's thread ------------------------------------
     def forward(self, request_id: str, tokens: np.ndarray, start_pos: int, num_logits: int = 1) -> np.ndarray:

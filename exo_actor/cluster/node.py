@@ -17,7 +17,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,6 +29,7 @@ from ..engines import ENGINES, Engine, get_engine, limit_threads
 from ..errors import ExoError
 from ..node import ModelLoadingError, Node, NodeState, start_router, total_memory_bytes
 from ..partition import Assignment, NodeCapacity
+from ..runtime.generation import Pipeline
 from ..runtime.memory import release_freed_memory
 from ..speculative import Speculation
 from ..speculative.drafts import draft_bytes
@@ -228,6 +229,7 @@ class ClusterNode(Node):
         if not plan.rings:
             self.set_state(NodeState.NO_PLAN)
             self.error = next(iter(plan.idle.values()), "no nodes")
+            self.rings.give_up(f"no ring can hold the model now: {self.error}; retry the request")
             return
         if plan.version == self.version:
             return
@@ -236,7 +238,8 @@ class ClusterNode(Node):
         self._size_blas(plan)
         self.current = plan
         self.plan = [(a.start, a.end) for a in plan.ring_of(self.node_id)]
-        self._retire_routers("the cluster's layer plan changed; retry the request")
+        # requests in flight wait for the new plan's ring and continue there (actors/failover.py)
+        self.rings.suspend("the cluster's layer plan changed")
         self.shard.abandon(f"{why} (seen from {self.node_id}); the cluster is re-planning, retry the request")
         self._place_draft(plan)
         self.set_state(NodeState.LOADING)
@@ -331,7 +334,7 @@ class ClusterNode(Node):
             return
         peers = self.net.peers
         for i, ring_plan in enumerate(plan.rings):
-            if i in self.rings or any(
+            if self.rings.ready(i) or any(
                 (p := peers.get(a.node_id)) is None or p.hello is None or p.hello.loaded != plan.version
                 for a in ring_plan
             ):
@@ -339,21 +342,24 @@ class ClusterNode(Node):
             if self.drafts.pending:
                 self.set_state(NodeState.LOADING_DRAFT)
                 return
-            drafter = self.drafts.drafter()
-            spec = Speculation(drafter, self.config.draft_tokens, self.config.adaptive_draft) if drafter else None
-            nodes = [a.node_id for a in ring_plan]
-            ring = RemoteRing(self.net, asyncio.get_running_loop(), plan.version, nodes, self.cluster.step_timeout)
-            router = start_router(self.config, self.files, ring, spec)
-            self.rings.add(i, ring, router)
-            self.router = self.router or router
+            # this ring's suspended router continues on it (its requests replay), or a new one starts;
+            # so do the routers of rings this plan no longer has
+            for index in [i, *[k for k in self.rings.orphans(len(plan.rings)) if k % len(plan.rings) == i]]:
+                self.rings.add(index, self._remote_ring(plan.version, ring_plan), self._start_router)
+            self.router = self.rings.router(0)
             self.set_state(NodeState.READY)
             log.info("ring %d ready: %d node(s)", i, len(ring_plan))
 
-    def _retire_routers(self, reason: str) -> None:
-        self.rings.retire(reason)
-        self.router = None
-        if self.drafts is not None:
-            self.drafts.forget_routers()
+    def _remote_ring(self, version: int, ring_plan: Sequence[Assignment]) -> RemoteRing:
+        assert self.net is not None
+        nodes = [a.node_id for a in ring_plan]
+        return RemoteRing(self.net, asyncio.get_running_loop(), version, nodes, self.cluster.step_timeout)
+
+    def _start_router(self, pipeline: Pipeline) -> RouterActor:
+        assert self.files is not None and self.drafts is not None
+        drafter = self.drafts.drafter()
+        spec = Speculation(drafter, self.config.draft_tokens, self.config.adaptive_draft) if drafter else None
+        return start_router(self.config, self.files, pipeline, spec)
 
     # the Node interface ----------------------------------------------------------------------------
     @property
@@ -380,7 +386,8 @@ class ClusterNode(Node):
         raise ModelLoadingError(f"the cluster is not ready ({self.status}{why}); retry in a few seconds")
 
     def stop(self) -> None:
-        self._retire_routers("the node is shutting down")
+        self.rings.retire("the node is shutting down")
+        self.router = None
         self.compute.shutdown(wait=False, cancel_futures=True)
 
     async def stop_async(self) -> None:

@@ -233,15 +233,15 @@ class RayNode(Node):
                 )
 
     def _retire(self, reason: str) -> None:
-        """End the ring's requests with `reason`; the hosts must be joined again before serving."""
+        """Suspend the ring: requests in flight wait and continue on the rejoined ring (the hosts must be
+        joined again before serving)."""
         self.joined = False
         for w in self._watches:
             w.cancel()
         self._watches = []
-        if RING in self.rings:
-            log.warning("ring retired: %s", reason)
-        self.rings.retire(reason)
-        self.router = None
+        if self.rings.ready(RING):
+            log.warning("ring suspended: %s", reason)
+        self.rings.suspend(reason)
         if self.state == NodeState.READY:
             self.set_state(NodeState.RECOVERING)
 
@@ -268,7 +268,7 @@ class RayNode(Node):
             await asyncio.sleep(self.ray_config.heartbeat)
 
     async def _tick(self) -> None:
-        if RING in self.rings:
+        if self.rings.ready(RING):
             if not self._ring_ok():
                 self._retire("a shard of the ring was restarted; retry the request")
             return
@@ -319,9 +319,10 @@ class RayNode(Node):
 
     def _serve(self) -> None:
         assert self.net is not None and self.files is not None
+        files = self.files
         ring = RemoteRing(self.net, self.loop, self.version, list(self.hosts), self.ray_config.step_timeout)
-        self.router = start_router(self.config, self.files, ring, self.speculation)
-        self.rings.add(RING, ring, self.router)
+        self.rings.add(RING, ring, lambda pipeline: start_router(self.config, files, pipeline, self.speculation))
+        self.router = self.rings.router(RING)
         self.set_state(NodeState.READY)
         self.error = None
         log.info("ring ready: %d Ray shard(s)", len(self.hosts))
@@ -343,6 +344,8 @@ class RayNode(Node):
 
     def stop(self) -> None:
         self._retire("the node is shutting down")
+        self.rings.retire("the node is shutting down")
+        self.router = None
 
     async def stop_async(self) -> None:
         self.stop()  # (cancels the watches before the actors are killed)

@@ -4,6 +4,7 @@ thread, the engine injected, so a test can look into every node's shard, ring an
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 import time
@@ -57,6 +58,12 @@ class InProcessCluster:
 
     def generate(self, node: ClusterNode, prompt: Sequence[int], max_tokens: int = 8, **params: Any) -> list[int]:
         """Greedy (by default) token ids generated through `node`'s router."""
+        return self.start(node, prompt, max_tokens, **params).result(120)
+
+    def start(
+        self, node: ClusterNode, prompt: Sequence[int], max_tokens: int = 8, **params: Any
+    ) -> concurrent.futures.Future[list[int]]:
+        """Start generating through `node`'s router; the future gives the token ids."""
 
         async def collect() -> list[int]:
             _, router = node.ready_router()
@@ -66,7 +73,7 @@ class InProcessCluster:
                 tokens += delta.token_ids
             return tokens
 
-        return self.run(collect(), 120)
+        return asyncio.run_coroutine_threadsafe(collect(), self.loop)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,194 @@
+"""FailoverRing: the Pipeline a RouterActor drives on a cluster; it outlives the rings under it.
+
+A ring node that dies or is cut off fails the passes in flight on that ring (RingError with a
+"ring changed" code). Instead of ending those requests, this pipeline waits for the node's next ring
+(the re-plan on the survivors), rebuilds each request's KV caches there by replaying the token ids it
+has fed so far (one prefill), and runs the failed pass again. The generation loop above never sees the
+failure: its sampler, generator state, detokenizer, stop strings and speculation state are untouched,
+so the client gets a pause and then the rest of the text it would have got.
+
+It keeps, per request, the token ids at every position it holds in the KV caches (token ids only: a few
+KB per request). A request whose pass failed for its own reason (an invalid request, a shard error) fails
+as before; so does every waiting request when the node learns that no ring can hold the model, or when no
+new ring is ready within `wait` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..engines import Pass
+from ..runtime.generation import PREFILL_CHUNK
+from .ring import RemoteRing, RingError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Request:
+    tokens: list[int] = field(default_factory=list)  # the token id at each cached position
+    epoch: int = 0  # the ring (attach count) whose shards hold its caches
+    adopt: tuple[str, int] | None = None  # a prefix-cache adoption not yet sent (source, length)
+
+
+class FailoverRing:
+    def __init__(self, ring: RemoteRing, wait: float = 300.0) -> None:
+        self.wait = wait  # how long a request waits for the next ring
+        self._cond = threading.Condition()
+        self._ring: RemoteRing | None = ring
+        self._epoch = 1
+        self._gave_up: str | None = None
+        self._requests: dict[str, _Request] = {}
+        self.replays = 0  # passes replayed on a new ring (shown in /v1/cluster)
+
+    # the node's side (event loop) ----------------------------------------------------------------
+    @property
+    def ring(self) -> RemoteRing | None:
+        return self._ring
+
+    def attach(self, ring: RemoteRing) -> None:
+        """Continue on `ring` (the next plan's): waiting requests replay their history there."""
+        with self._cond:
+            self._ring, self._gave_up = ring, None
+            self._epoch += 1
+            self._cond.notify_all()
+
+    def detach(self, reason: str) -> None:
+        """The ring is gone (a re-plan): passes in flight fail over, new ones wait for attach()."""
+        with self._cond:
+            ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.fail_all(reason)
+
+    def give_up(self, reason: str) -> None:
+        """No ring will come (no plan holds the model, or the node stops): waiting requests fail."""
+        with self._cond:
+            self._gave_up = reason
+            ring, self._ring = self._ring, None
+            self._cond.notify_all()
+        if ring is not None:
+            ring.fail_all(reason)
+
+    # the Pipeline protocol (the router's thread) -------------------------------------------------------
+    def forward(self, request_id: str, tokens: np.ndarray, start_pos: int, num_logits: int = 1) -> np.ndarray:
+        result = self.forward_batch([Pass(request_id, np.asarray(tokens, dtype=np.int64), start_pos, num_logits)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def forward_batch(self, passes: Sequence[Pass]) -> list[np.ndarray | Exception]:
+        results: list[np.ndarray | Exception | None] = [None] * len(passes)
+        todo = list(range(len(passes)))
+        deadline = time.monotonic() + self.wait
+        failed_on = 0  # the ring a pass last failed over from: never retried on the same ring
+        while todo:
+            ring, epoch = self._current(deadline, failed_on, todo, results)
+            if ring is None:
+                break
+            runnable, retry = [], []
+            for i in todo:
+                try:
+                    self._restore(ring, epoch, passes[i])
+                    runnable.append(i)
+                except RingError as exc:
+                    if exc.ring_changed:
+                        retry.append(i)
+                    else:
+                        results[i] = exc
+            try:
+                outs = ring.forward_batch([passes[i] for i in runnable]) if runnable else []
+            except RingError as exc:  # the ring broke before the passes left
+                if not exc.ring_changed:
+                    raise
+                outs = [exc] * len(runnable)
+            todo = retry
+            for i, out in zip(runnable, outs):
+                if isinstance(out, RingError) and out.ring_changed:
+                    todo.append(i)  # the ring changed under it: again on the next one
+                else:
+                    results[i] = out
+                    if not isinstance(out, Exception):
+                        self._record(passes[i])
+            if todo:
+                failed_on = epoch
+                log.info("%d pass(es) failed over: waiting for the next ring", len(todo))
+        return [r if r is not None else RingError("no ring") for r in results]
+
+    def truncate(self, request_id: str, length: int) -> None:
+        req = self._requests.get(request_id)
+        if req is not None:
+            del req.tokens[length:]
+            if req.epoch == self._epoch and self._ring is not None:
+                self._ring.truncate(request_id, length)
+
+    def adopt(self, source: str, request_id: str, length: int) -> int:
+        """A prefix-cache hit: the new request starts with `source`'s first `length` positions. On the ring
+        that holds `source` the shards take its caches over; on a later ring the positions are replayed."""
+        src = self._requests.get(source)
+        if src is None or len(src.tokens) < length:
+            return 0  # nothing known to continue from: the request prefills its whole prompt
+        self._requests[request_id] = _Request(src.tokens[:length], src.epoch, (source, length))
+        return length
+
+    def free(self, request_id: str) -> None:
+        req = self._requests.pop(request_id, None)
+        ring = self._ring
+        if ring is not None and (req is None or req.epoch == self._epoch):
+            ring.free(request_id)
+
+    # internals -------------------------------------------------------------------------------------
+    def _usable(self, failed_on: int) -> bool:
+        return self._ring is not None and not self._ring.broken and self._epoch != failed_on
+
+    def _current(
+        self, deadline: float, failed_on: int, todo: list[int], results: list[np.ndarray | Exception | None]
+    ) -> tuple[RemoteRing | None, int]:
+        """The ring to run on, waiting for one if there is none (or only the one that just failed); None
+        when waiting is over (the waiting passes then get the reason)."""
+        with self._cond:
+            while not self._usable(failed_on) and self._gave_up is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            if self._ring is not None and self._usable(failed_on):
+                return self._ring, self._epoch
+            reason = self._gave_up or f"no ring could hold the model within {self.wait:g} s; retry the request"
+        for i in todo:
+            results[i] = RingError(reason)
+        return None, 0
+
+    def _restore(self, ring: RemoteRing, epoch: int, p: Pass) -> None:
+        """Make the request's caches on `ring` hold its positions before p.start_pos: send a pending
+        adoption along, or replay the known token ids when the caches were on an earlier ring."""
+        req = self._requests.setdefault(p.request_id, _Request(epoch=epoch))
+        if req.epoch == epoch:
+            if req.adopt is not None:
+                source, length = req.adopt
+                ring.adopt(source, p.request_id, length)
+                req.adopt = None
+            return
+        req.adopt = None
+        history = req.tokens[: p.start_pos]
+        if len(history) < p.start_pos:
+            raise RingError("the request's earlier positions are unknown here", "invalid_request")
+        for start in range(0, len(history), PREFILL_CHUNK):
+            chunk = np.asarray(history[start : start + PREFILL_CHUNK], dtype=np.int64)
+            ring.forward(p.request_id, chunk, start, 1)
+        req.epoch = epoch
+        if history:
+            self.replays += 1
+            log.info("request %s: %d position(s) replayed on the new ring", p.request_id, len(history))
+
+    def _record(self, p: Pass) -> None:
+        req = self._requests.get(p.request_id)
+        if req is None or len(req.tokens) < p.start_pos:
+            return  # (cannot happen: every position a request holds went through here)
+        del req.tokens[p.start_pos :]
+        req.tokens.extend(int(t) for t in np.asarray(p.tokens).reshape(-1))
