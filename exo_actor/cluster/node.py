@@ -180,7 +180,7 @@ class ClusterNode(Node):
         net.start()
         net.connect(net.endpoint)  # ourselves: a ring of one works the same way
         for peer in self.cluster.peers:
-            net.connect(peer if peer.startswith("tcp://") else f"tcp://{peer}")
+            net.connect(peer if peer.startswith("tcp://") else f"tcp://{peer}", keep=True)  # retried while down
         if self.cluster.discovery == "udp":
             self.discovery = self._discovery(
                 lambda: Beacon(self.node_id, net.endpoint, self.memory, self.config.engine, self.config.model),

@@ -149,7 +149,7 @@ async def _start_net(host: ShardHost) -> None:
     host.shard = ShardActor(host.net, host.compute)
     host.net.start()
     host.net.connect(host.net.endpoint)  # ourselves (the last shard of a ring of one answers itself)
-    host.net.connect(spec.driver)
+    host.net.connect(spec.driver, keep=True)
 
 
 async def _join(host: ShardHost, version: int, next_node: str | None, endpoints: list[str]) -> None:

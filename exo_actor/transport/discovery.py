@@ -130,7 +130,7 @@ class Discovery:
                 continue
             if not isinstance(msg, Beacon) or msg.src == me:
                 continue
-            new = msg.src not in self.heard
             self.heard[msg.src] = (msg, time.monotonic())
-            if new:
-                self.on_peer(msg)
+            # every beacon, not only a new node's: a peer dropped after a freeze or a healed partition is
+            # reconnected by its next beacon (connect() of a known endpoint costs one lookup)
+            self.on_peer(msg)

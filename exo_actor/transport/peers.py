@@ -6,6 +6,12 @@ DEALERs. ZeroMQ reconnects a DEALER by itself with exponential backoff (100 ms u
 goes to every peer each heartbeat interval; any message from a peer proves it alive; a peer silent
 for `timeout` is reported dead (on_peer_down) so requests that depend on it end promptly.
 
+Endpoints this node was told to reach (`connect(..., keep=True)`: configured peers, and its own) keep
+their DEALER and are retried for as long as the node runs. Any other endpoint (from a beacon, a Hello,
+the Ray driver) loses its DEALER once no peer is reached there: its peer went down, moved to another
+endpoint, or never answered within `timeout`. A peer restarted on a new port therefore leaves no
+socket behind; heard again, it gets a fresh one.
+
 Compute never runs on this loop: actors hand it to a worker thread, so heartbeats keep flowing
 during a long prefill.
 """
@@ -105,6 +111,8 @@ class PeerNetwork:
         self._tasks: list[asyncio.Task[None]] = []
         self._handling: set[asyncio.Future[Any]] = set()  # handler tasks in flight
         self._unreachable: set[str] = set()  # endpoints whose last send failed (logged once)
+        self.configured: set[str] = set()  # endpoints whose DEALER stays open while no peer answers there
+        self._wanted: dict[str, float] = {}  # endpoint -> when connect() last asked for it
 
     def on(self, kind: type[M], handler: Handler[M]) -> None:
         """Call `handler` with every received message of type `kind` (exactly that type)."""
@@ -126,8 +134,12 @@ class PeerNetwork:
             self.auth.stop()
         self.ctx.term()
 
-    def connect(self, endpoint: str) -> None:
-        """Reach a peer's ROUTER (idempotent) and introduce ourselves."""
+    def connect(self, endpoint: str, *, keep: bool = False) -> None:
+        """Reach a peer's ROUTER (idempotent) and introduce ourselves; `keep` for an endpoint from the
+        configuration, which is retried even while nobody answers there (our own endpoint always is)."""
+        if keep:
+            self.configured.add(endpoint)
+        self._wanted[endpoint] = time.monotonic()
         if endpoint in self.dealers:
             return
         s = self.ctx.socket(zmq.DEALER)
@@ -140,6 +152,21 @@ class PeerNetwork:
         s.connect(self._local(endpoint))
         self.dealers[endpoint] = s
         self._send_to(endpoint, self._hello())
+
+    def _kept(self, endpoint: str) -> bool:
+        return endpoint == self.endpoint or endpoint in self.configured
+
+    def _release(self, endpoint: str) -> None:
+        """Close the DEALER to `endpoint` unless it is kept or a peer is reached there: ZeroMQ would
+        otherwise retry a dead address forever, one socket more each time a peer restarts elsewhere."""
+        if self._kept(endpoint) or any(p.endpoint == endpoint for p in self.peers.values()):
+            return
+        sock = self.dealers.pop(endpoint, None)
+        self._wanted.pop(endpoint, None)
+        self._unreachable.discard(endpoint)
+        if sock is not None:
+            sock.close(linger=0)
+            log.info("closed the connection to %s: no peer there any more", endpoint)
 
     def _local(self, endpoint: str) -> str:
         """Where to connect for `endpoint`: our own ROUTER directly on loopback when the endpoint is
@@ -173,7 +200,7 @@ class PeerNetwork:
         if isinstance(sent, asyncio.Future):  # zmq.asyncio reports a full queue on the future
 
             def check(f: asyncio.Future[Any]) -> None:
-                if not f.cancelled() and f.exception() is not None:
+                if not f.cancelled() and f.exception() is not None and self.dealers.get(endpoint) is sock:
                     self._undelivered(endpoint, msg)
 
             sent.add_done_callback(check)
@@ -232,6 +259,8 @@ class PeerNetwork:
             self.connect(msg.endpoint)
             peer = self.peers[msg.src] = Peer(msg.src, msg.endpoint, msg)
             log.info("peer %s at %s (%s, %.1f GiB)", msg.src, msg.endpoint, msg.engine, msg.memory / 2**30)
+            if known is not None:  # restarted elsewhere (a new port): its old address is dead
+                self._release(known.endpoint)
             self.on_peer_up(peer)
         else:
             known.hello, known.last_seen = msg, time.monotonic()
@@ -259,9 +288,13 @@ class PeerNetwork:
                         "peer %s at %s is silent for %.1f s: down", peer.node_id, peer.endpoint, now - peer.last_seen
                     )
                     del self.peers[peer.node_id]
+                    self._release(peer.endpoint)
                     self.on_peer_down(peer)
                     continue
                 self.send(peer.node_id, Ping(self.node_id, seq))
-            for endpoint in list(self.dealers):  # keep introducing ourselves to endpoints not yet answering
-                if not any(p.endpoint == endpoint for p in self.peers.values()):
-                    self._send_to(endpoint, self._hello())
+            answering = {p.endpoint for p in self.peers.values()}
+            for endpoint in [e for e in self.dealers if e not in answering]:
+                if self._kept(endpoint) or now - self._wanted.get(endpoint, now) < self.timeout:
+                    self._send_to(endpoint, self._hello())  # keep introducing ourselves until it answers
+                else:
+                    self._release(endpoint)  # a discovered endpoint that never answered
