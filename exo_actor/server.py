@@ -20,6 +20,8 @@ from .node import Node
 from .storage.model_store import check_model
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
     from .config import RayConfig
 
 log = logging.getLogger(__name__)
@@ -81,12 +83,24 @@ async def _main(node: Node, gateway: GatewayConfig | None, sock: socket.socket |
         if sock is None or gateway is None:
             await _wait_for_signal()
             return
-        config = uvicorn.Config(create_app(node, gateway), log_level="warning", timeout_graceful_shutdown=5)
-        server = _Server(config)
-        log.info("exo-actor gateway on http://%s (OpenAI API at /v1, dashboard at /)", node.config.address)
+        server = _Server(uvicorn_config(create_app(node, gateway), gateway))
+        url = f"{gateway.scheme}://{node.config.address}"
+        log.info("exo-actor gateway on %s (OpenAI API at /v1, dashboard at /)", url)
         await _serve_until_signal(server, sock)
     finally:
         await node.stop_async()
+
+
+def uvicorn_config(app: ASGIApp, gateway: GatewayConfig) -> uvicorn.Config:
+    """uvicorn's settings for the gateway: HTTPS with uvicorn's own TLS when it has a certificate
+    (GatewayConfig checked the files, so a bad one never reaches uvicorn)."""
+    return uvicorn.Config(
+        app,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+        ssl_certfile=gateway.tls_cert,
+        ssl_keyfile=gateway.tls_key,
+    )
 
 
 class _Server(uvicorn.Server):

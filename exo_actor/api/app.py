@@ -17,12 +17,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..actors.ring import RingError
 from ..actors.router import OverloadedError
-from ..errors import ContextLengthError, ExoError, InvalidRequestError
+from ..errors import ConfigError, ContextLengthError, ExoError, InvalidRequestError
 from ..node import ModelLoadingError, Node
 from .errors import ApiError
 from .metrics import GatewayMetrics
 from .openai_routes import OpenAIRoutes
 from .requests import check_model
+from .tls import check_tls_files
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,20 @@ class GatewayConfig:
     request_timeout: float = 600.0  # a request (streamed or not) ends with a 504 / error event after this
     max_tokens: int | None = None  # cap on a request's completion tokens (None: the context length)
     max_context: int | None = None  # cap on prompt + completion tokens (None: the model's context)
+    tls_cert: str | None = None  # PEM certificate (chain) file: serve HTTPS (with tls_key)
+    tls_key: str | None = None  # PEM private key file of tls_cert, unencrypted
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = ("tls_cert", "tls_key") if self.tls_key is None else ("tls_key", "tls_cert")
+            raise ConfigError(type(self).__name__, missing, f"is needed with {given} (HTTPS takes both)")
+        if self.tls_cert is not None and self.tls_key is not None:
+            check_tls_files(self.tls_cert, self.tls_key)
+
+    @property
+    def scheme(self) -> str:
+        """https with a TLS certificate, else http."""
+        return "https" if self.tls_cert else "http"
 
 
 def _too_large(limit: int) -> ApiError:

@@ -49,6 +49,8 @@ def _gateway_flags(start: argparse.ArgumentParser) -> None:
     start.add_argument("--api-port", type=port, default=52415, help="gateway port (52415; 0 picks a free one)")
     start.add_argument("--no-api", action="store_true", help="run the node without the HTTP gateway")
     start.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set EXO_ACTOR_API_KEY)")
+    start.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate (needs --tls-key)")
+    start.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key, unencrypted")
     start.add_argument("--max-concurrent", type=positive_int, default=8, help="requests in flight (8); more get 429")
     start.add_argument("--max-body-bytes", type=positive_int, default=4 << 20, help="largest request body (4 MiB)")
     start.add_argument(

@@ -42,18 +42,26 @@ def named_by_flags() -> Iterator[None]:
 
 
 def gateway_config(args: argparse.Namespace) -> GatewayConfig | None:
-    """The HTTP gateway's limits (None with --no-api); the key from --api-key or EXO_ACTOR_API_KEY."""
+    """The HTTP gateway's limits and TLS files (None with --no-api); the key from --api-key or EXO_ACTOR_API_KEY."""
     from ..api import GatewayConfig
 
     if args.no_api:
+        if args.tls_cert is not None or args.tls_key is not None:
+            raise ExoError("--tls-cert and --tls-key are the gateway's: they do not go with --no-api")
         return None
-    return GatewayConfig(
-        api_key=args.api_key or os.environ.get("EXO_ACTOR_API_KEY") or None,
-        max_body_bytes=args.max_body_bytes,
-        request_timeout=args.request_timeout,
-        max_tokens=args.max_tokens,
-        max_context=args.max_context,
-    )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        given, missing = ("--tls-cert", "--tls-key") if args.tls_key is None else ("--tls-key", "--tls-cert")
+        raise ExoError(f"{given} needs {missing} too (HTTPS takes the certificate and its private key)")
+    with named_by_flags():  # a bad TLS file: "--tls-key k.pem is not the private key of ..."
+        return GatewayConfig(
+            api_key=args.api_key or os.environ.get("EXO_ACTOR_API_KEY") or None,
+            max_body_bytes=args.max_body_bytes,
+            request_timeout=args.request_timeout,
+            max_tokens=args.max_tokens,
+            max_context=args.max_context,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+        )
 
 
 def start_node_config(args: argparse.Namespace) -> NodeConfig:
