@@ -1,11 +1,20 @@
-"""Shared fixtures: tiny random models on disk, and the embedded SmolLM2 model when installed."""
+"""Shared fixtures: tiny random models on disk, the embedded SmolLM2 model (loaded once, and one ring of
+three nodes serving it), a local stand-in for the Hub, and `require` for test-only dependencies.
+
+Markers (pyproject.toml): `slow` (runs the real SmolLM2 model), `ring` (starts exo-actor node processes),
+`ray` (starts Ray). `tox -e fast` runs the tests that carry none of them; a test that uses one of the
+fixtures below without the marker it implies is a collection error."""
 
 from __future__ import annotations
 
-import importlib.util
+import functools
+import importlib
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -19,6 +28,40 @@ os.environ.setdefault("EXO_ACTOR_ENGINE", "numpy")
 os.environ.setdefault("EXO_ACTOR_CACHE", tempfile.mkdtemp(prefix="exo-actor-cache-"))
 
 
+def in_ci() -> bool:
+    """CI sets CI=true (GitHub Actions, GitLab, tox passes it through)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+# the extra (pyproject.toml) that installs each optional test dependency, by top-level package
+EXTRAS = {
+    "torch": "torch",
+    "mlx": "mlx",
+    "tinygrad": "tinygrad",
+    "ray": "ray",
+    "transformers": "reference",
+    "openai": "test",
+    "selenium": "test",
+    "atheris": "test",
+    "matplotlib": "bench",
+}
+
+
+def require(module: str, extra: str | None = None) -> ModuleType:
+    """Import a test's optional dependency (from `exo-actor[extra]`, by default the EXTRAS entry of its
+    package). Missing, the test fails in CI, which installs every extra, so a broken install never
+    passes as skipped tests; elsewhere it is skipped with the command that installs it. At module level
+    it covers the whole module."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        extra = extra or EXTRAS.get(module.split(".")[0], "test")
+        message = f"{module} is not importable ({exc}): pip install -e '.[{extra}]'"
+        if in_ci():
+            pytest.fail(f"{message} (CI installs every extra)", pytrace=False)
+        pytest.skip(f"{message} (CI fails here instead)", allow_module_level=True)
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     """The embedded SmolLM2-135M-Instruct GGUF (installed by .ci/run / tox)."""
@@ -28,10 +71,79 @@ def smollm2_path() -> Path:
     return path
 
 
-def require(module: str) -> None:
-    """Fail (not skip) when a test-only dependency is missing: CI installs all of them."""
-    if importlib.util.find_spec(module) is None:
-        pytest.fail(f"test dependency {module} is missing: install exo-actor[test,reference]")
+@pytest.fixture(scope="session")
+def smollm2_local(smollm2_path: Path) -> tuple[Any, Any]:
+    """(files, pipeline): SmolLM2 in this process on the numpy engine, one shard, loaded once per run.
+    Tests free the caches of the requests they run (generate() does)."""
+    from exo_actor.runtime.local import load_local
+
+    return load_local("smollm2-135m", engine="numpy")
+
+
+@pytest.fixture(scope="session")
+def smollm2_greedy(smollm2_local: tuple[Any, Any]) -> Callable[[str, int], str]:
+    """greedy(question, n): the text single-process greedy decoding gives for one user message in the chat
+    template, at most n tokens (what `exo-actor run smollm2-135m --prompt QUESTION` prints), memoized."""
+    from exo_actor.runtime.generation import generate
+    from exo_actor.sampling import SamplingParams
+    from exo_actor.tokenizer import chat_prompt_ids
+
+    files, pipe = smollm2_local
+
+    @functools.cache
+    def greedy(question: str, n: int) -> str:
+        ids = chat_prompt_ids(files.tokenizer, [{"role": "user", "content": question}])
+        return "".join(d.text for d in generate(pipe, files.tokenizer, ids, SamplingParams(max_tokens=n), 8192))
+
+    return greedy
+
+
+@pytest.fixture(scope="session")
+def smollm2_ring_processes(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path
+) -> Iterator[dict[str, list[Any]]]:
+    """Three `exo-actor start` processes on loopback (manual peers, --memory 8 4 4: layers 15/8/7) serving
+    SmolLM2, started once per run (tests use `smollm2_ring`)."""
+    from tests.api.servers import loopback_ring
+
+    with loopback_ring(tmp_path_factory.mktemp("smollm2-ring"), ["8", "4", "4"], ready_timeout=180) as ring:
+        yield ring
+
+
+@pytest.fixture()
+def smollm2_ring(smollm2_ring_processes: dict[str, list[Any]], tmp_path: Path) -> Iterator[dict[str, list[Any]]]:
+    """The shared ring of three SmolLM2 nodes (tests/test_cluster.py, tests/test_faults.py), whole when the
+    test starts: every gateway ready on a plan of node0, node1, node2. A test may freeze or kill nodes;
+    afterwards the frozen ones are resumed and the dead ones started again, even when it failed."""
+    from tests.api.servers import revive, wait_plan
+
+    ring = smollm2_ring_processes
+    wait_plan(ring["urls"], [f"node{i}" for i in range(len(ring["urls"]))], timeout=120)
+    yield ring
+    revive(ring, tmp_path)
+
+
+# fixture -> the markers a test using it (directly or through another fixture) must carry
+IMPLIED_MARKERS = {
+    "smollm2_path": ("slow",),
+    "smollm2_local": ("slow",),
+    "smollm2_greedy": ("slow",),
+    "smollm2_ring_processes": ("slow", "ring"),
+    "smollm2_server": ("slow", "ring"),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep the tiers honest: `-m "not slow and not ring"` must never select a test that runs the real
+    model or starts nodes through a shared fixture."""
+    missing = []
+    for item in items:
+        used = [f for f in IMPLIED_MARKERS if f in getattr(item, "fixturenames", ())]
+        wanted = {m for f in used for m in IMPLIED_MARKERS[f]}
+        if absent := sorted(m for m in wanted if item.get_closest_marker(m) is None):
+            missing.append(f"{item.nodeid}: uses {', '.join(used)} but is not marked {', '.join(absent)}")
+    if missing:
+        raise pytest.UsageError("tests without the markers their fixtures imply:\n" + "\n".join(missing))
 
 
 TINY_REPO_FILES = [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)]  # one per layer

@@ -19,7 +19,7 @@ import pytest
 from tests.api.servers import stop_processes
 from tests.tiny import TinySpec, write_gguf
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.ring
 
 
 def sh(*cmd: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import subprocess
@@ -19,13 +18,14 @@ from exo_actor.config import NodeConfig
 from exo_actor.sampling import SamplingParams
 from exo_actor.tokenizer import chat_prompt_ids
 from tests.api.servers import free_port, stop_processes
+from tests.conftest import require
 
-ray = pytest.importorskip("ray")
+ray = require("ray")
 
 from exo_actor.config import RayConfig  # noqa: E402
 from exo_actor.ray_backend import NAMESPACE, RayNode  # noqa: E402 - needs ray
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 STORY = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
 DRIVER = "raytest"
 
@@ -95,19 +95,6 @@ def wait_state(url: str, state: str, timeout: float, log=None) -> dict:
     raise TimeoutError(f"{url} not {state} in {timeout} s: {json.dumps(info)[:800]}\n{tail}")
 
 
-@functools.cache
-def exo_run(prompt: str, n: int) -> str:
-    """What single-process `exo-actor run` answers (greedy, the chat template), without its newline."""
-    cmd = [sys.executable, "-m", "exo_actor.cli", "run", "smollm2-135m", "--prompt", prompt, "--max-tokens", str(n)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.removesuffix("\n")
-
-
-def local_greedy(n: int) -> str:
-    return exo_run(STORY[0]["content"], n)  # (chat() checks the ring's answer had all n tokens)
-
-
 def chat(url: str, n: int) -> str:
     r = httpx.post(
         f"{url}/v1/chat/completions",
@@ -119,7 +106,8 @@ def chat(url: str, n: int) -> str:
     return r.json()["choices"][0]["message"]["content"]
 
 
-def test_three_ray_shards_give_single_process_greedy_tokens(driver):
+@pytest.mark.ring
+def test_three_ray_shards_give_single_process_greedy_tokens(driver, smollm2_greedy):
     info = httpx.get(f"{driver}/v1/cluster").json()
     assert info["backend"] == "ray" and info["ray"]["shards"] == 3
     assert [(p["start"], p["end"]) for p in info["plan"]] == [(0, 10), (10, 20), (20, 30)]
@@ -129,10 +117,11 @@ def test_three_ray_shards_give_single_process_greedy_tokens(driver):
     pg = ray.util.placement_group_table()[info["ray"]["placement_group"]]
     assert pg["state"] == "CREATED" and pg["strategy"] == "SPREAD"
     assert [b["CPU"] for b in pg["bundles"].values()] == [0.5, 0.5, 0.5]
-    assert chat(driver, 24) == local_greedy(24)
+    assert chat(driver, 24) == smollm2_greedy(STORY[0]["content"], 24)  # chat() checks all 24 came
 
 
-def test_a_killed_shard_actor_is_restarted_and_the_ring_continues(driver):
+@pytest.mark.ring
+def test_a_killed_shard_actor_is_restarted_and_the_ring_continues(driver, smollm2_greedy):
     before = httpx.get(f"{driver}/v1/cluster").json()
     victim = before["nodes"][1]
     events: list[dict] = []
@@ -157,7 +146,7 @@ def test_a_killed_shard_actor_is_restarted_and_the_ring_continues(driver):
     assert after["ray"]["restarts"] >= 1 and after["plan_version"] != before["plan_version"]
     restarted = next(n for n in after["nodes"] if n["id"] == victim["id"])
     assert restarted["pid"] != victim["pid"] and restarted["alive"]
-    assert chat(driver, 24) == local_greedy(24)
+    assert chat(driver, 24) == smollm2_greedy(STORY[0]["content"], 24)
 
 
 def run_driver(config: RayConfig, check=None, engine: str = "numpy") -> RayNode:  # type: ignore[no-untyped-def]
@@ -187,10 +176,10 @@ async def generated(node: RayNode, question: str, n: int) -> str:
     return "".join([d.text async for d in router.submit(ids, SamplingParams(max_tokens=n))])
 
 
-def test_a_cluster_key_secures_the_ray_ring(ray_instance, smollm2_path):
+def test_a_cluster_key_secures_the_ray_ring(ray_instance, smollm2_greedy):
     """With a cluster key every host speaks CURVE to the driver and to each other (the ring only
     becomes ready if they all agree on it), and the ring still answers exactly."""
-    expected = exo_run("What is the capital of France?", 8)
+    expected = smollm2_greedy("What is the capital of France?", 8)
 
     async def check(node: RayNode) -> None:
         assert node.net.key is not None

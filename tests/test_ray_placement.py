@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import pytest
 
-ray = pytest.importorskip("ray")
+from tests.conftest import require
+
+ray = require("ray")
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from exo_actor.config import RayConfig  # noqa: E402
 from exo_actor.ray_backend import RayNode  # noqa: E402
-from tests.test_ray_backend import exo_run, generated, run_driver  # noqa: E402
+from tests.test_ray_backend import generated, run_driver  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 GB = 2**30
 QUESTION = "What is the capital of France?"
 MACHINES = {"big": 4 * GB, "small-a": 2 * GB, "small-b": 2 * GB}
@@ -39,7 +41,7 @@ def machines():
         cluster.shutdown()
 
 
-def test_shards_spread_over_machines_with_layers_by_their_memory(machines, smollm2_path):
+def test_shards_spread_over_machines_with_layers_by_their_memory(machines, smollm2_greedy):
     async def check(node: RayNode) -> None:
         layers = {}
         for a in node.assignments:
@@ -48,6 +50,6 @@ def test_shards_spread_over_machines_with_layers_by_their_memory(machines, smoll
         assert layers == {"big": 15, "small-a": 8, "small-b": 7} or layers == {"big": 15, "small-a": 7, "small-b": 8}
         assert await generated(node, QUESTION, 8) == expected  # and it answers what a single process does
 
-    expected = exo_run(QUESTION, 8)
+    expected = smollm2_greedy(QUESTION, 8)
     node = run_driver(RayConfig(shards=3, cpus_per_shard=1, port=0), check)
     assert len({i["ray_node"] for i in node.host_info.values()}) == 3

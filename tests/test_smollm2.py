@@ -32,8 +32,8 @@ def hf_model(smollm2_path):
 
 
 @pytest.fixture(scope="module")
-def local():
-    return load_local("smollm2-135m")
+def local(smollm2_local):
+    return smollm2_local
 
 
 def _greedy(pipe, ids, n):

@@ -17,7 +17,7 @@ import pytest
 from tests.api.servers import process_server
 from tests.tiny import TinySpec, write_gguf
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.ring
 LIMIT = 4  # --max-concurrent
 PREFIX_MB = 8  # finished requests' caches kept for next turns: part of the memory a server may hold
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,14 @@ def _registry() -> Any:
     return Registry().with_resource(schema["$id"], Resource.from_contents(schema))
 
 
-def validate(obj: Any, name: str) -> None:
-    """Raise if obj does not match the named definition (e.g. CreateChatCompletionResponse)."""
+@cache
+def _validator(name: str) -> Any:
     from jsonschema import Draft202012Validator
 
-    validator = Draft202012Validator({"$ref": f"urn:openai-api-subset#/$defs/{name}"}, registry=_registry())
-    errors = sorted(validator.iter_errors(obj), key=lambda e: e.path)
+    return Draft202012Validator({"$ref": f"urn:openai-api-subset#/$defs/{name}"}, registry=_registry())
+
+
+def validate(obj: Any, name: str) -> None:
+    """Raise if obj does not match the named definition (e.g. CreateChatCompletionResponse)."""
+    errors = sorted(_validator(name).iter_errors(obj), key=lambda e: e.path)
     assert not errors, f"{name}: " + "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5])

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -154,6 +155,48 @@ def loopback_ring(
         yield {"urls": urls, "procs": procs, "ports": ports}
     finally:
         stop_processes(procs)
+
+
+def cluster_info(url: str) -> dict[str, Any]:
+    """GET URL/v1/cluster."""
+    info: dict[str, Any] = httpx.get(url + "/v1/cluster", timeout=10).json()
+    return info
+
+
+def wait_plan(urls: list[str], nodes: list[str], timeout: float = 60) -> None:
+    """Until every gateway in `urls` is ready on a plan of exactly `nodes`, in that order."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            infos = [cluster_info(u) for u in urls]
+            if all(i["state"] == "ready" and [p["node"] for p in i["plan"]] == nodes for i in infos):
+                return
+        time.sleep(0.5)
+    plans = []
+    for u in urls:
+        with contextlib.suppress(httpx.HTTPError):
+            plans.append([p["node"] for p in cluster_info(u)["plan"]])
+    raise AssertionError(f"the plan did not become {nodes} within {timeout} s: {plans}")
+
+
+def restart_node(ring: dict[str, list[Any]], i: int, log: Path) -> None:
+    """Start node i of a loopback_ring again with its original command (after a test killed it); the
+    ring's teardown stops the new process."""
+    old = ring["procs"][i]
+    if old.poll() is None:
+        old.kill()
+    old.wait()
+    with open(log, "w") as out:
+        ring["procs"][i] = subprocess.Popen(old.args, stdout=out, stderr=subprocess.STDOUT)
+
+
+def revive(ring: dict[str, list[Any]], logs: Path) -> None:
+    """Resume (SIGCONT) every node of a loopback_ring and start again the ones that exited."""
+    for i, proc in enumerate(ring["procs"]):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+        else:
+            restart_node(ring, i, logs / f"node{i}-revived.log")
 
 
 def stop_processes(procs: list[subprocess.Popen], timeout: float = 15) -> None:  # type: ignore[type-arg]

@@ -1,4 +1,5 @@
-"""The dashboard in a real headless Chromium: nodes, the ring with layer ranges, a streamed chat reply."""
+"""The dashboard in a real headless Chromium (selenium): nodes, the ring with layer ranges, a streamed chat
+reply, download progress; each against an `exo-actor start` process."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import tempfile
 import pytest
 
 from tests.api.servers import process_server
+from tests.conftest import require
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.ring
 
 
 @pytest.fixture(scope="module")
 def browser():
-    webdriver = pytest.importorskip("selenium.webdriver")
+    webdriver = require("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
@@ -48,6 +50,7 @@ def speculative_server(smollm2_path):
         yield srv
 
 
+@pytest.mark.slow
 def test_dashboard_shows_the_ring_and_streams_a_chat_reply(browser, speculative_server):
     smollm2_server = speculative_server
     from selenium.webdriver.common.by import By

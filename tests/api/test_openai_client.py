@@ -10,14 +10,15 @@ import pytest
 from exo_actor.tokenizer import chat_prompt_ids
 from exo_actor.weights import open_model
 from tests.api.schemas import validate
+from tests.conftest import require
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ring]
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
 def client(smollm2_server):
-    openai = pytest.importorskip("openai")
+    openai = require("openai")
     return openai.OpenAI(base_url=f"{smollm2_server.url}/v1", api_key="unused", max_retries=0)
 
 

@@ -20,6 +20,7 @@ from exo_actor.runtime.generation import LocalPipeline, generate
 from exo_actor.sampling import SamplingParams
 from exo_actor.tokenizer import chat_prompt_ids
 from exo_actor.weights import open_model
+from tests.conftest import require
 from tests.tiny import TinySpec, write_gguf
 
 ENGINES = ["numpy", "mlx", "tinygrad"]
@@ -27,9 +28,8 @@ TINY_ATOL, SMOLLM2_ATOL = 1e-4, 2e-3
 
 
 def engine(name: str):
-    module = {"numpy": "numpy", "mlx": "mlx.core", "tinygrad": "tinygrad"}[name]
-    if importlib.util.find_spec(module.split(".")[0]) is None:
-        pytest.skip(f"the {name} engine cannot be installed on this machine (no `{module}`)")
+    """The engine, its package required (fails in CI when missing, see tests.conftest.require)."""
+    require({"numpy": "numpy", "mlx": "mlx.core", "tinygrad": "tinygrad"}[name])
     return get_engine(name)
 
 
@@ -87,14 +87,14 @@ def test_cache_truncation_and_rollback(tiny, name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ENGINES)
-def test_smollm2_logits_and_greedy_tokens_match_numpy(smollm2_path, name):
-    files = open_model(smollm2_path)
-    ref = LocalPipeline([get_engine("numpy").load_shard(files, 0, 30)])
+def test_smollm2_logits_and_greedy_tokens_match_numpy(smollm2_local, name):
+    files, ref = smollm2_local  # the numpy reference, loaded once per run
     pipe = LocalPipeline([engine(name).load_shard(files, 0, 30)])
     ids = chat_prompt_ids(files.tokenizer, [{"role": "user", "content": "Write a poem about the sea."}])
     np.testing.assert_allclose(
         pipe.forward("p", np.array(ids), 0, 4), ref.forward("p", np.array(ids), 0, 4), atol=SMOLLM2_ATOL
     )
+    ref.free("p")  # the shared reference keeps no cache of this test's
     params = SamplingParams(max_tokens=16)
     want = [t for d in generate(ref, files.tokenizer, ids, params, 2048) for t in d.token_ids]
     got = [t for d in generate(pipe, files.tokenizer, ids, params, 2048) for t in d.token_ids]

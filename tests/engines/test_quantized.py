@@ -49,7 +49,7 @@ def bound_err(got: np.ndarray, want: np.ndarray, x: np.ndarray, w: np.ndarray) -
 )
 def test_every_format_multiplies_like_numpy_on_the_dequantized_weights(kind, rows, blocks, batch, seed):
     require("torch")
-    require("mlx")
+    require("mlx.core")
     import mlx.core as mx
     import torch
 
@@ -93,7 +93,7 @@ def tiny_q(request, tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["torch", "mlx"])
 def test_tiny_quantized_model_matches_numpy_over_two_shards(tiny_q, name):
-    require({"torch": "torch", "mlx": "mlx"}[name])
+    require({"torch": "torch", "mlx": "mlx.core"}[name])
     files, ref = tiny_q
     eng = get_engine(name)
     first, last = eng.load_shard(files, 0, 1), eng.load_shard(files, 1, 4)

@@ -10,6 +10,7 @@ import pytest
 from exo_actor.errors import ModelNotFoundError, UnsupportedModelError, WeightsError
 from exo_actor.weights import open_model
 from exo_actor.weights.safetensors_source import SafetensorsSource
+from tests.conftest import require
 from tests.tiny import TinySpec, write_hf_folder
 
 
@@ -26,7 +27,7 @@ def test_reads_what_was_written(tmp_path, dtype, index_files):
 
 
 def test_bf16_matches_torch(tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     from safetensors.torch import save_file
 
     t = torch.randn(8, 16, dtype=torch.bfloat16)

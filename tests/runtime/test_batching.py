@@ -16,7 +16,6 @@ from exo_actor.engines.numpy_engine import NumpyEngine
 from exo_actor.errors import ContextLengthError
 from exo_actor.runtime.batching import PREFILL_BUSY, PREFILL_IDLE, Pending, plan_turn
 from exo_actor.runtime.generation import generate
-from exo_actor.runtime.local import load_local
 from exo_actor.sampling import SamplingParams
 from exo_actor.tokenizer import chat_prompt_ids
 from exo_actor.weights import open_model
@@ -167,8 +166,8 @@ async def _collect(router, prompts, params, delays=None):
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    return load_local("smollm2-135m")
+def smollm2(smollm2_local):
+    return smollm2_local
 
 
 @pytest.mark.slow
@@ -228,7 +227,8 @@ def test_a_ring_batches_decode_steps_with_the_same_tokens(smollm2):
     """Three ClusterNodes on loopback: concurrent requests through node0's router travel the ring as
     ForwardBatch messages, each with the tokens it gets alone on one process; afterwards every shard
     holds exactly the caches the router's prefix cache keeps for the next turns."""
-    from tests.speculative.test_ring import in_process_cluster
+    from exo_actor.config import NodeConfig
+    from tests.cluster.harness import in_process_cluster
 
     files, pipe = smollm2
     prompts = [chat_prompt_ids(files.tokenizer, [{"role": "user", "content": q}]) for q in QUESTIONS[:5]]
@@ -237,8 +237,13 @@ def test_a_ring_batches_decode_steps_with_the_same_tokens(smollm2):
         [t for d in generate(pipe, files.tokenizer, ids, p, 8192) for t in d.token_ids]
         for ids, p in zip(prompts, params)
     ]
-    with in_process_cluster([8, 4, 4]) as nodes:
-        ring, router = nodes[0].rings[0]
+
+    def node_config(i: int) -> NodeConfig:  # the router's prefix cache on (the harness turns it off)
+        return NodeConfig(model="smollm2-135m", engine="numpy")
+
+    with in_process_cluster("smollm2-135m", 3, memories_gib=[8, 4, 4], node_config=node_config, timeout=10.0) as c:
+        nodes = c.nodes
+        ring, router = nodes[0].rings.ring(0), nodes[0].rings.router(0)
         seen = []
         original = ring.on_logits_batch
         ring.on_logits_batch = lambda msg: (seen.append(len(msg.rids)), original(msg))

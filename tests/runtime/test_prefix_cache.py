@@ -14,6 +14,7 @@ from exo_actor.sampling import SamplingParams
 from exo_actor.speculative import Speculation
 from exo_actor.speculative.drafts import NgramDrafter
 from exo_actor.weights import open_model
+from tests.conftest import require
 from tests.tiny import TinySpec, write_gguf
 
 
@@ -89,9 +90,9 @@ def test_eviction_frees_the_shards_caches(tiny):
 
 
 def test_a_chat_turn_through_the_gateway_reports_cached_tokens(tmp_path):
-    from openai import OpenAI
-
     from tests.api.servers import thread_server
+
+    OpenAI = require("openai").OpenAI
 
     model = tmp_path / "tiny.gguf"
     write_gguf(model, TinySpec(layers=4, context=512))

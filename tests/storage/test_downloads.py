@@ -172,7 +172,7 @@ def test_a_model_that_cannot_be_downloaded_is_one_clear_error(hub, tmp_path):
     assert proc.returncode == 1 and "HF_HUB_OFFLINE is set" in proc.stderr, proc.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.ring
 def test_a_ring_downloads_each_shard_s_own_files_and_shows_progress(hub, tmp_path):
     """Two `exo-actor start --model org/tiny` nodes, each with its own $EXO_HOME (two devices): each
     fetches config, tokenizer and index, plans the ring, then only the weights files of its layers;
@@ -239,7 +239,7 @@ def test_a_full_disk_leaves_no_corrupt_file_and_resumes_once_there_is_room(hub, 
     disk-full message, every file with a final name is exact (the cut one stays a .part), and once
     the disk is bigger the same command finishes from where it stopped."""
     if not shutil.which("unshare") or subprocess.run(["unshare", "--mount", "true"]).returncode != 0:
-        pytest.skip("needs root and mount namespaces (unshare --mount) for a small tmpfs")
+        pytest.skip("an environment limit: a small tmpfs needs root and mount namespaces (unshare --mount)")
     mnt = tmp_path / "small"
     mnt.mkdir()
     script = """
@@ -257,7 +257,7 @@ mount -o remount,size=4m "$MNT"
         ["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, env=env, timeout=300
     )
     if proc.returncode == 99:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        pytest.skip(f"an environment limit: cannot mount a tmpfs here ({proc.stderr.strip()})")
     out = proc.stdout.splitlines()
     first, second = (
         out[: out.index("rc2=0")] if "rc2=0" in out else out,

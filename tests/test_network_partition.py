@@ -19,7 +19,7 @@ import pytest
 
 from tests.api.servers import stop_processes
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ring]
 PEER_TIMEOUT = 3.0
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -104,16 +104,9 @@ def ask(ns: str, i: int) -> tuple[int, dict]:
     return int(out[0]), json.loads(out[1])
 
 
-def test_a_cut_link_ends_requests_promptly_and_the_ring_heals(mesh, tmp_path, smollm2_path):
-    from exo_actor.runtime.generation import generate
-    from exo_actor.runtime.local import load_local
-    from exo_actor.sampling import SamplingParams
-    from exo_actor.tokenizer import chat_prompt_ids
-
+def test_a_cut_link_ends_requests_promptly_and_the_ring_heals(mesh, tmp_path, smollm2_greedy):
     names, links = mesh
-    files, pipe = load_local("smollm2-135m")
-    ids = chat_prompt_ids(files.tokenizer, QUESTION)
-    expected = "".join(d.text for d in generate(pipe, files.tokenizer, ids, SamplingParams(max_tokens=12), 8192))
+    expected = smollm2_greedy(QUESTION[0]["content"], 12)
     (tmp_path / "peers.toml").write_text(f"peers = {json.dumps([f'{addr(i)}:52416' for i in range(3)])}\n")
     procs = []
     for i, ns in enumerate(names):
