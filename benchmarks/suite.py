@@ -222,10 +222,7 @@ def speculative(p: dict[str, Any]) -> Section:
     from benchmarks.bench_speculative import ring as delayed_ring
     from benchmarks.bench_speculative import single
 
-    rows = [
-        {"where": "1 process", **r}
-        for r in single(p["spec_tokens"], p["rounds"], drafts=["ngram", "smollm2-135m:layers=24"])
-    ]
+    rows = [{"where": "1 process", **r} for r in single(p["spec_tokens"], p["rounds"], drafts=p["drafts"])]
     rows += [
         {"where": f"3 processes, {r['delay_ms']:g} ms/hop", "draft": "ngram", **r}
         for r in delayed_ring(p["spec_tokens"], p["delays_ms"][-1:], 1, 8)

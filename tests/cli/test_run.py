@@ -150,7 +150,11 @@ def test_run_with_speculation_prints_the_same_text_and_the_acceptance(tiny_gguf)
         (["--enable-speculative"], "no default draft model"),
         (["--enable-speculative", "--draft-model", "x:layers=two"], "layers=K"),
         (["--enable-speculative", "--draft-model", "nosuchmodel"], "unknown model"),
-        (["--enable-speculative", "--draft-model", "smollm2-135m"], "vocabulary of 49152 tokens"),
+        pytest.param(  # reads the real model's vocabulary
+            ["--enable-speculative", "--draft-model", "smollm2-135m"],
+            "vocabulary of 49152 tokens",
+            marks=pytest.mark.slow,
+        ),
         (["--enable-speculative", "--draft-tokens", "0"], "draft-tokens"),
         (["--enable-speculative", "--draft-tokens", "17"], "draft-tokens"),
     ],

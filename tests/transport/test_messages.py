@@ -26,6 +26,7 @@ from exo_actor.transport import (
     decode,
 )
 from exo_actor.transport.messages import MAX_HEADER_BYTES, Beacon
+from tests.conftest import require
 
 text = st.text(max_size=40)
 count = st.integers(0, 2**53 - 1)
@@ -218,7 +219,7 @@ def test_coverage_guided_fuzzing_of_the_decoder(tmp_path):
     import sys
     from pathlib import Path
 
-    pytest.importorskip("atheris", reason="atheris has wheels for Linux/macOS x86-64 (CI installs it)")
+    require("atheris")  # wheels for Linux/macOS x86-64; CI installs it
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     seeds = [
