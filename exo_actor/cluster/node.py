@@ -13,6 +13,7 @@ state. Downloads and weight loads run on worker threads and report back through 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -41,7 +42,15 @@ from ..transport.peers import Peer, PeerNetwork
 from ..transport.security import ClusterKey
 from ..weights import ModelFiles, open_model
 from .drafts import DraftService
-from .planner import EMPTY_PLAN, PLAN_UNIT_ENGINE, Plan, blas_threads_for, plan_cluster, plan_memory
+from .planner import (
+    EMPTY_PLAN,
+    PLAN_UNIT_ENGINE,
+    Plan,
+    agreed_members,
+    blas_threads_for,
+    plan_cluster,
+    plan_memory,
+)
 from .ringset import RingSet
 from .status import peer_downloads, peer_rows, plan_rows
 
@@ -75,6 +84,7 @@ class ClusterNode(Node):
         self._gathered = False  # --wait-for-peers was met once (it gates only the first plan)
         self.loaded = 0  # the plan version this node has loaded its layers for
         self.rings = RingSet()
+        self.departed: dict[str, Hello] = {}  # peers this node lost; kept while another peer still hears them
         self.net: PeerNetwork | None = None
         self.shard: ShardActor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # the node's event loop, once started
@@ -175,8 +185,9 @@ class ClusterNode(Node):
         net.on(LogitsBatch, self.rings.on_logits_batch)
         net.on(Failure, self.rings.on_failure)
         net.on(Hello, lambda m: self._check_ready())
-        net.on_peer_up = lambda p: self._replan(f"node {p.node_id} joined")
+        net.on_peer_up = self._peer_up
         net.on_peer_down = self._peer_down
+        net.on_views = lambda: self._replan("the nodes' reachability changed")
         net.start()
         net.connect(net.endpoint)  # ourselves: a ring of one works the same way
         for peer in self.cluster.peers:
@@ -193,23 +204,41 @@ class ClusterNode(Node):
         self.set_state(NodeState.WAITING_FOR_PEERS)
 
     # planning ------------------------------------------------------------------------------------
+    def _peer_up(self, peer: Peer) -> None:
+        self.departed.pop(peer.node_id, None)
+        self._replan(f"node {peer.node_id} joined")
+
     def _peer_down(self, peer: Peer) -> None:
+        if peer.hello is not None:
+            self.departed[peer.node_id] = peer.hello
         self.rings.node_down(peer.node_id)
         self._replan(f"node {peer.node_id} stopped answering")
 
-    def _capacities(self) -> list[NodeCapacity]:
-        """The nodes serving this model, with memory in plan units (planner.plan_memory)."""
+    def _capacities(self) -> tuple[list[NodeCapacity], dict[str, str]]:
+        """The nodes serving this model that may share rings (memory in plan units: planner.plan_memory),
+        and why the others may not. A peer this node lost but another peer still hears counts too (a cut
+        link, not a dead node): every node then excludes the same side of the cut (planner.agreed_members)."""
         assert self.net is not None and self.files is not None
-        files = self.files
+        files, net = self.files, self.net
 
         def held(engine: str) -> int:
             return files.layer_bytes(engine) if engine in ENGINES else files.layer_bytes("numpy")
 
-        return [
-            NodeCapacity(p.node_id, plan_memory(p.hello.memory, held(p.hello.engine), self.layer_bytes))
-            for p in self.net.peers.values()
-            if p.hello is not None and p.hello.model == self.config.model
+        hellos = {p.node_id: p.hello for p in net.peers.values() if p.hello is not None}
+        for node_id, hello in list(self.departed.items()):
+            if any(node_id in view for src, view in net.views.items() if src != self.node_id and src in hellos):
+                hellos.setdefault(node_id, hello)
+            else:
+                del self.departed[node_id]  # nobody hears it any more: gone
+        nodes = [
+            NodeCapacity(h.src, plan_memory(h.memory, held(h.engine), self.layer_bytes))
+            for h in hellos.values()
+            if h.model == self.config.model
         ]
+        members = agreed_members(nodes, net.views)
+        kept = {n.node_id for n in members}
+        cut = {n.node_id: "cannot reach every other ring node (a cut link)" for n in nodes if n.node_id not in kept}
+        return members, cut
 
     def _waiting(self, members: int) -> bool:
         """--wait-for-peers: before the first plan, hold back until that many other nodes serve the model.
@@ -221,11 +250,13 @@ class ClusterNode(Node):
 
     def _replan(self, why: str = "the nodes changed") -> None:
         assert self.net is not None and self.files is not None and self.shard is not None
-        nodes = self._capacities()
-        if self._waiting(len(nodes)):  # don't load layers for a ring about to change
+        nodes, cut = self._capacities()
+        if self._waiting(len(nodes) + len(cut)):  # don't load layers for a ring about to change
             return
         n_layers = self.files.args.num_hidden_layers
         plan = plan_cluster(nodes, n_layers, self.layer_bytes, self.cluster.rings)
+        if cut:
+            plan = dataclasses.replace(plan, idle={**plan.idle, **cut})
         if not plan.rings:
             self.set_state(NodeState.NO_PLAN)
             self.error = next(iter(plan.idle.values()), "no nodes")

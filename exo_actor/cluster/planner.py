@@ -9,9 +9,18 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-from ..partition import Assignment, NodeCapacity, PartitionError, memory_weighted, shard_capacities, split_rings
+from ..partition import (
+    Assignment,
+    NodeCapacity,
+    PartitionError,
+    memory_weighted,
+    ring_order,
+    shard_capacities,
+    split_rings,
+)
 
 NO_SHARE = "holds no layers: too little memory for its share, or more nodes than layers"
 
@@ -59,6 +68,26 @@ class Plan:
 
 
 EMPTY_PLAN = Plan(0, ())
+
+
+def agreed_members(nodes: Sequence[NodeCapacity], views: Mapping[str, AbstractSet[str]]) -> list[NodeCapacity]:
+    """The nodes that may share rings: every pair must hear each other (both ways), so one cut link never
+    leaves a ring whose shards cannot reach one another.
+
+    `views` holds what each node reported hearing (a node without a report hears everyone). Nodes are
+    taken in ring order (memory descending, then id) and each is kept if it and every node kept so far
+    hear each other: every node with the same views keeps the same nodes, whichever node computes it.
+    """
+
+    def hears(a: str, b: str) -> bool:
+        view = views.get(a)
+        return view is None or b in view
+
+    kept: list[NodeCapacity] = []
+    for n in ring_order(nodes):
+        if all(hears(n.node_id, k.node_id) and hears(k.node_id, n.node_id) for k in kept):
+            kept.append(n)
+    return kept
 
 
 def plan_cluster(nodes: Sequence[NodeCapacity], n_layers: int, layer_bytes: int, rings: int = 1) -> Plan:

@@ -12,7 +12,7 @@ out as memoryviews of their buffers and come back as numpy views of the received
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import msgpack
@@ -103,11 +103,14 @@ class Beacon(Message):
 
 @dataclass(frozen=True)
 class Ping(Message):
-    """Liveness probe; any message from a peer counts as a sign of life."""
+    """Liveness probe; any message from a peer counts as a sign of life. It carries the sender's view:
+    the nodes it has heard from recently (itself included), from which every node agrees on which nodes
+    can form a ring (cluster/planner.py agreed_members)."""
 
     KIND: ClassVar[str] = "ping"
     src: str
     seq: int
+    hears: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

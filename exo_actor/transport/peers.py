@@ -107,6 +107,11 @@ class PeerNetwork:
         self.handlers: dict[type[Message], Handler[Message]] = {}
         self.on_peer_up: Callable[[Peer], None] = lambda p: None
         self.on_peer_down: Callable[[Peer], None] = lambda p: None
+        # reachability views: the nodes each peer heard from within `fresh` seconds, from its Pings (ours
+        # under our own id); on_views is called when any view changes
+        self.fresh = max(timeout - 2 * heartbeat, timeout / 2)
+        self.views: dict[str, frozenset[str]] = {}
+        self.on_views: Callable[[], None] = lambda: None
         self.dropped = 0  # malformed messages received
         self._tasks: list[asyncio.Task[None]] = []
         self._handling: set[asyncio.Future[Any]] = set()  # handler tasks in flight
@@ -236,6 +241,7 @@ class PeerNetwork:
             self._unreachable.discard(self.peers[src].endpoint)
         if isinstance(msg, Ping) and src in self.peers:
             self.send(src, Pong(self.node_id, msg.seq))
+            self._view(msg.src, frozenset(msg.hears))
             return
         handler = self.handlers.get(type(msg))
         if handler is not None:
@@ -267,6 +273,16 @@ class PeerNetwork:
         if msg.reply and msg.src != self.node_id:
             self.send(msg.src, dataclasses.replace(self._hello(), reply=0))
 
+    def hearing(self) -> frozenset[str]:
+        """This node's view: itself and the peers it heard from within `fresh` seconds."""
+        now = time.monotonic()
+        return frozenset(p.node_id for p in self.peers.values() if now - p.last_seen < self.fresh) | {self.node_id}
+
+    def _view(self, node_id: str, view: frozenset[str]) -> None:
+        if self.views.get(node_id) != view:
+            self.views[node_id] = view
+            self.on_views()
+
     def announce(self) -> None:
         """Send our Hello to every peer (after our state changed)."""
         hello = dataclasses.replace(self._hello(), reply=0)
@@ -288,10 +304,15 @@ class PeerNetwork:
                         "peer %s at %s is silent for %.1f s: down", peer.node_id, peer.endpoint, now - peer.last_seen
                     )
                     del self.peers[peer.node_id]
+                    self.views.pop(peer.node_id, None)
                     self._release(peer.endpoint)
                     self.on_peer_down(peer)
                     continue
-                self.send(peer.node_id, Ping(self.node_id, seq))
+            mine = self.hearing()
+            for peer in list(self.peers.values()):
+                if peer.node_id != self.node_id:
+                    self.send(peer.node_id, Ping(self.node_id, seq, sorted(mine)))
+            self._view(self.node_id, mine)
             answering = {p.endpoint for p in self.peers.values()}
             for endpoint in [e for e in self.dealers if e not in answering]:
                 if self._kept(endpoint) or now - self._wanted.get(endpoint, now) < self.timeout:

@@ -125,3 +125,41 @@ def in_process_cluster(
                 cluster.run(node.stop_async(), 30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+class CuttableNetwork(PeerNetwork):
+    """A PeerNetwork whose links to chosen nodes can be cut and healed (both directions are cut by
+    cutting each side): messages to a cut node are dropped before they reach the socket, messages from
+    it are dropped on arrival, as a dead cable would."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cut: set[str] = set()
+
+    def send(self, node_id: str, msg: Any) -> None:
+        if node_id in self.cut:
+            return
+        super().send(node_id, msg)
+
+    def _send_to(self, endpoint: str, msg: Any) -> None:
+        if any(p.endpoint == endpoint and p.node_id in self.cut for p in self.peers.values()):
+            return
+        super()._send_to(endpoint, msg)
+
+    async def _dispatch(self, msg: Any) -> None:
+        if getattr(msg, "src", None) in self.cut:
+            return
+        await super()._dispatch(msg)
+
+
+def cut_link(cluster: InProcessCluster, a: int, b: int, cut: bool = True) -> None:
+    """Cut (or heal) the link between nodes a and b (their networks must be CuttableNetworks)."""
+
+    def apply() -> None:
+        for x, y in ((a, b), (b, a)):
+            net = cluster.nodes[x].net
+            assert isinstance(net, CuttableNetwork)
+            name = cluster.nodes[y].node_id
+            (net.cut.add if cut else net.cut.discard)(name)
+
+    cluster.call(apply)

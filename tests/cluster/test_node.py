@@ -16,7 +16,7 @@ from exo_actor.runtime.generation import generate
 from exo_actor.runtime.local import load_local
 from exo_actor.sampling import SamplingParams
 from exo_actor.transport.messages import Failure, Forward, Free, Truncate
-from tests.cluster.harness import InProcessCluster, in_process_cluster
+from tests.cluster.harness import CuttableNetwork, InProcessCluster, cut_link, in_process_cluster
 from tests.tiny import TinySpec, write_gguf
 
 PROMPT = [5, 17, 42, 8, 99, 3]
@@ -199,3 +199,33 @@ def test_wait_for_peers_holds_the_first_plan(tiny):
             )
             with pytest.raises(Exception, match=r"not ready \(waiting for peers \(1/2 peers\)\)"):
                 node.ready_router()
+
+
+def test_a_cut_link_between_two_nodes_re_plans_around_it_and_heals(tiny):
+    """node1 and node2 stop hearing each other while both still hear node0 (an asymmetric partition).
+    Every node agrees to leave node2 out (it comes later in ring order), within the peer timeout + 2 s;
+    the request in flight continues on the new ring with the single-process tokens; healed, the ring of
+    three is back."""
+    expected = single_process(tiny, 60)
+    with in_process_cluster(tiny, 3, heartbeat=0.2, timeout=1.5, network=CuttableNetwork) as c:
+        node0, node1, node2 = c.nodes
+        whole = node0.version
+        slowed(node1, 0.03)
+        running = c.start(node0, PROMPT, 60)
+        c.wait(lambda: node0.router.tokens_generated >= 10, "the request to be under way")
+        cut_link(c, 1, 2)
+        cut = time.monotonic()
+        c.wait(
+            lambda: len({n.version for n in c.nodes}) == 1 and node0.version != whole and node0.state == "ready",
+            "every node to agree on a plan without the cut link",
+            timeout=1.5 + 2,
+        )
+        agreed = time.monotonic() - cut
+        assert [a.node_id for a in node0.current.assignments] == ["node0", "node1"], agreed
+        assert "cut link" in node0.current.idle["node2"]
+        assert running.result(60) == expected
+        assert c.generate(node0, PROMPT, 60) == expected
+        cut_link(c, 1, 2, cut=False)
+        c.wait(lambda: all(len(n.current.assignments) == 3 for n in c.nodes), "the healed ring", 20)
+        c.wait_ready()
+        assert c.generate(node2, PROMPT, 60) == expected

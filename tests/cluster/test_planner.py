@@ -7,7 +7,14 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exo_actor.cluster.planner import NO_SHARE, blas_threads_for, plan_cluster, plan_memory, plan_version
+from exo_actor.cluster.planner import (
+    NO_SHARE,
+    agreed_members,
+    blas_threads_for,
+    plan_cluster,
+    plan_memory,
+    plan_version,
+)
 from exo_actor.partition import Assignment, NodeCapacity
 
 GIB = 2**30
@@ -64,3 +71,30 @@ def test_plan_memory_scales_by_what_the_engine_holds_per_layer():
 def test_blas_threads_share_the_cores():
     assert [blas_threads_for(k, cores=8) for k in (0, 1, 2, 3, 8, 16)] == [8, 8, 4, 2, 1, 1]
     assert blas_threads_for(random.randint(1, 4)) >= 1
+
+
+def test_a_cut_link_leaves_out_the_same_node_whoever_computes_it():
+    group = nodes(4, 4, 4)  # ring order n0, n1, n2
+    # n1 and n2 no longer hear each other; n0 hears both. Each node knows its own view; n2's report of
+    # n1 (and n1's of n2) may be stale or missing: the missing direction alone decides.
+    views_at_n0 = {"n0": {"n0", "n1", "n2"}, "n1": {"n0", "n1"}, "n2": {"n0", "n2"}}
+    views_at_n1 = {"n0": {"n0", "n1", "n2"}, "n1": {"n0", "n1"}, "n2": {"n0", "n1", "n2"}}  # stale n2
+    views_at_n2 = {"n0": {"n0", "n1", "n2"}, "n2": {"n0", "n2"}}  # nothing from n1 any more
+    for views in (views_at_n0, views_at_n1, views_at_n2):
+        assert [n.node_id for n in agreed_members(group, views)] == ["n0", "n1"]
+
+
+def test_without_reports_everyone_may_join():
+    assert agreed_members(nodes(1, 2, 3), {}) == sorted(nodes(1, 2, 3), key=lambda n: -n.memory_bytes)
+
+
+@given(st.dictionaries(st.sampled_from(["n0", "n1", "n2", "n3"]), st.sets(st.sampled_from(["n0", "n1", "n2", "n3"]))))
+def test_agreed_members_hear_each_other_and_do_not_depend_on_order(views):
+    group = nodes(2, 1, 2, 1)
+    kept = agreed_members(group, views)
+    ids = [n.node_id for n in kept]
+    for a in ids:
+        for b in ids:
+            assert a == b or ((a not in views or b in views[a]) and (b not in views or a in views[b]))
+    assert agreed_members(list(reversed(group)), views) == kept
+    assert kept and kept[0].node_id == "n0"  # the first in ring order is always kept
