@@ -43,6 +43,7 @@ from ..transport.security import ClusterKey
 from ..weights import ModelFiles, open_model
 from .drafts import DraftService
 from .planner import (
+    CUT_OFF,
     EMPTY_PLAN,
     PLAN_UNIT_ENGINE,
     Plan,
@@ -237,7 +238,7 @@ class ClusterNode(Node):
         ]
         members = agreed_members(nodes, net.views)
         kept = {n.node_id for n in members}
-        cut = {n.node_id: "cannot reach every other ring node (a cut link)" for n in nodes if n.node_id not in kept}
+        cut = {n.node_id: CUT_OFF for n in nodes if n.node_id not in kept}
         return members, cut
 
     def _waiting(self, members: int) -> bool:
@@ -363,13 +364,15 @@ class ClusterNode(Node):
         plan = self.current
         if self.net is None or not plan.version or self.files is None or self.drafts is None:
             return
-        peers = self.net.peers
+        peers, hearing = self.net.peers, self.net.hearing()
         for i, ring_plan in enumerate(plan.rings):
             if self.rings.ready(i) or any(
                 (p := peers.get(a.node_id)) is None or p.hello is None or p.hello.loaded != plan.version
                 for a in ring_plan
             ):
                 continue
+            if any(a.node_id not in hearing for a in ring_plan):
+                continue  # this node cannot reach the whole ring (a cut link): it cannot drive it
             if self.drafts.pending:
                 self.set_state(NodeState.LOADING_DRAFT)
                 return
@@ -380,6 +383,8 @@ class ClusterNode(Node):
             self.router = self.rings.router(0)
             self.set_state(NodeState.READY)
             log.info("ring %d ready: %d node(s)", i, len(ring_plan))
+        if self.state != NodeState.READY and plan.idle.get(self.node_id) == CUT_OFF:
+            self.set_state(NodeState.NO_PLAN)  # its requests get a clear 503 naming the cut
 
     def _remote_ring(self, version: int, ring_plan: Sequence[Assignment]) -> RemoteRing:
         assert self.net is not None

@@ -23,6 +23,7 @@ from ..partition import (
 )
 
 NO_SHARE = "holds no layers: too little memory for its share, or more nodes than layers"
+CUT_OFF = "cannot reach every other ring node (a cut link); it rejoins when the link is back"
 
 
 # Plans count layers in the bytes the torch engine holds (the stored, quantized form); a node on a float32

@@ -223,6 +223,9 @@ def test_a_cut_link_between_two_nodes_re_plans_around_it_and_heals(tiny):
         agreed = time.monotonic() - cut
         assert [a.node_id for a in node0.current.assignments] == ["node0", "node1"], agreed
         assert "cut link" in node0.current.idle["node2"]
+        c.wait(lambda: node2.state == "no plan", "node2 to say it is cut off")
+        with pytest.raises(Exception, match="cut link"):
+            node2.ready_router()
         assert running.result(60) == expected
         assert c.generate(node0, PROMPT, 60) == expected
         cut_link(c, 1, 2, cut=False)
