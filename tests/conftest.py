@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -81,9 +82,10 @@ def smollm2_local(smollm2_path: Path) -> tuple[Any, Any]:
 
 
 @pytest.fixture(scope="session")
-def smollm2_greedy(smollm2_local: tuple[Any, Any]) -> Callable[[str, int], str]:
-    """greedy(question, n): the text single-process greedy decoding gives for one user message in the chat
-    template, at most n tokens (what `exo-actor run smollm2-135m --prompt QUESTION` prints), memoized."""
+def smollm2_reference(smollm2_local: tuple[Any, Any]) -> Callable[..., str]:
+    """reference(messages, **sampling): the text single-process decoding gives for `messages` in the chat
+    template with SamplingParams(**sampling) (what `exo-actor run` prints), memoized: the expected text of
+    a request with the same messages and sampling fields (temperature, seed, max_tokens ...)."""
     from exo_actor.runtime.generation import generate
     from exo_actor.sampling import SamplingParams
     from exo_actor.tokenizer import chat_prompt_ids
@@ -91,9 +93,24 @@ def smollm2_greedy(smollm2_local: tuple[Any, Any]) -> Callable[[str, int], str]:
     files, pipe = smollm2_local
 
     @functools.cache
+    def cached(messages: str, sampling: str) -> str:
+        ids = chat_prompt_ids(files.tokenizer, json.loads(messages))
+        params = SamplingParams(**json.loads(sampling))
+        return "".join(d.text for d in generate(pipe, files.tokenizer, ids, params, 8192))
+
+    def reference(messages: list[dict[str, str]], **sampling: Any) -> str:
+        return cached(json.dumps(messages, sort_keys=True), json.dumps(sampling, sort_keys=True))
+
+    return reference
+
+
+@pytest.fixture(scope="session")
+def smollm2_greedy(smollm2_reference: Callable[..., str]) -> Callable[[str, int], str]:
+    """greedy(question, n): the text single-process greedy decoding gives for one user message in the chat
+    template, at most n tokens (what `exo-actor run smollm2-135m --prompt QUESTION` prints), memoized."""
+
     def greedy(question: str, n: int) -> str:
-        ids = chat_prompt_ids(files.tokenizer, [{"role": "user", "content": question}])
-        return "".join(d.text for d in generate(pipe, files.tokenizer, ids, SamplingParams(max_tokens=n), 8192))
+        return smollm2_reference([{"role": "user", "content": question}], max_tokens=n)
 
     return greedy
 
@@ -127,6 +144,7 @@ def smollm2_ring(smollm2_ring_processes: dict[str, list[Any]], tmp_path: Path) -
 IMPLIED_MARKERS = {
     "smollm2_path": ("slow",),
     "smollm2_local": ("slow",),
+    "smollm2_reference": ("slow",),
     "smollm2_greedy": ("slow",),
     "smollm2_ring_processes": ("slow", "ring"),
     "smollm2_server": ("slow", "ring"),

@@ -4,8 +4,6 @@ Most tests share one ring of three nodes (the session's `smollm2_ring`, also use
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import socket
 import time
@@ -17,13 +15,13 @@ import zmq
 from exo_actor.runtime.generation import generate
 from exo_actor.sampling import SamplingParams
 from exo_actor.tokenizer import chat_prompt_ids
-from tests.api.servers import loopback_ring, restart_node, wait_plan
+from tests.api.servers import cluster_info, loopback_ring, restart_node, wait_plan
 from tests.conftest import require
+from tests.test_faults import GREEDY, SEEDED, assert_failed_over, no_dead_caches, stream_through_fault
 from tests.tiny import TinySpec, write_gguf
 
 pytestmark = pytest.mark.ring
 STORY = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
-HEARTBEAT_TIMEOUT = 3.0  # ClusterConfig.timeout
 WHOLE = ["node0", "node1", "node2"]
 
 
@@ -64,46 +62,19 @@ def test_garbage_on_the_actor_port_is_dropped(smollm2_ring):
 
 
 @pytest.mark.slow
-def test_killed_node_ends_the_stream_then_the_ring_heals(smollm2_ring, tmp_path):
-    """node2 is killed mid-stream: the stream ends with an error naming it within the peer timeout, the
-    other two re-plan and answer; started again, node2 rejoins and the ring of three is back."""
-    url = smollm2_ring["urls"][0]
-    body = {"model": "smollm2-135m", "messages": STORY, "stream": True, "max_tokens": 2000}
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
-        lines = r.iter_lines()
-        for _ in range(6):
-            next(lines)
-        smollm2_ring["procs"][2].kill()
-        killed = time.monotonic()
-        rest = [line for line in lines if line]
-    elapsed = time.monotonic() - killed
-    assert elapsed < HEARTBEAT_TIMEOUT + 2, elapsed
-    assert rest[-1] == "data: [DONE]"
-    error = json.loads(rest[-2][6:])["error"]
-    assert "node2" in error["message"]
-    deadline = time.monotonic() + 60
-    answer = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            r = httpx.post(
-                url + "/v1/chat/completions",
-                timeout=60,
-                json={
-                    "model": "smollm2-135m",
-                    "messages": [{"role": "user", "content": "What is the capital of France?"}],
-                    "temperature": 0,
-                    "max_tokens": 16,
-                },
-            )
-            if r.status_code == 200:
-                answer = r.json()["choices"][0]["message"]["content"]
-                break
-        time.sleep(0.5)
-    assert answer is not None and "Paris" in answer
-    plan = httpx.get(url + "/v1/cluster").json()["plan"]
+@pytest.mark.parametrize("sampling", [GREEDY, SEEDED], ids=["greedy", "seeded"])
+def test_killed_node_is_failed_over_then_the_ring_heals(smollm2_ring, smollm2_reference, tmp_path, sampling):
+    """node2 is killed (SIGKILL) mid-stream: the other two re-plan without it and the stream continues on
+    their ring, ending with the single-process text (greedy, and sampled with a seed); started again,
+    node2 rejoins and the ring of three is back, with no dead request's KV cache anywhere."""
+    urls = smollm2_ring["urls"]
+    streamed = stream_through_fault(urls[0], STORY, sampling, smollm2_ring["procs"][2].kill)
+    assert_failed_over(streamed, smollm2_reference(STORY, **sampling), "node2 killed")
+    plan = cluster_info(urls[0])["plan"]  # the stream ended on the survivors' ring
     assert [p["node"] for p in plan] == ["node0", "node1"] and plan[-1]["end"] == 30
     restart_node(smollm2_ring, 2, tmp_path / "node2-restarted.log")
-    wait_plan(smollm2_ring["urls"], WHOLE, timeout=120)
+    wait_plan(urls, WHOLE, timeout=120)
+    no_dead_caches(urls)
 
 
 def test_two_rings_share_the_load(tmp_path):

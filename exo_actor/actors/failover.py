@@ -130,8 +130,10 @@ class FailoverRing:
     def adopt(self, source: str, request_id: str, length: int) -> int:
         """A prefix-cache hit: the new request starts with `source`'s first `length` positions. On the ring
         that holds `source` the shards take its caches over; on a later ring the positions are replayed."""
-        src = self._requests.get(source)
+        src = self._requests.pop(source, None)  # the router forgot `source`: its caches go to request_id
         if src is None or len(src.tokens) < length:
+            if src is not None and src.epoch == self._epoch and self._ring is not None:
+                self._ring.free(source)
             return 0  # nothing known to continue from: the request prefills its whole prompt
         self._requests[request_id] = _Request(src.tokens[:length], src.epoch, (source, length))
         return length

@@ -32,6 +32,13 @@ from ..tokenizer import TextTokenizer
 log = logging.getLogger(__name__)
 
 
+class _ForgetPrefixes:
+    """Inbox command: the pipeline continues on another ring; the caches kept as prefixes are gone."""
+
+
+_FORGET_PREFIXES = _ForgetPrefixes()
+
+
 class OverloadedError(ExoError):
     """More requests than --max-concurrent are in flight."""
 
@@ -100,7 +107,7 @@ class RouterActor:
         # finished requests' KV caches kept for the next chat turn (used on the worker thread only)
         self.prefix = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
         self.max_concurrent = max_concurrent
-        self._inbox: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Request | _ForgetPrefixes | None] = queue.SimpleQueue()
         self._in_flight: set[str] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -122,6 +129,10 @@ class RouterActor:
         self._inbox.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def ring_changed(self) -> None:
+        """The pipeline continues on another ring: the finished requests' caches kept as prefixes are gone."""
+        self._inbox.put(_FORGET_PREFIXES)
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> GenerationStream:
         """Queue a request; raises OverloadedError when max_concurrent requests are in flight."""
@@ -187,6 +198,10 @@ class RouterActor:
             try:  # block only when idle
                 while True:
                     req = self._inbox.get(block=not active, timeout=None if not active else 0)
+                    if isinstance(req, _ForgetPrefixes):
+                        for rid in self.prefix.clear() if self.prefix is not None else []:
+                            self.pipeline.free(rid)
+                        continue
                     if req is None:
                         for a in active.values():
                             a.gen.close()

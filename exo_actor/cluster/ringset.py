@@ -28,6 +28,7 @@ class RingSet:
         entry = self._routers.get(index)
         if entry is not None:
             entry[0].attach(ring)
+            entry[1].ring_changed()
             return
         failover = FailoverRing(ring)
         self._routers[index] = (failover, start_router(failover))

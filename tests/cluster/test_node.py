@@ -232,3 +232,30 @@ def test_a_cut_link_between_two_nodes_re_plans_around_it_and_heals(tiny):
         c.wait(lambda: all(len(n.current.assignments) == 3 for n in c.nodes), "the healed ring", 20)
         c.wait_ready()
         assert c.generate(node2, PROMPT, 60) == expected
+
+
+def test_kept_prefixes_are_forgotten_when_the_ring_changes(tiny):
+    """With the prefix cache on: a finished turn's caches are kept for the next turn; a re-plan drops every
+    shard's caches, so the router forgets those entries (nothing left behind on any node) and the next turn
+    still gives the single-process tokens."""
+    from exo_actor.config import NodeConfig
+
+    turn1 = single_process(tiny, 12)
+    with in_process_cluster(
+        tiny, 3, heartbeat=0.2, timeout=1.5, node_config=lambda i: NodeConfig(model=str(tiny), engine="numpy")
+    ) as c:
+        node0, node1, node2 = c.nodes
+        assert c.generate(node0, PROMPT, 12) == turn1
+        assert node0.router.prefix is not None and node0.router.prefix.info()["entries"] == 1
+        first = node0.version
+        c.run(node2.stop_async())
+        c.wait(lambda: node0.version != first and node0.state == "ready", "the survivors' ring", 20)
+        c.wait(lambda: node0.router.prefix.info()["entries"] == 0, "the stale prefix entry to be forgotten")
+        c.wait(lambda: caches(c)[:2] == [0, 0], "no caches left on the survivors")
+        prompt2 = PROMPT + turn1 + [7, 9]
+        files, pipeline = load_local(str(tiny))
+        context = files.args.max_position_embeddings
+        deltas = generate(pipeline, files.tokenizer, prompt2, SamplingParams(max_tokens=12), context)
+        assert c.generate(node0, prompt2, 12) == [t for d in deltas for t in d.token_ids]
+        failover = node0.rings.failover(0)
+        assert failover is not None and len(failover._requests) <= 1  # only the kept second turn
