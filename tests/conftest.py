@@ -25,6 +25,10 @@ from exo_actor.storage.registry import load_registry, local_path
 # without --engine use the exact float32 numpy reference, whose outputs the tests compare bit for bit;
 # the torch engine's tests name it explicitly.
 os.environ.setdefault("EXO_ACTOR_ENGINE", "numpy")
+# `exo-actor start` finds peers by UDP beacons by default; no beacon of a test may leave this machine's
+# loopback, so every node a test starts stays off the network unless the test runs it in its own network
+# namespaces (tests/test_discovery.py) and removes this variable from its environment.
+os.environ.setdefault("EXO_ACTOR_DISCOVERY", "manual")
 # The torch engine's packed-weights cache goes to a folder of this run, not the user's $EXO_HOME.
 os.environ.setdefault("EXO_ACTOR_CACHE", tempfile.mkdtemp(prefix="exo-actor-cache-"))
 

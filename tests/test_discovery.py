@@ -1,7 +1,9 @@
 """Three nodes in three network namespaces find each other by UDP beacons alone and serve a request.
 
 The namespaces hang off a bridge inside a fourth namespace, so no beacon ever reaches the machine's
-real interfaces. Needs root (ip netns); CI runs as root.
+real interfaces: these are the only tests whose nodes send beacons (tests/conftest.py sets
+EXO_ACTOR_DISCOVERY=manual for every other; the nodes here get an environment without it). Needs root
+(ip netns); CI runs as root.
 """
 
 from __future__ import annotations
@@ -75,6 +77,62 @@ def in_ns(ns: str, code: str, *args: str, timeout: float = 30) -> str:
     return out.stdout
 
 
+def beacon_env(**extra: str) -> dict[str, str]:
+    """This environment without EXO_ACTOR_DISCOVERY (a node in a test namespace may send beacons), plus `extra`."""
+    return {**{k: v for k, v in os.environ.items() if k != "EXO_ACTOR_DISCOVERY"}, **extra}
+
+
+def test_nodes_started_with_only_a_model_form_one_ring(namespaces, tmp_path):
+    """Zero configuration: three nodes, each started with nothing but --model and its namespace's addresses
+    (no --discovery, --peers, --node-id or --memory; no EXO_ACTOR_DISCOVERY), find each other by the
+    default UDP beacons, every gateway reports one plan of all three, and a request through any of them
+    answers with the single-process text."""
+    from exo_actor.runtime.generation import generate
+    from exo_actor.runtime.local import load_local
+    from exo_actor.sampling import SamplingParams
+    from exo_actor.tokenizer import chat_prompt_ids
+
+    model = tmp_path / "tiny.gguf"
+    write_gguf(model, TinySpec(layers=6))
+    question = [{"role": "user", "content": "hi"}]
+    files, pipe = load_local(str(model))
+    ids = chat_prompt_ids(files.tokenizer, question)
+    expected = "".join(d.text for d in generate(pipe, files.tokenizer, ids, SamplingParams(max_tokens=8), 8192))
+    ips = [f"10.77.0.{i + 1}" for i in range(3)]
+    procs = []
+    for ns, ip in zip(namespaces, ips):
+        cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "exo_actor.cli", "start", "--model", str(model)]
+        cmd += ["--host", ip, "--api-host", ip]
+        with open(tmp_path / f"{ip}.log", "w") as log:
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=beacon_env()))
+    probe = "import urllib.request,sys;print(urllib.request.urlopen(sys.argv[1],timeout=2).read().decode())"
+    try:
+        plans: list[list[tuple[str, int, int]]] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            outs = [in_ns(ns, probe, f"http://{ip}:52415/v1/cluster") for ns, ip in zip(namespaces, ips)]
+            infos = [json.loads(out) if out else {} for out in outs]
+            plans = [[(p["node"], p["start"], p["end"]) for p in i["plan"]] for i in infos if i.get("state") == "ready"]
+            if len(plans) == 3 and plans.count(plans[0]) == 3 and len(plans[0]) == 3:
+                break
+            time.sleep(1)
+        logs = "\n".join((tmp_path / f"{ip}.log").read_text()[-800:] for ip in ips)
+        assert len(plans) == 3 and plans.count(plans[0]) == 3 and len(plans[0]) == 3, (plans, logs)
+        assert {node for node, _, _ in plans[0]} == {n["id"] for n in infos[0]["nodes"]}  # three distinct nodes
+        assert plans[0][0][1] == 0 and plans[0][-1][2] == 6
+        ask = (
+            "import json,sys,urllib.request;"
+            "b=json.dumps({'model':sys.argv[2],'messages':[{'role':'user','content':'hi'}],'max_tokens':8,"
+            "'temperature':0}).encode();"
+            "r=urllib.request.urlopen(urllib.request.Request(sys.argv[1],b,"
+            "{'Content-Type':'application/json'}),timeout=30);print(r.read().decode())"
+        )
+        answer = json.loads(in_ns(namespaces[2], ask, f"http://{ips[2]}:52415/v1/chat/completions", str(model)))
+        assert answer["choices"][0]["message"]["content"] == expected
+    finally:
+        stop_processes(procs)
+
+
 def test_beacons_alone_form_a_ring(namespaces, tmp_path):
     model = tmp_path / "tiny.gguf"
     write_gguf(model, TinySpec(layers=6))
@@ -104,7 +162,7 @@ def test_beacons_alone_form_a_ring(namespaces, tmp_path):
             "4",
         ]
         with open(tmp_path / f"node{i}.log", "w") as log:
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=beacon_env()))
     try:
         probe = "import json,urllib.request;print(urllib.request.urlopen('http://10.77.0.1:52415/v1/cluster',timeout=2).read().decode())"
         info = {}
@@ -155,7 +213,7 @@ def test_with_a_cluster_key_only_key_holders_are_heard_or_joined(namespaces, tmp
         cmd += ["--discovery", "udp", "--node-id", f"node{i}", "--host", ip, "--api-host", ip, "--memory", "4"]
         if i == 2:
             cmd += ["--peers", str(tmp_path / "peers.toml")]
-        env = {**os.environ, "EXO_ACTOR_CLUSTER_KEY": good if i < 2 else bad}
+        env = beacon_env(EXO_ACTOR_CLUSTER_KEY=good if i < 2 else bad)
         with open(tmp_path / f"node{i}.log", "w") as log:
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
     probe = "import urllib.request,sys;print(urllib.request.urlopen(sys.argv[1],timeout=2).read().decode())"

@@ -72,6 +72,8 @@ def test_busy_port_is_one_line(tiny):
                 "127.0.0.1",
                 "--api-port",
                 str(port),
+                "--discovery",
+                "manual",
             ],
             capture_output=True,
             text=True,
@@ -88,7 +90,9 @@ def test_api_key_protects_status(tiny):
 
 
 def test_unknown_model_fails_fast():
-    assert_one_line_error(cli("start", "--model", "gpt-17", "--api-port", "0"), "unknown model")
+    assert_one_line_error(
+        cli("start", "--model", "gpt-17", "--api-port", "0", "--discovery", "manual"), "unknown model"
+    )
 
 
 @pytest.mark.parametrize(
@@ -110,5 +114,7 @@ def test_bad_peers_files(tmp_path, tiny, content, needle):
 
 
 def test_discovery_flags():
-    assert_one_line_error(cli("start", "--discovery", "manual", "--api-port", "0"), "--peers")
-    assert_one_line_error(cli("start", "--memory", "-2"), "memory")
+    """A bad --discovery or --memory is one line (--discovery manual without --peers is no error: a node on its
+    own, as process_server starts the nodes above)."""
+    assert_one_line_error(cli("start", "--discovery", "mdns", "--api-port", "0"), "--discovery", "invalid choice")
+    assert_one_line_error(cli("start", "--memory", "-2", "--discovery", "manual"), "memory")

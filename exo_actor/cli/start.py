@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import TYPE_CHECKING
 
 from ..config import DISCOVERY_MODES, RAY_PLACEMENTS, RayConfig
@@ -11,6 +12,8 @@ from .types import non_negative_int, port, positive_float, positive_int
 
 if TYPE_CHECKING:
     from .flags import Subparsers
+
+log = logging.getLogger(__name__)
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -33,13 +36,22 @@ def add_parser(sub: Subparsers) -> None:
 def command(args: argparse.Namespace) -> int:
     """Build the node, gateway and cluster (or Ray) configs from the flags and serve until Ctrl-C."""
     from ..server import serve
-    from .start_config import cluster_config, gateway_config, named_by_flags, ray_config, start_node_config
+    from .start_config import (
+        cluster_config,
+        finding_peers,
+        gateway_config,
+        named_by_flags,
+        ray_config,
+        start_node_config,
+    )
 
     gateway = gateway_config(args)
     with named_by_flags():
         node = start_node_config(args)
         ray = ray_config(args) if args.backend == "ray" else None
         cluster = cluster_config(args) if ray is None else None
+    if ray is None:
+        log.info("%s", finding_peers(args, cluster))
     serve(node, gateway, args.api_host, args.api_port, cluster, args.node_id, ray)
     return 0
 
@@ -82,7 +94,11 @@ def _cluster_flags(start: argparse.ArgumentParser) -> None:
         "--advertise", help="HOST[:PORT] other nodes use to reach the actor port (default: --host, --port)"
     )
     start.add_argument(
-        "--discovery", choices=DISCOVERY_MODES, help="find peers by UDP beacons, or from --peers FILE (manual)"
+        "--discovery",
+        choices=DISCOVERY_MODES,
+        help="how this node finds peers: udp (the default, or $EXO_ACTOR_DISCOVERY): UDP beacons on the LAN "
+        "(signed with the cluster key), no configuration; manual: only the nodes in --peers FILE, or none "
+        "(a node on its own, sending nothing); --peers without --discovery means manual",
     )
     start.add_argument("--rings", type=positive_int, default=1, help="whole copies of the model (1: one ring)")
     start.add_argument("--discovery-port", type=port, default=52417, help="UDP beacon port (52417)")

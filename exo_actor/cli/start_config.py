@@ -10,7 +10,7 @@ import socket
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from ..config import ClusterConfig, NodeConfig, RayConfig
+from ..config import DISCOVERY_MODES, ClusterConfig, NodeConfig, RayConfig
 from ..errors import ConfigError, ExoError
 from .flags import cluster_key, node_config
 from .types import port
@@ -69,17 +69,33 @@ def start_node_config(args: argparse.Namespace) -> NodeConfig:
     return node_config(args, max_concurrent=args.max_concurrent, prefix_cache_mb=args.prefix_cache_mb)
 
 
+def discovery_mode(args: argparse.Namespace) -> tuple[str, str]:
+    """How a LAN node finds peers, and what chose it: --discovery, else $EXO_ACTOR_DISCOVERY, else manual
+    with --peers (the file's nodes only) and udp without (beacons: one command per device, nothing else)."""
+    if args.discovery:
+        return args.discovery, f"--discovery {args.discovery}"
+    env = os.environ.get("EXO_ACTOR_DISCOVERY")
+    if env:  # argparse checks only the flag's choices, so the variable is checked here
+        if env not in DISCOVERY_MODES:
+            choices = " or ".join(DISCOVERY_MODES)
+            raise ExoError(f"EXO_ACTOR_DISCOVERY={env!r} is not a discovery mode (choose {choices})")
+        return env, f"EXO_ACTOR_DISCOVERY={env}"
+    if args.peers:
+        return "manual", "--peers without --discovery"
+    return "udp", "the default"
+
+
 def cluster_config(args: argparse.Namespace) -> ClusterConfig | None:
-    """The LAN backend's cluster (None without --discovery or --peers: a node on its own); refuses --ray-*."""
+    """The LAN backend's cluster: UDP beacons unless discovery is manual (see discovery_mode); None with
+    manual discovery and no --peers (a node on its own, off the network). Refuses --ray-*."""
     from ..transport.peers_file import read_peers
 
     given = [f for f in ("ray_address", "ray_shards") if getattr(args, f) is not None]
     if given or args.ray_placement != RayConfig.placement or args.ray_cpus_per_shard != RayConfig.cpus_per_shard:
         raise ExoError("the --ray-* options need --backend ray")
-    if not (args.discovery or args.peers):
+    discovery, _ = discovery_mode(args)
+    if discovery == "manual" and not args.peers:
         return None
-    if args.discovery == "manual" and not args.peers:
-        raise ExoError('--discovery manual needs --peers FILE (TOML: peers = ["HOST:PORT", ...])')
     host, advertise_port = advertise(args)
     return ClusterConfig(
         host=args.host,
@@ -87,7 +103,7 @@ def cluster_config(args: argparse.Namespace) -> ClusterConfig | None:
         advertise=host,
         advertise_port=advertise_port,
         peers=read_peers(args.peers) if args.peers else [],
-        discovery=args.discovery or "manual",
+        discovery=discovery,
         discovery_port=args.discovery_port,
         memory=int(args.memory * 2**30) if args.memory else None,
         wait_for_peers=args.wait_for_peers,
@@ -97,6 +113,18 @@ def cluster_config(args: argparse.Namespace) -> ClusterConfig | None:
         heartbeat=args.heartbeat,
         timeout=args.peer_timeout,
     )
+
+
+def finding_peers(args: argparse.Namespace, cluster: ClusterConfig | None) -> str:
+    """The start log's line on how this LAN node finds peers, and what chose that."""
+    _, chosen_by = discovery_mode(args)
+    if cluster is None:
+        return f"serving alone: no actor socket, no beacons ({chosen_by}, no --peers)"
+    listed = f"the {len(cluster.peers)} peer(s) in {args.peers}" if args.peers else ""
+    if cluster.discovery == "manual":
+        return f"finding peers only from {listed}, sending no beacons ({chosen_by})"
+    beacons = f"UDP beacons on port {cluster.discovery_port}" + (f" and {listed}" if listed else "")
+    return f"finding peers by {beacons} ({chosen_by}; --discovery manual keeps this node off the network)"
 
 
 def ray_config(args: argparse.Namespace) -> RayConfig:

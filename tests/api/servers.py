@@ -91,9 +91,11 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def process_server(*args: str) -> Iterator[RunningServer]:
-    """`exo-actor start ARGS` as a separate process on a free loopback port."""
+    """`exo-actor start ARGS` as a separate process on a free loopback port: a node on its own (--discovery
+    manual, so no beacons, whatever the environment says; ARGS may override it)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "exo_actor.cli", "start", "--api-host", "127.0.0.1", "--api-port", str(port), *args]
+    cmd = [sys.executable, "-m", "exo_actor.cli", "start", "--api-host", "127.0.0.1", "--api-port", str(port)]
+    cmd += ["--discovery", "manual", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
     try:
@@ -115,8 +117,9 @@ def loopback_ring(
     per_node_env: list[dict[str, str]] | None = None,
     api_ports: list[int] | None = None,
 ) -> Iterator[dict[str, list]]:
-    """`exo-actor start` processes node0..N-1 on loopback with manual peers and the given --memory (GiB);
-    `extra` flags go to every node, per_node[i] to node i, per_node_env[i] into node i's environment."""
+    """`exo-actor start` processes node0..N-1 on loopback with manual peers (--discovery manual: no beacons)
+    and the given --memory (GiB); `extra` flags go to every node, per_node[i] to node i, per_node_env[i]
+    into node i's environment."""
     ports, api = ports or [free_port() for _ in memories], api_ports or [free_port() for _ in memories]
     advertised = [next((f[j + 1] for j, x in enumerate(f) if x == "--advertise"), None) for f in per_node or []]
     peers = [a or f"127.0.0.1:{p}" for a, p in zip(advertised or [None] * len(ports), ports)]
@@ -140,6 +143,8 @@ def loopback_ring(
             str(api[i]),
             "--peers",
             str(folder / "peers.toml"),
+            "--discovery",
+            "manual",
             "--memory",
             mem,
             *extra,

@@ -103,6 +103,7 @@ def test_dashboard_shows_download_progress(browser, hub, tmp_path, monkeypatch):
     monkeypatch.setenv("EXO_HOME", str(tmp_path / "home"))
     port = free_port()
     cmd = [sys.executable, "-m", "exo_actor.cli", "start", "--model", "org/tiny", "--api-host", "127.0.0.1"]
+    cmd += ["--discovery", "manual"]
     proc = subprocess.Popen([*cmd, "--api-port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -229,7 +229,10 @@ def test_bad_tls_flags_are_one_line(tmp_path, tiny_gguf, pki, case, needles):
         else [],
         "no api": ["--no-api", "--tls-cert", good.cert, "--tls-key", good.key],
     }[case]
-    proc = cli("start", "--model", str(tiny_gguf), "--api-host", "127.0.0.1", "--api-port", "0", *map(str, flags))
+    proc = cli(
+        *("start", "--model", str(tiny_gguf), "--api-host", "127.0.0.1", "--api-port", "0", "--discovery", "manual"),
+        *map(str, flags),
+    )
     assert_one_line_error(proc, *needles)
 
 
@@ -238,7 +241,7 @@ def test_start_serves_https(tmp_path, tiny_gguf, pki):
     """The real `exo-actor start --tls-cert --tls-key`: the openai client over HTTPS; the log says https://."""
     port = free_port()
     cmd = [sys.executable, "-m", "exo_actor.cli", "-v", "start", "--model", str(tiny_gguf)]
-    cmd += ["--api-host", "127.0.0.1", "--api-port", str(port)]
+    cmd += ["--api-host", "127.0.0.1", "--api-port", str(port), "--discovery", "manual"]
     cmd += ["--tls-cert", str(pki["server"].cert), "--tls-key", str(pki["server"].key)]
     url = f"https://127.0.0.1:{port}"
     with open(tmp_path / "node.log", "w") as log:
@@ -253,3 +256,4 @@ def test_start_serves_https(tmp_path, tiny_gguf, pki):
     assert proc.returncode == 0
     out = (tmp_path / "node.log").read_text()
     assert f"exo-actor gateway on {url} " in out and "Traceback" not in out
+    assert "serving alone: no actor socket, no beacons (--discovery manual, no --peers)" in out

@@ -4,6 +4,7 @@ errors are one line (the real CLI, as a subprocess)."""
 from __future__ import annotations
 
 import ast
+import logging
 import socket
 from pathlib import Path
 
@@ -62,9 +63,66 @@ def test_lan_flags_become_the_node_and_cluster_configs(served, peers_file):
     )
 
 
-def test_without_peers_or_discovery_the_node_is_alone(served):
+def test_the_test_run_keeps_nodes_off_the_network(served):
+    """tests/conftest.py sets EXO_ACTOR_DISCOVERY=manual: a node started without flags is alone, no beacons."""
     assert start() == 0
     assert served["cluster"] is None and served["ray"] is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "discovery", "chosen_by"),
+    [
+        ((), None, "udp", "the default"),
+        (("--peers", "PEERS"), None, "manual", "--peers without --discovery"),
+        (("--peers", "PEERS", "--discovery", "udp"), None, "udp", "--discovery udp"),
+        (("--discovery", "manual"), None, None, "--discovery manual, no --peers"),
+        (("--discovery", "manual", "--peers", "PEERS"), "udp", "manual", "--discovery manual"),
+        ((), "manual", None, "EXO_ACTOR_DISCOVERY=manual, no --peers"),
+        (("--peers", "PEERS"), "manual", "manual", "EXO_ACTOR_DISCOVERY=manual"),
+        (("--peers", "PEERS"), "udp", "udp", "EXO_ACTOR_DISCOVERY=udp"),
+        (("--discovery", "udp"), "manual", "udp", "--discovery udp"),
+    ],
+)
+def test_how_the_node_finds_peers_and_the_log_says_so(
+    served, peers_file, monkeypatch, caplog, flags, env, discovery, chosen_by
+):
+    """UDP beacons by default; --peers alone means manual; --discovery beats $EXO_ACTOR_DISCOVERY, which
+    beats the default; manual discovery without --peers is a node on its own (no cluster, no beacons)."""
+    if env is None:
+        monkeypatch.delenv("EXO_ACTOR_DISCOVERY", raising=False)
+    else:
+        monkeypatch.setenv("EXO_ACTOR_DISCOVERY", env)
+    caplog.set_level(logging.INFO, logger="exo_actor.cli.start")
+    assert start(*(peers_file if f == "PEERS" else f for f in flags)) == 0
+    cluster = served["cluster"]
+    assert (cluster.discovery if cluster else None) == discovery
+    if "--peers" in flags:
+        assert cluster is not None and cluster.peers == ["127.0.0.1:6001", "10.0.0.2:6002"]
+    started = [r.getMessage() for r in caplog.records if r.name == "exo_actor.cli.start"]
+    assert len(started) == 1 and f"({chosen_by}" in started[0], started
+    if discovery == "udp":
+        assert "UDP beacons on port 52417" in started[0] and "--discovery manual keeps" in started[0]
+    elif discovery == "manual":
+        assert f"only from the 2 peer(s) in {peers_file}, sending no beacons" in started[0]
+    else:
+        assert started[0].startswith("serving alone: no actor socket, no beacons")
+
+
+def test_a_bad_exo_actor_discovery_is_one_line(served, monkeypatch, capsys):
+    monkeypatch.setenv("EXO_ACTOR_DISCOVERY", "mdns")
+    assert start() == 1
+    err = "exo-actor: error: EXO_ACTOR_DISCOVERY='mdns' is not a discovery mode (choose manual or udp)\n"
+    assert capsys.readouterr().err == err
+    assert not served
+
+
+def test_help_names_the_discovery_default(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["start", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "udp (the default, or $EXO_ACTOR_DISCOVERY): UDP beacons on the LAN" in text
+    assert "--peers without --discovery means manual" in text
 
 
 def test_ray_flags_become_the_ray_config(served):
