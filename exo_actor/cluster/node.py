@@ -42,18 +42,18 @@ from ..transport.peers import Peer, PeerNetwork
 from ..transport.security import ClusterKey
 from ..weights import ModelFiles, open_model
 from .drafts import DraftService
+from .membership import Membership
 from .planner import (
     CUT_OFF,
     EMPTY_PLAN,
     PLAN_UNIT_ENGINE,
     Plan,
-    agreed_members,
     blas_threads_for,
     plan_cluster,
     plan_memory,
 )
 from .ringset import RingSet
-from .status import peer_downloads, peer_rows, plan_rows
+from .status import cluster_status
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class ClusterNode(Node):
         self._gathered = False  # --wait-for-peers was met once (it gates only the first plan)
         self.loaded = 0  # the plan version this node has loaded its layers for
         self.rings = RingSet()
-        self.departed: dict[str, Hello] = {}  # peers this node lost; kept while another peer still hears them
+        self.membership = Membership(self.node_id, config.model)
         self.net: PeerNetwork | None = None
         self.shard: ShardActor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # the node's event loop, once started
@@ -206,40 +206,24 @@ class ClusterNode(Node):
 
     # planning ------------------------------------------------------------------------------------
     def _peer_up(self, peer: Peer) -> None:
-        self.departed.pop(peer.node_id, None)
+        self.membership.up(peer)
         self._replan(f"node {peer.node_id} joined")
 
     def _peer_down(self, peer: Peer) -> None:
-        if peer.hello is not None:
-            self.departed[peer.node_id] = peer.hello
+        self.membership.down(peer)
         self.rings.node_down(peer.node_id)
         self._replan(f"node {peer.node_id} stopped answering")
 
     def _capacities(self) -> tuple[list[NodeCapacity], dict[str, str]]:
-        """The nodes serving this model that may share rings (memory in plan units: planner.plan_memory),
-        and why the others may not. A peer this node lost but another peer still hears counts too (a cut
-        link, not a dead node): every node then excludes the same side of the cut (planner.agreed_members)."""
+        """The nodes that may share rings (membership.py), memory in plan units (planner.plan_memory)."""
         assert self.net is not None and self.files is not None
-        files, net = self.files, self.net
+        files = self.files
 
-        def held(engine: str) -> int:
-            return files.layer_bytes(engine) if engine in ENGINES else files.layer_bytes("numpy")
+        def plan_bytes(hello: Hello) -> int:
+            engine = hello.engine if hello.engine in ENGINES else "numpy"
+            return plan_memory(hello.memory, files.layer_bytes(engine), self.layer_bytes)
 
-        hellos = {p.node_id: p.hello for p in net.peers.values() if p.hello is not None}
-        for node_id, hello in list(self.departed.items()):
-            if any(node_id in view for src, view in net.views.items() if src != self.node_id and src in hellos):
-                hellos.setdefault(node_id, hello)
-            else:
-                del self.departed[node_id]  # nobody hears it any more: gone
-        nodes = [
-            NodeCapacity(h.src, plan_memory(h.memory, held(h.engine), self.layer_bytes))
-            for h in hellos.values()
-            if h.model == self.config.model
-        ]
-        members = agreed_members(nodes, net.views)
-        kept = {n.node_id for n in members}
-        cut = {n.node_id: CUT_OFF for n in nodes if n.node_id not in kept}
-        return members, cut
+        return self.membership.members(self.net.peers, self.net.views, plan_bytes)
 
     def _waiting(self, members: int) -> bool:
         """--wait-for-peers: before the first plan, hold back until that many other nodes serve the model.
@@ -433,30 +417,5 @@ class ClusterNode(Node):
         if self.net is not None:
             await self.net.close()
 
-    def _weights_bytes(self, node_id: str, engine: str) -> int | None:
-        """Bytes of the weights a node holds for the current plan: measured on this node, from the stored
-        tensor kinds (weights/sizes.py) for the others."""
-        role = self.shard.role if self.shard is not None else None
-        if node_id == self.node_id and role is not None:
-            return int(role.runner.weight_bytes)
-        mine = [a for a in self.current.assignments if a.node_id == node_id]
-        if not mine or self.files is None:
-            return None
-        return sum(self.files.shard_bytes(a.start, a.end, engine) for a in mine)
-
     def cluster_info(self) -> dict[str, Any]:
-        info = super().cluster_info()
-        peers = list(self.net.peers.values()) if self.net is not None else []
-        nodes = peer_rows(peers, self.net.alive if self.net else lambda _: False, self._weights_bytes)
-        plan = self.current
-        info["nodes"] = nodes or info["nodes"]
-        info["plan"] = plan_rows(plan)
-        info["rings"] = self.rings.status([[a.node_id for a in ring] for ring in plan.rings])
-        info["downloads"] = self.downloads_info() + peer_downloads(nodes, self.node_id)
-        info["plan_version"] = plan.version
-        info["this_node"] = self.node_id
-        info["blas_threads"] = self.blas_threads
-        info["kv_requests"] = self.kv_requests()
-        info["idle_nodes"] = [{"id": k, "why": why} for k, why in sorted(plan.idle.items())]
-        info["draft"] = self.drafts.info() if self.drafts is not None else None
-        return info
+        return cluster_status(self, super().cluster_info())

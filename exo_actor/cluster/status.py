@@ -1,12 +1,48 @@
-"""The rows of /v1/cluster that describe other nodes: pure functions of what their Hellos said."""
+"""/v1/cluster of a cluster node: its plan, rings and draft, and rows describing the other nodes (pure
+functions of what their Hellos said)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..transport.peers import Peer
 from .planner import Plan
+
+if TYPE_CHECKING:
+    from .node import ClusterNode
+
+
+def cluster_status(node: ClusterNode, info: dict[str, Any]) -> dict[str, Any]:
+    """`info` (what every node reports about itself) completed with the cluster's view."""
+    net = node.net
+    peers = list(net.peers.values()) if net is not None else []
+    nodes = peer_rows(peers, net.alive if net else lambda _: False, lambda n, e: weights_bytes(node, n, e))
+    plan = node.current
+    info["nodes"] = nodes or info["nodes"]
+    info["plan"] = plan_rows(plan)
+    info["rings"] = node.rings.status([[a.node_id for a in ring] for ring in plan.rings])
+    info["downloads"] = node.downloads_info() + peer_downloads(nodes, node.node_id)
+    info["plan_version"] = plan.version
+    info["this_node"] = node.node_id
+    info["blas_threads"] = node.blas_threads
+    info["kv_requests"] = node.kv_requests()
+    info["idle_nodes"] = [{"id": k, "why": why} for k, why in sorted(plan.idle.items())]
+    info["draft"] = node.drafts.info() if node.drafts is not None else None
+    info["failover_replays"] = node.rings.replays()
+    return info
+
+
+def weights_bytes(node: ClusterNode, node_id: str, engine: str) -> int | None:
+    """Bytes of the weights a node holds for the current plan: measured on this node, from the stored
+    tensor kinds (weights/sizes.py) for the others."""
+    role = node.shard.role if node.shard is not None else None
+    if node_id == node.node_id and role is not None:
+        return int(role.runner.weight_bytes)
+    mine = [a for a in node.current.assignments if a.node_id == node_id]
+    if not mine or node.files is None:
+        return None
+    return sum(node.files.shard_bytes(a.start, a.end, engine) for a in mine)
 
 
 def peer_rows(

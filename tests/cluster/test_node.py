@@ -174,6 +174,32 @@ def test_a_node_lost_mid_request_is_failed_over_and_the_text_is_unchanged(tiny, 
         assert c.generate(node1, PROMPT, 60, **params) == expected
 
 
+@pytest.mark.parametrize("draft", ["ngram", "self"])
+def test_failover_with_speculative_decoding_gives_the_same_tokens(tiny, draft):
+    """Speculation on (prompt lookup, or the model's own first 2 layers as a draft on each node): the
+    request in flight when node2 goes silent ends with the single-process greedy tokens."""
+    from exo_actor.config import NodeConfig
+
+    spec = "ngram" if draft == "ngram" else f"{tiny}:layers=2"
+    expected = single_process(tiny, 60)
+
+    def config(i: int) -> NodeConfig:
+        return NodeConfig(
+            model=str(tiny), engine="numpy", prefix_cache_mb=0, draft_model=spec, draft_tokens=4, adaptive_draft=False
+        )
+
+    with in_process_cluster(tiny, 3, heartbeat=0.2, timeout=1.5, node_config=config) as c:
+        node0, node1, node2 = c.nodes
+        slowed(node2, 0.3)  # a self-draft is accepted whole: few passes, each must last
+        running = c.start(node0, PROMPT, 60)
+        c.wait(lambda: node0.router.tokens_generated >= 10, "the request to be under way")
+        c.run(node2.stop_async())
+        assert running.result(60) == expected
+        assert node0.router.speculation is not None and node0.rings.replays() >= 1
+        info = node0.router.speculation_info()
+        assert info is not None and info["drafted_tokens"] > 0, info
+
+
 def test_requests_fail_when_no_ring_can_hold_the_model(tiny):
     """The survivor alone cannot hold the model (its memory is too small): the waiting request ends with a
     clear error instead of waiting forever."""
