@@ -4,8 +4,10 @@ Most tests share one ring of three nodes (the session's `smollm2_ring`, also use
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import threading
 import time
 
 import httpx
@@ -188,3 +190,43 @@ def test_a_ring_of_numpy_torch_and_mlx_answers_like_numpy(tmp_path, smollm2_loca
     got_lp = [t["logprob"] for t in choice["logprobs"]["content"]]
     assert len(got_lp) >= 5
     assert max(abs(a - b) for a, b in zip(got_lp, want_lp)) <= 0.15, (got_lp, want_lp)
+
+
+@pytest.mark.slow
+@pytest.mark.ring
+def test_wait_for_peers_and_speculation_survive_a_killed_node(tmp_path, smollm2_reference):
+    """Three nodes started with --wait-for-peers 2 and speculative decoding (prompt lookup): node2 is
+    killed mid-stream; the stream continues with the single-process greedy text, and the two survivors
+    serve new requests within 5 s of the kill (the gate held only the first plan)."""
+    flags = ("--model", "smollm2-135m", "--wait-for-peers", "2", "--enable-speculative", "--draft-model", "ngram")
+    with loopback_ring(tmp_path, ["8", "4", "4"], extra=flags, ready_timeout=180) as ring:
+        urls, procs = ring["urls"], ring["procs"]
+        wait_plan(urls, WHOLE)
+        body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+        served: list[float] = []
+
+        def poll_node1() -> None:  # a new request through a survivor's gateway, until one succeeds
+            while time.monotonic() - killed < 30:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.post(urls[1] + "/v1/chat/completions", json=body, timeout=30).status_code == 200:
+                        served.append(time.monotonic())
+                        return
+                time.sleep(0.1)
+
+        poller = threading.Thread(target=poll_node1, daemon=True)
+        killed = 0.0
+
+        def kill() -> None:
+            nonlocal killed
+            procs[2].kill()
+            killed = time.monotonic()
+            poller.start()
+
+        streamed = stream_through_fault(urls[0], STORY, GREEDY, kill)
+        poller.join(30)
+        assert_failed_over(streamed, smollm2_reference(STORY, **GREEDY), "node2 killed, speculation on")
+        spec = cluster_info(urls[0])["rings"][0]["speculative"]
+        assert spec is not None and spec["drafted_tokens"] > 0, spec
+        assert served, "node1's gateway did not serve within 30 s of the kill"
+        print(f"node1's gateway served a new request {served[0] - killed:.2f} s after the kill")
+        assert served[0] - killed < 5

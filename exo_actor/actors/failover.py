@@ -8,9 +8,12 @@ failure: its sampler, generator state, detokenizer, stop strings and speculation
 so the client gets a pause and then the rest of the text it would have got.
 
 It keeps, per request, the token ids at every position it holds in the KV caches (token ids only: a few
-KB per request). A request whose pass failed for its own reason (an invalid request, a shard error) fails
-as before; so does every waiting request when the node learns that no ring can hold the model, or when no
-new ring is ready within `wait` seconds.
+KB per request). A shard that no longer holds a request's positions (it was reloaded: "cache_lost") gets
+them replayed on the same ring at once; a pass that failed on a ring the node still uses (a peer re-planned
+away and back to the same plan) is tried again on it after SAME_RING_RETRY seconds, with a replay. A request
+whose pass failed for its own reason (an invalid request, a shard error) fails as before; so does every
+waiting request when the node learns that no ring can hold the model, when no ring is ready within `wait`
+seconds, or after MAX_ATTEMPTS tries.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ import numpy as np
 
 from ..engines import Pass
 from ..runtime.generation import PREFILL_CHUNK
-from .ring import RemoteRing, RingError
+from .ring import CACHE_LOST, RemoteRing, RingError
 
 log = logging.getLogger(__name__)
+
+SAME_RING_RETRY = 1.0  # s before a pass that failed on a ring still current is tried on it again
+MAX_ATTEMPTS = 8  # tries of one pass before its request fails (rings changing over and over)
 
 
 @dataclass
@@ -86,38 +92,49 @@ class FailoverRing:
         results: list[np.ndarray | Exception | None] = [None] * len(passes)
         todo = list(range(len(passes)))
         deadline = time.monotonic() + self.wait
-        failed_on = 0  # the ring a pass last failed over from: never retried on the same ring
-        while todo:
-            ring, epoch = self._current(deadline, failed_on, todo, results)
+        failed_on, retry_at = 0, 0.0  # the ring passes last failed on, and when it may be tried again
+        for attempt in range(MAX_ATTEMPTS):
+            ring, epoch = self._current(deadline, failed_on, retry_at, todo, results)
             if ring is None:
                 break
+            if epoch == failed_on:  # the same ring again: a shard may have been reloaded, rebuild the caches
+                for i in todo:
+                    self._requests.setdefault(passes[i].request_id, _Request()).epoch = 0
             runnable, retry = [], []
             for i in todo:
                 try:
                     self._restore(ring, epoch, passes[i])
                     runnable.append(i)
                 except RingError as exc:
-                    if exc.ring_changed:
+                    if exc.replayable:
                         retry.append(i)
                     else:
                         results[i] = exc
             try:
                 outs = ring.forward_batch([passes[i] for i in runnable]) if runnable else []
             except RingError as exc:  # the ring broke before the passes left
-                if not exc.ring_changed:
+                if not exc.replayable:
                     raise
                 outs = [exc] * len(runnable)
-            todo = retry
+            todo, lost_only = retry, not retry
             for i, out in zip(runnable, outs):
-                if isinstance(out, RingError) and out.ring_changed:
-                    todo.append(i)  # the ring changed under it: again on the next one
+                if isinstance(out, RingError) and out.replayable:
+                    todo.append(i)  # again, on the next ring or with a replay on this one
+                    lost_only = lost_only and out.code == CACHE_LOST
                 else:
                     results[i] = out
                     if not isinstance(out, Exception):
                         self._record(passes[i])
-            if todo:
-                failed_on = epoch
-                log.info("%d pass(es) failed over: waiting for the next ring", len(todo))
+            if not todo:
+                break
+            # a reloaded shard (cache lost) is retried at once; a changed ring when the next plan's ring
+            # is ready, or this one again after a moment if it is still the node's ring (a peer re-planned
+            # away and back to the same plan)
+            failed_on, retry_at = epoch, time.monotonic() + (0.0 if lost_only else SAME_RING_RETRY)
+            log.info("%d pass(es) failed over (attempt %d): replaying", len(todo), attempt + 1)
+        for i in todo:
+            if results[i] is None:
+                results[i] = RingError(f"the pass failed {MAX_ATTEMPTS} times on changing rings; retry the request")
         return [r if r is not None else RingError("no ring") for r in results]
 
     def truncate(self, request_id: str, length: int) -> None:
@@ -145,21 +162,30 @@ class FailoverRing:
             ring.free(request_id)
 
     # internals -------------------------------------------------------------------------------------
-    def _usable(self, failed_on: int) -> bool:
-        return self._ring is not None and not self._ring.broken and self._epoch != failed_on
+    def _usable(self, failed_on: int, retry_at: float) -> bool:
+        ring = self._ring
+        return ring is not None and not ring.broken and (self._epoch != failed_on or time.monotonic() >= retry_at)
 
     def _current(
-        self, deadline: float, failed_on: int, todo: list[int], results: list[np.ndarray | Exception | None]
+        self,
+        deadline: float,
+        failed_on: int,
+        retry_at: float,
+        todo: list[int],
+        results: list[np.ndarray | Exception | None],
     ) -> tuple[RemoteRing | None, int]:
-        """The ring to run on, waiting for one if there is none (or only the one that just failed); None
-        when waiting is over (the waiting passes then get the reason)."""
+        """The ring to run on: the next plan's, or the one that just failed once `retry_at` has passed; waits
+        while there is none. None when waiting is over (the waiting passes then get the reason)."""
         with self._cond:
-            while not self._usable(failed_on) and self._gave_up is None:
+            while not self._usable(failed_on, retry_at) and self._gave_up is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
+                ring = self._ring
+                if ring is not None and not ring.broken and self._epoch == failed_on:
+                    left = min(left, max(0.0, retry_at - time.monotonic()))  # the same ring, after a moment
                 self._cond.wait(left)
-            if self._ring is not None and self._usable(failed_on):
+            if self._usable(failed_on, retry_at) and self._ring is not None:
                 return self._ring, self._epoch
             reason = self._gave_up or f"no ring could hold the model within {self.wait:g} s; retry the request"
         for i in todo:

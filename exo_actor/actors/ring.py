@@ -21,9 +21,11 @@ from ..transport.peers import PeerNetwork, UnknownPeerError
 log = logging.getLogger(__name__)
 
 
-# Why a step failed: the ring changed under it (a replay on the next ring gives the same answer), or the
-# request itself is at fault (refused on any ring), or a shard failed (a bug: replaying would repeat it).
+# Why a step failed: the ring changed under it (a replay on the next ring gives the same answer); a shard
+# no longer holds the request's positions (it was reloaded: a replay on the same ring rebuilds them); the
+# request itself is at fault (refused on any ring); or a shard failed (a bug: replaying would repeat it).
 RING_CHANGED = frozenset({"ring_changed", "plan_changed", "peer_down"})
+CACHE_LOST = "cache_lost"
 
 
 class RingError(ExoError):
@@ -37,6 +39,11 @@ class RingError(ExoError):
     def ring_changed(self) -> bool:
         """The failure is the ring's, not the request's: the same pass on another ring can succeed."""
         return self.code in RING_CHANGED
+
+    @property
+    def replayable(self) -> bool:
+        """A replay of the request's positions (on this ring or the next) can make the pass succeed."""
+        return self.ring_changed or self.code == CACHE_LOST
 
     def __reduce__(self) -> tuple[type[RingError], tuple[str, str]]:
         return type(self), (str(self), self.code)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..engines import Pass, ShardRunner
+from ..engines.base import CachePositionError
 from ..errors import ExoError
 from ..transport.messages import Failure, Forward, ForwardBatch, Free, Logits, LogitsBatch, Truncate
 from ..transport.peers import PeerNetwork, UnknownPeerError
@@ -60,7 +61,7 @@ class ShardActor:
         try:
             out = await loop.run_in_executor(self.compute, self._run, role.runner, msg)
         except ExoError as exc:
-            self._fail(msg, "invalid_request", str(exc))
+            self._fail(msg, _code(exc), str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - reported to the router, the actor lives on
             log.exception("shard failed on request %s", msg.rid)
@@ -122,7 +123,7 @@ class ShardActor:
         outs: list[np.ndarray] = []
         for i, out in zip(rows, results):
             if isinstance(out, Exception):
-                self._fail_row(msg.router, msg.rids[i], "invalid_request", str(out))
+                self._fail_row(msg.router, msg.rids[i], _code(out), str(out))
             else:
                 ok.append(i)
                 outs.append(np.asarray(out, np.float32))
@@ -200,6 +201,12 @@ class ShardActor:
             log.warning("cannot report failure of %s: its router %s is gone", rid, router)
 
 
+def _code(exc: Exception) -> str:
+    """The Failure code of a pass this shard refused: its positions are gone from here (this shard was
+    reloaded: the router can replay them), or the request itself is at fault."""
+    return "cache_lost" if isinstance(exc, CachePositionError) else "invalid_request"
+
+
 def _peer_down(exc: UnknownPeerError) -> str:
     return f"node {exc.node_id} cannot be reached from here; the cluster is re-planning, retry the request"
 
@@ -210,7 +217,7 @@ def _adopt(runner: ShardRunner, rid: str, source: str, length: int) -> None:
         return
     got = runner.adopt(source, rid, length)
     if got != length:
-        raise ExoError(
+        raise CachePositionError(
             f"the cached prefix of this conversation is gone from node layers [{runner.start}, "
             f"{runner.end}) (has {got} of {length} positions); retry the request"
         )

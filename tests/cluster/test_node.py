@@ -146,13 +146,17 @@ def single_process(tiny, max_tokens: int, **params) -> list[int]:
 def slowed(node, seconds: float) -> None:
     """Make a node's shard take `seconds` per pass (so a request is still running when a node goes)."""
     runner = node.shard.role.runner
-    real = runner.forward_batch
+    batch, single = runner.forward_batch, runner.forward
 
-    def slow(passes):  # type: ignore[no-untyped-def]
+    def slow_batch(passes):  # type: ignore[no-untyped-def]
         time.sleep(seconds)
-        return real(passes)
+        return batch(passes)
 
-    runner.forward_batch = slow
+    def slow_single(*args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(seconds)
+        return single(*args, **kwargs)
+
+    runner.forward_batch, runner.forward = slow_batch, slow_single
 
 
 @pytest.mark.parametrize("params", [{}, {"temperature": 0.9, "seed": 7}], ids=["greedy", "seeded"])
@@ -190,7 +194,7 @@ def test_failover_with_speculative_decoding_gives_the_same_tokens(tiny, draft):
 
     with in_process_cluster(tiny, 3, heartbeat=0.2, timeout=1.5, node_config=config) as c:
         node0, node1, node2 = c.nodes
-        slowed(node2, 0.3)  # a self-draft is accepted whole: few passes, each must last
+        slowed(node2, 0.1)  # (verification passes too: a self-draft is accepted whole, so passes are few)
         running = c.start(node0, PROMPT, 60)
         c.wait(lambda: node0.router.tokens_generated >= 10, "the request to be under way")
         c.run(node2.stop_async())
@@ -285,3 +289,26 @@ def test_kept_prefixes_are_forgotten_when_the_ring_changes(tiny):
         assert c.generate(node0, prompt2, 12) == [t for d in deltas for t in d.token_ids]
         failover = node0.rings.failover(0)
         assert failover is not None and len(failover._requests) <= 1  # only the kept second turn
+
+
+def test_a_shard_reloaded_under_the_same_plan_gets_the_positions_replayed(tiny):
+    """node1 loses every request's KV cache while keeping the plan (as when it re-planned away and back):
+    the next pass of the request in flight finds its positions gone ('cache_lost'), the router replays them
+    on the same ring, and the request ends with the single-process tokens."""
+    from exo_actor.actors.shard import ShardRole
+
+    expected = single_process(tiny, 60)
+    with in_process_cluster(tiny, 3) as c:
+        node0, node1, _ = c.nodes
+        slowed(node1, 0.03)
+        running = c.start(node0, PROMPT, 60)
+        c.wait(lambda: node0.router.tokens_generated >= 10, "the request to be under way")
+
+        def reload() -> None:
+            role = node1.shard.role
+            runner = node1.engine.load_shard(node1.files, role.runner.start, role.runner.end)
+            node1.shard.role = ShardRole(role.plan, runner, role.next_node)
+
+        c.call(reload)
+        assert running.result(60) == expected
+        assert node0.rings.replays() >= 1 and node0.version == c.nodes[2].version
