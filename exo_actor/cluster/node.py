@@ -94,6 +94,7 @@ class ClusterNode(Node):
         self.layer_bytes = 0
         self.draft_bytes = 0
         self.blas_threads: int | None = None
+        self._draft_hosts: dict[int, str | None] = {}  # ring index -> the draft host its router drafts from
         self._download_announced = 0.0
 
     @property
@@ -364,6 +365,7 @@ class ClusterNode(Node):
             # so do the routers of rings this plan no longer has
             for index in [i, *[k for k in self.rings.orphans(len(plan.rings)) if k % len(plan.rings) == i]]:
                 self.rings.add(index, self._remote_ring(plan.version, ring_plan), self._start_router)
+                self._follow_draft(index)
             self.router = self.rings.router(0)
             self.set_state(NodeState.READY)
             log.info("ring %d ready: %d node(s)", i, len(ring_plan))
@@ -376,10 +378,24 @@ class ClusterNode(Node):
         return RemoteRing(self.net, asyncio.get_running_loop(), version, nodes, self.cluster.step_timeout)
 
     def _start_router(self, pipeline: Pipeline) -> RouterActor:
-        assert self.files is not None and self.drafts is not None
+        assert self.files is not None
+        return start_router(self.config, self.files, pipeline, self._speculation())
+
+    def _speculation(self) -> Speculation | None:
+        assert self.drafts is not None
         drafter = self.drafts.drafter()
-        spec = Speculation(drafter, self.config.draft_tokens, self.config.adaptive_draft) if drafter else None
-        return start_router(self.config, self.files, pipeline, spec)
+        return Speculation(drafter, self.config.draft_tokens, self.config.adaptive_draft) if drafter else None
+
+    def _follow_draft(self, index: int) -> None:
+        """A router that continues on a new plan's ring drafts from the draft host this plan placed (its
+        old host may be gone); new requests take the new drafter, running ones keep theirs."""
+        router = self.rings.router(index)
+        if router is None or self.drafts is None or not self.drafts.remote:
+            return
+        if self._draft_hosts.get(index, "") != self.drafts.host:
+            if index in self._draft_hosts:
+                router.speculation = self._speculation()
+            self._draft_hosts[index] = self.drafts.host
 
     # the Node interface ----------------------------------------------------------------------------
     @property
