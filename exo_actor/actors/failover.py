@@ -38,9 +38,11 @@ MAX_ATTEMPTS = 8  # tries of one pass before its request fails (rings changing o
 
 @dataclass
 class _Request:
+    wire: str  # the id its caches have on the shards: a new one for each replay
     tokens: list[int] = field(default_factory=list)  # the token id at each cached position
     epoch: int = 0  # the ring (attach count) whose shards hold its caches
-    adopt: tuple[str, int] | None = None  # a prefix-cache adoption not yet sent (source, length)
+    adopt: tuple[str, int] | None = None  # a prefix-cache adoption not yet sent (source's wire id, length)
+    replays: int = 0
 
 
 class FailoverRing:
@@ -99,11 +101,13 @@ class FailoverRing:
                 break
             if epoch == failed_on:  # the same ring again: a shard may have been reloaded, rebuild the caches
                 for i in todo:
-                    self._requests.setdefault(passes[i].request_id, _Request()).epoch = 0
+                    rid = passes[i].request_id
+                    self._requests.setdefault(rid, _Request(rid)).epoch = 0
             runnable, retry = [], []
+            wired: dict[int, Pass] = {}
             for i in todo:
                 try:
-                    self._restore(ring, epoch, passes[i])
+                    wired[i] = self._restore(ring, epoch, passes[i])
                     runnable.append(i)
                 except RingError as exc:
                     if exc.replayable:
@@ -111,15 +115,16 @@ class FailoverRing:
                     else:
                         results[i] = exc
             try:
-                outs = ring.forward_batch([passes[i] for i in runnable]) if runnable else []
+                outs = ring.forward_batch([wired[i] for i in runnable]) if runnable else []
             except RingError as exc:  # the ring broke before the passes left
                 if not exc.replayable:
                     raise
                 outs = [exc] * len(runnable)
-            todo, lost_only = retry, not retry
+            todo, lost_only, reasons = retry, not retry, set()
             for i, out in zip(runnable, outs):
                 if isinstance(out, RingError) and out.replayable:
                     todo.append(i)  # again, on the next ring or with a replay on this one
+                    reasons.add(f"{out.code}: {out}")
                     lost_only = lost_only and out.code == CACHE_LOST
                 else:
                     results[i] = out
@@ -131,7 +136,7 @@ class FailoverRing:
             # is ready, or this one again after a moment if it is still the node's ring (a peer re-planned
             # away and back to the same plan)
             failed_on, retry_at = epoch, time.monotonic() + (0.0 if lost_only else SAME_RING_RETRY)
-            log.info("%d pass(es) failed over (attempt %d): replaying", len(todo), attempt + 1)
+            log.info("%d pass(es) failed over (attempt %d): replaying (%s)", len(todo), attempt + 1, reasons)
         for i in todo:
             if results[i] is None:
                 results[i] = RingError(f"the pass failed {MAX_ATTEMPTS} times on changing rings; retry the request")
@@ -142,7 +147,7 @@ class FailoverRing:
         if req is not None:
             del req.tokens[length:]
             if req.epoch == self._epoch and self._ring is not None:
-                self._ring.truncate(request_id, length)
+                self._ring.truncate(req.wire, length)
 
     def adopt(self, source: str, request_id: str, length: int) -> int:
         """A prefix-cache hit: the new request starts with `source`'s first `length` positions. On the ring
@@ -150,16 +155,16 @@ class FailoverRing:
         src = self._requests.pop(source, None)  # the router forgot `source`: its caches go to request_id
         if src is None or len(src.tokens) < length:
             if src is not None and src.epoch == self._epoch and self._ring is not None:
-                self._ring.free(source)
+                self._ring.free(src.wire)
             return 0  # nothing known to continue from: the request prefills its whole prompt
-        self._requests[request_id] = _Request(src.tokens[:length], src.epoch, (source, length))
+        self._requests[request_id] = _Request(request_id, src.tokens[:length], src.epoch, (src.wire, length))
         return length
 
     def free(self, request_id: str) -> None:
         req = self._requests.pop(request_id, None)
         ring = self._ring
         if ring is not None and (req is None or req.epoch == self._epoch):
-            ring.free(request_id)
+            ring.free(req.wire if req is not None else request_id)
 
     # internals -------------------------------------------------------------------------------------
     def _usable(self, failed_on: int, retry_at: float) -> bool:
@@ -192,27 +197,35 @@ class FailoverRing:
             results[i] = RingError(reason)
         return None, 0
 
-    def _restore(self, ring: RemoteRing, epoch: int, p: Pass) -> None:
-        """Make the request's caches on `ring` hold its positions before p.start_pos: send a pending
-        adoption along, or replay the known token ids when the caches were on an earlier ring."""
-        req = self._requests.setdefault(p.request_id, _Request(epoch=epoch))
-        if req.epoch == epoch:
-            if req.adopt is not None:
-                source, length = req.adopt
-                ring.adopt(source, p.request_id, length)
-                req.adopt = None
-            return
-        req.adopt = None
-        history = req.tokens[: p.start_pos]
-        if len(history) < p.start_pos:
-            raise RingError("the request's earlier positions are unknown here", "invalid_request")
-        for start in range(0, len(history), PREFILL_CHUNK):
-            chunk = np.asarray(history[start : start + PREFILL_CHUNK], dtype=np.int64)
-            ring.forward(p.request_id, chunk, start, 1)
-        req.epoch = epoch
-        if history:
-            self.replays += 1
-            log.info("request %s: %d position(s) replayed on the new ring", p.request_id, len(history))
+    def _restore(self, ring: RemoteRing, epoch: int, p: Pass) -> Pass:
+        """Make the request's caches on `ring` hold its positions before p.start_pos, and return the pass
+        as the ring must run it (under the request's wire id): send a pending adoption along, or replay the
+        known token ids when the caches were on an earlier ring (or lost).
+
+        A replay runs under a new wire id, and the old one is freed on the ring: a pass of the old id still
+        travelling (sent before a node froze, delivered when it resumed under a plan of the same version)
+        then finds its id freed, and cannot write into the replayed caches."""
+        rid = p.request_id
+        req = self._requests.setdefault(rid, _Request(rid, epoch=epoch))
+        if req.epoch != epoch:
+            history = req.tokens[: p.start_pos]
+            if len(history) < p.start_pos:
+                raise RingError("the request's earlier positions are unknown here", "invalid_request")
+            ring.free(req.wire)
+            req.replays += 1
+            req.wire, req.adopt = f"{rid}.r{req.replays}", None
+            for start in range(0, len(history), PREFILL_CHUNK):
+                chunk = np.asarray(history[start : start + PREFILL_CHUNK], dtype=np.int64)
+                ring.forward(req.wire, chunk, start, 1)
+            req.epoch = epoch
+            if history:
+                self.replays += 1
+                log.info("request %s: %d position(s) replayed on the ring", rid, len(history))
+        elif req.adopt is not None:
+            source, length = req.adopt
+            ring.adopt(source, req.wire, length)
+            req.adopt = None
+        return Pass(req.wire, p.tokens, p.start_pos, p.num_logits)
 
     def _record(self, p: Pass) -> None:
         req = self._requests.get(p.request_id)

@@ -43,6 +43,7 @@ class Membership:
         self,
         peers: Mapping[str, Peer],
         views: Mapping[str, AbstractSet[str]],
+        lost: Mapping[str, AbstractSet[str]],
         plan_bytes: Callable[[Hello], int],
     ) -> tuple[list[NodeCapacity], dict[str, str]]:
         """The nodes serving this model that may share rings, with their memory in plan units
@@ -50,6 +51,6 @@ class Membership:
         nodes = [
             NodeCapacity(h.src, plan_bytes(h)) for h in self.candidates(peers, views).values() if h.model == self.model
         ]
-        members = agreed_members(nodes, views)
+        members = agreed_members(nodes, lost)
         kept = {n.node_id for n in members}
         return members, {n.node_id: CUT_OFF for n in nodes if n.node_id not in kept}

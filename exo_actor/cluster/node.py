@@ -224,7 +224,7 @@ class ClusterNode(Node):
             engine = hello.engine if hello.engine in ENGINES else "numpy"
             return plan_memory(hello.memory, files.layer_bytes(engine), self.layer_bytes)
 
-        return self.membership.members(self.net.peers, self.net.views, plan_bytes)
+        return self.membership.members(self.net.peers, self.net.views, self.net.lost, plan_bytes)
 
     def _waiting(self, members: int) -> bool:
         """--wait-for-peers: before the first plan, hold back until that many other nodes serve the model.

@@ -71,22 +71,22 @@ class Plan:
 EMPTY_PLAN = Plan(0, ())
 
 
-def agreed_members(nodes: Sequence[NodeCapacity], views: Mapping[str, AbstractSet[str]]) -> list[NodeCapacity]:
-    """The nodes that may share rings: every pair must hear each other (both ways), so one cut link never
+def agreed_members(nodes: Sequence[NodeCapacity], lost: Mapping[str, AbstractSet[str]]) -> list[NodeCapacity]:
+    """The nodes that may share rings: no two of them may have lost each other, so one cut link never
     leaves a ring whose shards cannot reach one another.
 
-    `views` holds what each node reported hearing (a node without a report hears everyone). Nodes are
-    taken in ring order (memory descending, then id) and each is kept if it and every node kept so far
-    hear each other: every node with the same views keeps the same nodes, whichever node computes it.
+    `lost` holds, per node, the nodes it reported it knew and has not heard from lately (a node that has
+    not reported loses no one; a node not yet known is not lost, so a cluster forming does not split).
+    Nodes are taken in ring order (memory descending, then id) and each is kept if neither it nor any node
+    kept so far reports the other lost: every node with the same reports keeps the same nodes.
     """
 
-    def hears(a: str, b: str) -> bool:
-        view = views.get(a)
-        return view is None or b in view
+    def apart(a: str, b: str) -> bool:
+        return b in lost.get(a, ()) or a in lost.get(b, ())
 
     kept: list[NodeCapacity] = []
     for n in ring_order(nodes):
-        if all(hears(n.node_id, k.node_id) and hears(k.node_id, n.node_id) for k in kept):
+        if not any(apart(n.node_id, k.node_id) for k in kept):
             kept.append(n)
     return kept
 

@@ -103,14 +103,15 @@ class Beacon(Message):
 
 @dataclass(frozen=True)
 class Ping(Message):
-    """Liveness probe; any message from a peer counts as a sign of life. It carries the sender's view:
-    the nodes it has heard from recently (itself included), from which every node agrees on which nodes
-    can form a ring (cluster/planner.py agreed_members)."""
+    """Liveness probe; any message from a peer counts as a sign of life. It carries the sender's view: the
+    nodes it heard from recently (itself included) and the nodes it knew but has not heard from lately, from
+    which every node agrees on which nodes can form a ring (cluster/planner.py agreed_members)."""
 
     KIND: ClassVar[str] = "ping"
     src: str
     seq: int
     hears: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -107,10 +107,13 @@ class PeerNetwork:
         self.handlers: dict[type[Message], Handler[Message]] = {}
         self.on_peer_up: Callable[[Peer], None] = lambda p: None
         self.on_peer_down: Callable[[Peer], None] = lambda p: None
-        # reachability views: the nodes each peer heard from within `fresh` seconds, from its Pings (ours
-        # under our own id); on_views is called when any view changes
+        # reachability views, from the Pings (ours under our own id): the nodes each node heard from within
+        # `fresh` seconds, and the nodes it knew but has not (`lost`: silent peers, and peers declared down
+        # until heard again); on_views is called when any view changes
         self.fresh = max(timeout - 2 * heartbeat, timeout / 2)
         self.views: dict[str, frozenset[str]] = {}
+        self.lost: dict[str, frozenset[str]] = {}
+        self._departed: dict[str, float] = {}  # node id -> when it was declared down
         self.on_views: Callable[[], None] = lambda: None
         self.dropped = 0  # malformed messages received
         self._tasks: list[asyncio.Task[None]] = []
@@ -241,7 +244,7 @@ class PeerNetwork:
             self._unreachable.discard(self.peers[src].endpoint)
         if isinstance(msg, Ping) and src in self.peers:
             self.send(src, Pong(self.node_id, msg.seq))
-            self._view(msg.src, frozenset(msg.hears))
+            self._view(msg.src, frozenset(msg.hears), frozenset(msg.lost))
             return
         handler = self.handlers.get(type(msg))
         if handler is not None:
@@ -278,9 +281,19 @@ class PeerNetwork:
         now = time.monotonic()
         return frozenset(p.node_id for p in self.peers.values() if now - p.last_seen < self.fresh) | {self.node_id}
 
-    def _view(self, node_id: str, view: frozenset[str]) -> None:
-        if self.views.get(node_id) != view:
-            self.views[node_id] = view
+    def losing(self) -> frozenset[str]:
+        """The nodes this node knew and has not heard from within `fresh` seconds (declared down ones too,
+        until heard again or for 20 peer timeouts)."""
+        now = time.monotonic()
+        for node_id, since in list(self._departed.items()):
+            if node_id in self.peers or now - since > 20 * self.timeout:
+                del self._departed[node_id]
+        silent = {p.node_id for p in self.peers.values() if now - p.last_seen >= self.fresh}
+        return frozenset(silent | set(self._departed)) - {self.node_id}
+
+    def _view(self, node_id: str, view: frozenset[str], lost: frozenset[str]) -> None:
+        if self.views.get(node_id) != view or self.lost.get(node_id) != lost:
+            self.views[node_id], self.lost[node_id] = view, lost
             self.on_views()
 
     def announce(self) -> None:
@@ -305,14 +318,16 @@ class PeerNetwork:
                     )
                     del self.peers[peer.node_id]
                     self.views.pop(peer.node_id, None)
+                    self.lost.pop(peer.node_id, None)
+                    self._departed[peer.node_id] = now
                     self._release(peer.endpoint)
                     self.on_peer_down(peer)
                     continue
-            mine = self.hearing()
+            mine, lost = self.hearing(), self.losing()
             for peer in list(self.peers.values()):
                 if peer.node_id != self.node_id:
-                    self.send(peer.node_id, Ping(self.node_id, seq, sorted(mine)))
-            self._view(self.node_id, mine)
+                    self.send(peer.node_id, Ping(self.node_id, seq, sorted(mine), sorted(lost)))
+            self._view(self.node_id, mine, lost)
             answering = {p.endpoint for p in self.peers.values()}
             for endpoint in [e for e in self.dealers if e not in answering]:
                 if self._kept(endpoint) or now - self._wanted.get(endpoint, now) < self.timeout:

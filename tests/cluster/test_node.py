@@ -312,3 +312,6 @@ def test_a_shard_reloaded_under_the_same_plan_gets_the_positions_replayed(tiny):
         c.call(reload)
         assert running.result(60) == expected
         assert node0.rings.replays() >= 1 and node0.version == c.nodes[2].version
+        # the replay ran under a new wire id and the old one was freed everywhere: nothing left behind
+        c.wait(lambda: caches(c) == [0, 0, 0], "every shard to hold no cache")
+        assert any(rid.endswith(".r1") for rid in node1.shard.freed) or node1.shard.freed

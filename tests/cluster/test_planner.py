@@ -75,26 +75,32 @@ def test_blas_threads_share_the_cores():
 
 def test_a_cut_link_leaves_out_the_same_node_whoever_computes_it():
     group = nodes(4, 4, 4)  # ring order n0, n1, n2
-    # n1 and n2 no longer hear each other; n0 hears both. Each node knows its own view; n2's report of
-    # n1 (and n1's of n2) may be stale or missing: the missing direction alone decides.
-    views_at_n0 = {"n0": {"n0", "n1", "n2"}, "n1": {"n0", "n1"}, "n2": {"n0", "n2"}}
-    views_at_n1 = {"n0": {"n0", "n1", "n2"}, "n1": {"n0", "n1"}, "n2": {"n0", "n1", "n2"}}  # stale n2
-    views_at_n2 = {"n0": {"n0", "n1", "n2"}, "n2": {"n0", "n2"}}  # nothing from n1 any more
-    for views in (views_at_n0, views_at_n1, views_at_n2):
-        assert [n.node_id for n in agreed_members(group, views)] == ["n0", "n1"]
+    # n1 and n2 lost each other; n0 hears both. Each node knows its own report; the other side's report
+    # may be stale or missing: one side's report alone decides.
+    at_n0 = {"n0": set(), "n1": {"n2"}, "n2": {"n1"}}
+    at_n1 = {"n0": set(), "n1": {"n2"}, "n2": set()}  # a stale report from n2
+    at_n2 = {"n0": set(), "n2": {"n1"}}  # nothing from n1 any more
+    for lost in (at_n0, at_n1, at_n2):
+        assert [n.node_id for n in agreed_members(group, lost)] == ["n0", "n1"]
 
 
-def test_without_reports_everyone_may_join():
-    assert agreed_members(nodes(1, 2, 3), {}) == sorted(nodes(1, 2, 3), key=lambda n: -n.memory_bytes)
+def test_a_forming_cluster_does_not_split():
+    """Nodes not heard of yet are not lost: without reports, or with empty ones, everyone may join."""
+    everyone = sorted(nodes(1, 2, 3), key=lambda n: -n.memory_bytes)
+    assert agreed_members(nodes(1, 2, 3), {}) == everyone
+    assert agreed_members(nodes(1, 2, 3), {"n0": set(), "n1": set()}) == everyone
 
 
-@given(st.dictionaries(st.sampled_from(["n0", "n1", "n2", "n3"]), st.sets(st.sampled_from(["n0", "n1", "n2", "n3"]))))
-def test_agreed_members_hear_each_other_and_do_not_depend_on_order(views):
+NODE_IDS = ["n0", "n1", "n2", "n3"]
+
+
+@given(st.dictionaries(st.sampled_from(NODE_IDS), st.sets(st.sampled_from(NODE_IDS))))
+def test_agreed_members_never_lost_each_other_and_do_not_depend_on_order(lost):
     group = nodes(2, 1, 2, 1)
-    kept = agreed_members(group, views)
+    kept = agreed_members(group, lost)
     ids = [n.node_id for n in kept]
     for a in ids:
         for b in ids:
-            assert a == b or ((a not in views or b in views[a]) and (b not in views or a in views[b]))
-    assert agreed_members(list(reversed(group)), views) == kept
+            assert a == b or (b not in lost.get(a, ()) and a not in lost.get(b, ()))
+    assert agreed_members(list(reversed(group)), lost) == kept
     assert kept and kept[0].node_id == "n0"  # the first in ring order is always kept
