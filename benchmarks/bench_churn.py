@@ -75,6 +75,7 @@ class Outcome:
     seconds: float
     first_chunk_s: float  # from the first attempt to the first event, 503 retries included
     longest_pause: float  # longest gap between two stream events after the first
+    pause_ended: float  # when that gap ended, seconds since the soak began (which fault it follows)
     retries_503: int
     error: str = ""
 
@@ -198,7 +199,7 @@ class Soak:
         text, n = PROMPTS[prompt]
         messages = [{"role": "user", "content": text}]
         body = {"model": MODEL, "messages": messages, "max_tokens": n, "temperature": 0, "stream": True}
-        out = Outcome(client, slot, prompt, self.now(), False, False, 0, 0.0, 0.0, 0.0, 0)
+        out = Outcome(client, slot, prompt, self.now(), False, False, 0, 0.0, 0.0, 0.0, 0.0, 0)
         started, events, arrivals = time.monotonic(), [], []  # arrivals: (time, content) of each chunk
         timeout = httpx.Timeout(10.0, read=READ_TIMEOUT)
         try:
@@ -226,7 +227,10 @@ class Soak:
         times = [t for t, _ in arrivals]
         out.seconds = time.monotonic() - started
         out.first_chunk_s = (times[0] - started) if times else out.seconds
-        out.longest_pause = max((b - a for a, b in zip(times, times[1:])), default=0.0)
+        gaps = [(b - a, b) for a, b in zip(times, times[1:])]
+        if gaps:
+            out.longest_pause, ended = max(gaps)
+            out.pause_ended = ended - self.t0
         pieces = [piece for _, piece in arrivals if piece]
         out.tokens = len(pieces)
         errors = [e for e in events if isinstance(e, dict) and "error" in e]
@@ -472,6 +476,7 @@ def summarize(
         "kills_and_restarts": sum(f.kind == "kill" for f in faults),
         "freezes": sum(f.kind == "freeze" for f in faults),
         "longest_pause_s": max((o.longest_pause for o in outs), default=None),
+        "longest_pause_ended_s": max(outs, key=lambda o: o.longest_pause).pause_ended if outs else None,
         "longest_first_chunk_s": max((o.first_chunk_s for o in outs), default=None),
         "tokens": tokens,
         "aggregate_tps": tokens / duration if duration else 0.0,
@@ -507,7 +512,8 @@ def render(r: dict[str, Any]) -> list[str]:
         f"({r['outputs_differing']} differ) |",
         f"| nodes killed and restarted / frozen and resumed | {r['kills_and_restarts']} / {r['freezes']} |",
         f"| streams in flight on the ring when a fault hit | {sum(f['in_flight'] for f in faults)} in all |",
-        f"| longest pause between two stream events | {s(r['longest_pause_s'])} |",
+        f"| longest pause between two stream events | {s(r['longest_pause_s'])} "
+        f"(it ended at {s(r.get('longest_pause_ended_s'))}) |",
         f"| longest wait for a first event (503 retries included) | {s(r['longest_first_chunk_s'])} |",
         f'| 503 "not ready" answers retried at admission | {r["retries_503"]} |',
         f"| tokens streamed, aggregate | {r['tokens']} ({r['aggregate_tps']:.1f} tok/s) |",
