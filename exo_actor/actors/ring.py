@@ -55,7 +55,9 @@ class RemoteRing:
     ) -> None:
         self.net, self.loop, self.plan, self.nodes = net, loop, plan, list(nodes)
         self.step_timeout = step_timeout
-        self.pending: dict[str, asyncio.Future[np.ndarray]] = {}
+        # request -> (start of the pass in flight, its answer). An answer whose position differs is a
+        # late one for an earlier pass (a frozen node resumed after the request moved on): dropped.
+        self.pending: dict[str, tuple[int, asyncio.Future[np.ndarray]]] = {}
         self.broken: str | None = None
         self.last_pos: dict[str, int] = {}  # request -> start of its latest pass (for Truncate)
         self.adopting: dict[
@@ -64,20 +66,31 @@ class RemoteRing:
 
     # called on the event loop ------------------------------------------------------------
     def on_logits(self, msg: Logits) -> None:
-        fut = self.pending.pop(msg.rid, None)
-        if fut is not None and not fut.done():
+        fut = self._take(msg.rid, msg.pos)
+        if fut is not None:
             fut.set_result(np.array(msg.data))  # copy out of the receive buffer
 
     def on_logits_batch(self, msg: LogitsBatch) -> None:
-        for i, rid in enumerate(msg.rids):
-            fut = self.pending.pop(rid, None)
-            if fut is not None and not fut.done():
+        for i, (rid, pos) in enumerate(zip(msg.rids, msg.positions)):
+            fut = self._take(rid, pos)
+            if fut is not None:
                 fut.set_result(np.array(msg.data[i : i + 1]))
 
     def on_failure(self, msg: Failure) -> None:
-        fut = self.pending.pop(msg.rid, None)
-        if fut is not None and not fut.done():
+        fut = self._take(msg.rid, None)
+        if fut is not None:
             fut.set_exception(RingError(f"node {msg.src}: {msg.message}", msg.code))
+
+    def _take(self, rid: str, pos: int | None) -> asyncio.Future[np.ndarray] | None:
+        """The pass in flight that an answer for (rid, pos) completes, or None: no pass of rid is in
+        flight, or the answer is for an earlier pass (pos differs; a Failure carries no position)."""
+        entry = self.pending.get(rid)
+        if entry is None or (pos is not None and entry[0] != pos):
+            if entry is not None:
+                log.debug("dropped a late answer for %s at %s (waiting for %s)", rid, pos, entry[0])
+            return None
+        del self.pending[rid]
+        return None if entry[1].done() else entry[1]
 
     def node_down(self, node_id: str) -> None:
         if node_id in self.nodes:
@@ -86,7 +99,7 @@ class RemoteRing:
     def fail_all(self, reason: str) -> None:
         """End every step in flight, and refuse new ones, with `reason`."""
         self.broken = reason
-        for rid, fut in list(self.pending.items()):
+        for rid, (_, fut) in list(self.pending.items()):
             if not fut.done():
                 fut.set_exception(RingError(reason))
             self.pending.pop(rid, None)
@@ -96,7 +109,8 @@ class RemoteRing:
             raise RingError(self.broken)
         me = self.net.node_id
         src, length = self.adopting.pop(rid, ("", 0))
-        futs = self._send(Forward(rid, me, me, self.plan, start_pos, num_logits, tokens, src, length), [rid])
+        msg = Forward(rid, me, me, self.plan, start_pos, num_logits, tokens, src, length)
+        futs = self._send(msg, [rid], [start_pos])
         return await self._answer(rid, futs[0])
 
     async def _batch(self, passes: Sequence[Pass]) -> list[np.ndarray | BaseException]:
@@ -125,7 +139,7 @@ class RemoteRing:
                 np.concatenate([np.asarray(passes[i].tokens, dtype=np.int64) for i in chunk]),
             )
             try:
-                futs = self._send(msg, rids)
+                futs = self._send(msg, rids, msg.positions)
             except RingError as exc:
                 futs = [self.loop.create_future() for _ in chunk]
                 for f in futs:
@@ -134,11 +148,13 @@ class RemoteRing:
                 waits[i] = self.loop.create_task(self._answer(rid, fut))
         return list(await asyncio.gather(*(waits[i] for i in range(len(passes))), return_exceptions=True))
 
-    def _send(self, msg: Forward | ForwardBatch, rids: list[str]) -> list[asyncio.Future[np.ndarray]]:
+    def _send(
+        self, msg: Forward | ForwardBatch, rids: list[str], positions: list[int]
+    ) -> list[asyncio.Future[np.ndarray]]:
         futs = []
-        for rid in rids:
+        for rid, pos in zip(rids, positions):
             fut: asyncio.Future[np.ndarray] = self.loop.create_future()
-            self.pending[rid] = fut
+            self.pending[rid] = (pos, fut)
             futs.append(fut)
         try:
             self.net.send(self.nodes[0], msg)

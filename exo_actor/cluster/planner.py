@@ -77,15 +77,24 @@ def agreed_members(nodes: Sequence[NodeCapacity], lost: Mapping[str, AbstractSet
 
     `lost` holds, per node, the nodes it reported it knew and has not heard from lately (a node that has
     not reported loses no one; a node not yet known is not lost, so a cluster forming does not split).
-    Nodes are taken in ring order (memory descending, then id) and each is kept if neither it nor any node
-    kept so far reports the other lost: every node with the same reports keeps the same nodes.
+    First, a node that more of the reporting nodes have lost than still hear it (counting its own vote)
+    is out: a dead node, which every survivor reports, never heads the ring while its last report lingers.
+    Then the rest are taken in ring order (memory descending, then id) and each is kept if neither it nor
+    any node kept so far reports the other lost: every node with the same reports keeps the same nodes.
     """
+    ids = {n.node_id for n in nodes}
 
     def apart(a: str, b: str) -> bool:
         return b in lost.get(a, ()) or a in lost.get(b, ())
 
+    def outvoted(node_id: str) -> bool:
+        reporters = [r for r in lost if r in ids and r != node_id]
+        losers = sum(node_id in lost[r] for r in reporters)
+        return losers > 1 + len(reporters) - losers  # its own vote counts for it
+
+    alive = [n for n in nodes if not outvoted(n.node_id)] or list(nodes)
     kept: list[NodeCapacity] = []
-    for n in ring_order(nodes):
+    for n in ring_order(alive):
         if not any(apart(n.node_id, k.node_id) for k in kept):
             kept.append(n)
     return kept

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from exo_actor.cluster.planner import (
     NO_SHARE,
     agreed_members,
+    ring_order,
     blas_threads_for,
     plan_cluster,
     plan_memory,
@@ -103,4 +104,22 @@ def test_agreed_members_never_lost_each_other_and_do_not_depend_on_order(lost):
         for b in ids:
             assert a == b or (b not in lost.get(a, ()) and a not in lost.get(b, ()))
     assert agreed_members(list(reversed(group)), lost) == kept
-    assert kept and kept[0].node_id == "n0"  # the first in ring order is always kept
+    assert kept  # never empty
+    ranked = [n.node_id for n in ring_order(group)]
+    if not any(n in lost.get(r, ()) for r in lost if r in NODE_IDS for n in NODE_IDS):
+        assert ids == ranked  # nobody lost anybody: everyone is kept
+
+
+def test_a_node_every_survivor_reports_lost_is_left_out_even_when_it_heads_the_ring():
+    """node0 died: n1 and n2 both lost it, while its last report (losing nobody) lingers. The survivors
+    form the ring; node0 does not head a ring of itself alone."""
+    group = nodes(4, 2, 2)  # ring order n0, n1, n2
+    lost = {"n0": set(), "n1": {"n0"}, "n2": {"n0"}}
+    assert [n.node_id for n in agreed_members(group, lost)] == ["n1", "n2"]
+    # one survivor's report alone is a cut link, not a death: n0 stays (it still heads the ring)
+    assert [n.node_id for n in agreed_members(group, {"n1": {"n0"}, "n2": set()})] == ["n0", "n2"]
+
+
+def test_two_nodes_that_lost_each_other_keep_the_first_in_ring_order():
+    group = nodes(4, 2)
+    assert [n.node_id for n in agreed_members(group, {"n0": {"n1"}, "n1": {"n0"}})] == ["n0"]
