@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 RAY_PLACEMENTS = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")  # Ray's placement group strategies
 DISCOVERY_MODES = ("manual", "udp")  # a peers list, or UDP beacons (transport/discovery.py)
+MAX_MICRO_BATCHES = 64  # a router's micro-batches in flight (each waits on its own pool thread)
 
 
 @dataclass
@@ -34,6 +35,7 @@ class NodeConfig:
     draft_tokens: int = 8  # longest draft (the adaptive length stays at or below it)
     adaptive_draft: bool = True  # pick the draft length from the measured acceptance rate and costs
     prefix_cache_mb: int = 512  # KV caches of finished requests kept for the next chat turn (0: off)
+    micro_batches: int = 0  # a ring's micro-batches in flight at once (0: as many as the ring has nodes)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -41,6 +43,12 @@ class NodeConfig:
         _check_int(self, "max_concurrent", 1)
         _check_int(self, "draft_tokens", 1, MAX_DRAFT_TOKENS)
         _check_int(self, "prefix_cache_mb", 0)
+        _check_int(self, "micro_batches", 0, MAX_MICRO_BATCHES)
+
+    def micro_batches_for(self, ring_nodes: int) -> int:
+        """Micro-batches a router keeps in flight on a ring of `ring_nodes` nodes: --micro-batches, or by
+        default one per node (each node then has one to compute while the others compute theirs)."""
+        return self.micro_batches or max(1, ring_nodes)
 
     def prefix_cache_tokens(self, args: ModelArgs) -> int:
         """The prefix cache budget in tokens: MB / the model's float32 KV bytes per token."""

@@ -37,8 +37,11 @@ def total_memory_bytes() -> int:
         return 0
 
 
-def start_router(config: NodeConfig, files: ModelFiles, pipeline: Any, speculation: Speculation | None) -> RouterActor:
-    """A started RouterActor driving `pipeline` with this node's limits and caches."""
+def start_router(
+    config: NodeConfig, files: ModelFiles, pipeline: Any, speculation: Speculation | None, micro_batches: int = 1
+) -> RouterActor:
+    """A started RouterActor driving `pipeline` with this node's limits and caches; `micro_batches` > 1
+    only for a pipeline that may run batches from several threads at once (a ring of nodes)."""
     router = RouterActor(
         pipeline,
         files.tokenizer,
@@ -46,6 +49,7 @@ def start_router(config: NodeConfig, files: ModelFiles, pipeline: Any, speculati
         config.max_concurrent,
         speculation,
         config.prefix_cache_tokens(files.args),
+        micro_batches,
     )
     router.start()
     return router

@@ -45,6 +45,43 @@ def test_greedy_through_any_gateway_equals_single_process(smollm2_ring, smollm2_
         assert r.json()["choices"][0]["message"]["content"] == expected
 
 
+QUESTIONS = [
+    "Name three colours.",
+    "What is the capital of France?",
+    "Count from one to five.",
+    "Give me a word that rhymes with cat.",
+    "What do bees make?",
+    "Say hello in Spanish.",
+    "What is two plus two?",
+    "Name a large animal.",
+]
+
+
+@pytest.mark.slow
+def test_eight_concurrent_requests_run_as_micro_batches_and_each_gets_its_single_process_text(
+    smollm2_ring, smollm2_greedy
+):
+    """The router keeps up to three micro-batches (one per ring node) in flight: with eight streams the
+    nodes compute at the same time, and every request still gets exactly its text alone in one process."""
+    url = smollm2_ring["urls"][0]
+    before = cluster_info(url)["rings"][0]["batching"]
+
+    async def ask(client: httpx.AsyncClient, question: str) -> str:
+        body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": question}], "max_tokens": 20}
+        r = await client.post(url + "/v1/chat/completions", json={**body, "temperature": 0}, timeout=180)
+        assert r.status_code == 200, r.text
+        return str(r.json()["choices"][0]["message"]["content"])
+
+    async def main() -> list[str]:
+        async with httpx.AsyncClient() as client:
+            return list(await asyncio.gather(*(ask(client, q) for q in QUESTIONS)))
+
+    assert asyncio.run(main()) == [smollm2_greedy(q, 20) for q in QUESTIONS]
+    after = cluster_info(url)["rings"][0]["batching"]
+    assert after["micro_batches"] == 3 and after["micro_batches_in_flight"] == 0, after
+    assert after["most_micro_batches_in_flight"] > 1, (before, after)
+
+
 @pytest.mark.slow
 def test_garbage_on_the_actor_port_is_dropped(smollm2_ring):
     port = smollm2_ring["ports"][1]

@@ -1,11 +1,18 @@
 """RouterActor: drives generation for many concurrent requests over one pipeline.
 
-Compute runs on one worker thread so the asyncio event loop (HTTP, heartbeats) never waits on it.
+Generation runs on one worker thread so the asyncio event loop (HTTP, heartbeats) never waits on it.
 The worker batches requests continuously (runtime/batching.py): each turn runs one batched pass holding the
 decode step of every running request plus a piece of any new prompt, so simultaneous requests all
 progress and share each pass over the weights; requests join and leave between turns. Results flow
 back to each request's asyncio queue. Cancelling a request (a client that went away) closes its
 generator at the worker's next turn, which frees its KV caches on every shard.
+
+On a ring of N nodes one batch in flight leaves N-1 nodes idle. With `micro_batches` K > 1 the worker
+splits the running requests into up to K micro-batches and keeps them all in flight at once (each waits
+for its answer on a pool thread; the worker goes on with the others): while shard 2 runs micro-batch A,
+shard 1 runs B (GPipe's micro-batches, Huang et al. 2019, applied to decode steps). A request belongs to
+at most one micro-batch in flight, so its passes still run one after another, and its output is exactly
+what one batch gives: every row of a batched pass is computed as if alone.
 """
 
 from __future__ import annotations
@@ -17,12 +24,13 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import ExoError
-from ..runtime.batching import MAX_ROWS, Pending, plan_turn
+from ..runtime.batching import MAX_ROWS, Pending, Piece, micro_batch, plan_turn
 from ..runtime.generation import Delta, Pipeline, Steps, generation
 from ..runtime.prefix_cache import PrefixCache
 from ..sampling import SamplingParams
@@ -58,6 +66,15 @@ class _Active:
     req: _Request
     gen: Steps
     pending: Pending | None = None  # the pass it waits on (None: between passes)
+
+
+@dataclass
+class _Batch:
+    """A micro-batch: the pieces one turn runs, the requests they belong to, and (once back) the results."""
+
+    pieces: list[Piece]
+    waiting: list[tuple[_Active, Pending]]
+    results: list[np.ndarray | Exception] = field(default_factory=list)
 
 
 class GenerationStream:
@@ -101,19 +118,31 @@ class RouterActor:
         max_concurrent: int = 8,
         speculation: Speculation | None = None,
         prefix_cache_tokens: int = 0,
+        micro_batches: int = 1,
     ) -> None:
+        if micro_batches < 1:
+            raise ValueError(f"micro_batches must be at least 1, got {micro_batches}")
         self.pipeline, self.tokenizer, self.context_length = pipeline, tokenizer, context_length
+        # micro-batches in flight at once (1: one batch, run on the worker thread itself); more need a
+        # pipeline whose forward_batch may be called from several threads at once (RemoteRing, FailoverRing)
+        self.micro_batches = micro_batches
+        self.follow_ring = False  # set by the cluster when micro_batches is one per ring node (the default)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
         self.speculation = speculation
         # finished requests' KV caches kept for the next chat turn (used on the worker thread only)
         self.prefix = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
         self.max_concurrent = max_concurrent
-        self._inbox: queue.SimpleQueue[_Request | _ForgetPrefixes | None] = queue.SimpleQueue()
+        # new requests, commands, and micro-batches back from the pool
+        self._inbox: queue.SimpleQueue[_Request | _ForgetPrefixes | _Batch | None] = queue.SimpleQueue()
         self._in_flight: set[str] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.tokens_generated = 0
         self.passes = 0  # batched passes run (turns)
         self.batched_rows = 0  # request passes they carried: / passes = the mean batch size
+        self.flying = 0  # micro-batches in flight now
+        self.most_flying = 0  # ... and the most at once so far
         self._recent: list[tuple[float, int]] = []  # (time, tokens) of the last seconds, for tok/s
 
     @property
@@ -130,8 +159,11 @@ class RouterActor:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def ring_changed(self) -> None:
-        """The pipeline continues on another ring: the finished requests' caches kept as prefixes are gone."""
+    def ring_changed(self, nodes: int | None = None) -> None:
+        """The pipeline continues on another ring (of `nodes` nodes): the finished requests' caches kept as
+        prefixes are gone. A router that keeps one micro-batch per node follows the new ring's length."""
+        if nodes is not None and self.follow_ring:
+            self.micro_batches = max(1, nodes)
         self._inbox.put(_FORGET_PREFIXES)
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> GenerationStream:
@@ -172,10 +204,19 @@ class RouterActor:
         }
 
     def batching_info(self) -> dict[str, float]:
-        """Continuous batching so far: turns run, request passes they carried, and the mean per turn."""
+        """Continuous batching so far: turns run, request passes they carried, the mean per turn, and the
+        micro-batches in flight (allowed, now, the most at once)."""
         with self._lock:
             turns, rows = self.passes, self.batched_rows
-        return {"turns": turns, "rows": rows, "mean_rows_per_turn": round(rows / turns, 3) if turns else 0.0}
+            flying, most = self.flying, self.most_flying
+        return {
+            "turns": turns,
+            "rows": rows,
+            "mean_rows_per_turn": round(rows / turns, 3) if turns else 0.0,
+            "micro_batches": self.micro_batches,
+            "micro_batches_in_flight": flying,
+            "most_micro_batches_in_flight": most,
+        }
 
     def prefix_cache_info(self) -> dict[str, int] | None:
         """Entries, tokens kept, budget, hits, misses and reused tokens (None when disabled)."""
@@ -193,68 +234,124 @@ class RouterActor:
 
     def _run(self) -> None:
         active: dict[str, _Active] = {}  # in arrival order
+        busy: set[str] = set()  # requests with a pass in a micro-batch in flight
         turn = 0
         while True:
-            try:  # block only when idle
+            # block only when there is nothing to start: then a new request or a batch coming back wakes us
+            block = not any(a.pending is not None and rid not in busy for rid, a in active.items())
+            block = block or self.flying >= self.micro_batches
+            try:
                 while True:
-                    req = self._inbox.get(block=not active, timeout=None if not active else 0)
-                    if isinstance(req, _ForgetPrefixes):
+                    item = self._inbox.get(block=block)
+                    block = False
+                    if isinstance(item, _Batch):
+                        self._landed(item, active, busy)
+                        continue
+                    if isinstance(item, _ForgetPrefixes):
                         for rid in self.prefix.clear() if self.prefix is not None else []:
                             self.pipeline.free(rid)
                         continue
-                    if req is None:
-                        for a in active.values():
-                            a.gen.close()
-                            self._deliver(a.req, ExoError("the server is shutting down or re-planning; retry"))
-                            self._done(a.req.request_id)
+                    if item is None:
+                        self._shut(active)
                         return
-                    gen = generation(
-                        self.pipeline,
-                        self.tokenizer,
-                        req.prompt_ids,
-                        req.params,
-                        self.context_length,
-                        req.request_id,
-                        self.speculation,
-                        self.prefix,
-                    )
-                    a = active[req.request_id] = _Active(req, gen)
-                    self._advance(a, None, active)  # up to its first pass
+                    self._admit(item, active)
             except queue.Empty:
                 pass
             for rid, a in list(active.items()):
-                if a.req.cancelled.is_set():
+                if a.req.cancelled.is_set() and rid not in busy:  # a request in flight ends when it lands
                     a.gen.close()  # runs generation()'s finally: frees the caches
                     del active[rid]
-            if not active:
+            while self.flying < self.micro_batches:
+                batch = self._next_batch(active, busy, turn)
+                turn += 1
+                if batch is None:
+                    break
+                if self.micro_batches == 1:  # one batch: run it here, then look at the inbox again
+                    batch.results = self._forward(batch.pieces)
+                    self._landed(batch, active, busy, flew=False)
+                    break
+                busy.update(p.run.request_id for p in batch.pieces)
+                with self._lock:
+                    self.flying += 1
+                    self.most_flying = max(self.most_flying, self.flying)
+                self._submit(batch)
+
+    def _admit(self, req: _Request, active: dict[str, _Active]) -> None:
+        gen = generation(
+            self.pipeline,
+            self.tokenizer,
+            req.prompt_ids,
+            req.params,
+            self.context_length,
+            req.request_id,
+            self.speculation,
+            self.prefix,
+        )
+        a = active[req.request_id] = _Active(req, gen)
+        self._advance(a, None, active)  # up to its first pass
+
+    def _shut(self, active: dict[str, _Active]) -> None:
+        for a in active.values():
+            a.gen.close()
+            self._deliver(a.req, ExoError("the server is shutting down or re-planning; retry"))
+            self._done(a.req.request_id)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+    def _next_batch(self, active: dict[str, _Active], busy: set[str], turn: int) -> _Batch | None:
+        """The next micro-batch: the requests waiting on a pass and not in flight, up to their share
+        (runtime/batching.micro_batch); None when there is nothing to run."""
+        order = list(active.values())  # arrival order: prompts are prefilled first come, first served
+        if len(order) > MAX_ROWS:  # more than a turn holds: rotate, so that every request gets turns
+            k = turn % len(order)
+            order = order[k:] + order[:k]
+        waiting_all = [a for a in order if a.pending is not None]
+        free = [a for a in waiting_all if a.req.request_id not in busy]
+        chosen = free[: micro_batch(len(waiting_all), len(free), self.micro_batches)]
+        waiting = [(a, a.pending) for a in chosen if a.pending is not None]
+        pieces = plan_turn([pending for _, pending in waiting])
+        return _Batch(pieces, waiting) if pieces else None
+
+    def _forward(self, pieces: list[Piece]) -> list[np.ndarray | Exception]:
+        try:
+            return self.pipeline.forward_batch([p.run for p in pieces])
+        except Exception as exc:  # noqa: BLE001 - the whole batch failed: so did each of its requests
+            if not isinstance(exc, ExoError):
+                log.exception("batched pass failed")
+            return [exc] * len(pieces)
+
+    def _submit(self, batch: _Batch) -> None:
+        if self._pool is None or self._pool_size < self.micro_batches:  # first, or the ring grew
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)  # its batches in flight finish; it takes no more
+            self._pool_size = self.micro_batches
+            self._pool = ThreadPoolExecutor(self._pool_size, thread_name_prefix="exo-micro-batch")
+        self._pool.submit(self._fly, batch)
+
+    def _fly(self, batch: _Batch) -> None:
+        """On a pool thread: run a micro-batch and hand it back to the worker."""
+        batch.results = self._forward(batch.pieces)
+        self._inbox.put(batch)
+
+    def _landed(self, batch: _Batch, active: dict[str, _Active], busy: set[str], flew: bool = True) -> None:
+        """A micro-batch's results are in: advance each of its requests."""
+        with self._lock:
+            self.passes += 1
+            self.batched_rows += len(batch.pieces)
+            if flew:
+                self.flying -= 1
+        for piece, result in zip(batch.pieces, batch.results):
+            a, pending = batch.waiting[piece.index]
+            busy.discard(a.req.request_id)
+            if a.req.request_id not in active:
                 continue
-            order = list(active.values())  # arrival order: prompts are prefilled first come, first served
-            if len(order) > MAX_ROWS:  # more than a turn holds: rotate, so that every request gets turns
-                k = turn % len(order)
-                order = order[k:] + order[:k]
-            turn += 1
-            waiting = [(a, a.pending) for a in order if a.pending is not None]
-            pieces = plan_turn([pending for _, pending in waiting])
-            try:
-                results = self.pipeline.forward_batch([p.run for p in pieces])
-            except Exception as exc:  # noqa: BLE001 - the whole batch failed: so did each of its requests
-                if not isinstance(exc, ExoError):
-                    log.exception("batched pass failed")
-                results = [exc] * len(pieces)
-            with self._lock:
-                self.passes += 1
-                self.batched_rows += len(pieces)
-            for piece, result in zip(pieces, results):
-                a, pending = waiting[piece.index]
-                if a.req.request_id not in active:
-                    continue
-                if isinstance(result, Exception):
-                    self._fail(a, result, active)
-                elif piece.last:
-                    a.pending = None
-                    self._advance(a, result, active)
-                else:
-                    pending.done += len(piece.run.tokens)
+            if isinstance(result, Exception):
+                self._fail(a, result, active)
+            elif piece.last:
+                a.pending = None
+                self._advance(a, result, active)
+            else:
+                pending.done += len(piece.run.tokens)
 
     def _advance(self, a: _Active, logits: np.ndarray | None, active: dict[str, _Active]) -> None:
         """Resume a request's generation with the logits it waited for; deliver its text up to its

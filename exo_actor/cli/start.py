@@ -64,6 +64,13 @@ def _gateway_flags(start: argparse.ArgumentParser) -> None:
     start.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate (needs --tls-key)")
     start.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key, unencrypted")
     start.add_argument("--max-concurrent", type=positive_int, default=8, help="requests in flight (8); more get 429")
+    start.add_argument(
+        "--micro-batches",
+        type=non_negative_int,
+        default=0,
+        help="micro-batches of requests a ring keeps in flight at once, so that its nodes compute at the same "
+        "time (0, the default: one per ring node; 1: one batch at a time)",
+    )
     start.add_argument("--max-body-bytes", type=positive_int, default=4 << 20, help="largest request body (4 MiB)")
     start.add_argument(
         "--prefix-cache-mb",

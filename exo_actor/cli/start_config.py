@@ -66,7 +66,12 @@ def gateway_config(args: argparse.Namespace) -> GatewayConfig | None:
 
 def start_node_config(args: argparse.Namespace) -> NodeConfig:
     """The node: model, engine and speculation flags plus the ring's request limits."""
-    return node_config(args, max_concurrent=args.max_concurrent, prefix_cache_mb=args.prefix_cache_mb)
+    return node_config(
+        args,
+        max_concurrent=args.max_concurrent,
+        prefix_cache_mb=args.prefix_cache_mb,
+        micro_batches=args.micro_batches,
+    )
 
 
 def discovery_mode(args: argparse.Namespace) -> tuple[str, str]:

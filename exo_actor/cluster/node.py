@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ..actors.failover import FailoverRing
 from ..actors.ring import RemoteRing
 from ..actors.router import RouterActor
 from ..actors.shard import ShardActor, ShardRole
@@ -30,7 +31,6 @@ from ..engines import ENGINES, Engine, get_engine, limit_threads
 from ..errors import ExoError
 from ..node import ModelLoadingError, Node, NodeState, start_router, total_memory_bytes
 from ..partition import Assignment, NodeCapacity
-from ..runtime.generation import Pipeline
 from ..runtime.memory import release_freed_memory
 from ..speculative import Speculation
 from ..speculative.drafts import draft_bytes
@@ -377,9 +377,13 @@ class ClusterNode(Node):
         nodes = [a.node_id for a in ring_plan]
         return RemoteRing(self.net, asyncio.get_running_loop(), version, nodes, self.cluster.step_timeout)
 
-    def _start_router(self, pipeline: Pipeline) -> RouterActor:
+    def _start_router(self, pipeline: FailoverRing) -> RouterActor:
         assert self.files is not None
-        return start_router(self.config, self.files, pipeline, self._speculation())
+        ring = pipeline.ring
+        k = self.config.micro_batches_for(len(ring.nodes) if ring is not None else 1)
+        router = start_router(self.config, self.files, pipeline, self._speculation(), k)
+        router.follow_ring = not self.config.micro_batches  # one per ring node: follow the ring's length
+        return router
 
     def _speculation(self) -> Speculation | None:
         assert self.drafts is not None

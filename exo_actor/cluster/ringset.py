@@ -28,7 +28,7 @@ class RingSet:
         entry = self._routers.get(index)
         if entry is not None:
             entry[0].attach(ring)
-            entry[1].ring_changed()
+            entry[1].ring_changed(len(ring.nodes))
             return
         failover = FailoverRing(ring)
         self._routers[index] = (failover, start_router(failover))

@@ -73,3 +73,16 @@ def plan_turn(
         budget -= n
     pieces.sort(key=lambda piece: piece.index)
     return pieces
+
+
+def micro_batch(waiting: int, free: int, micro_batches: int) -> int:
+    """How many of the `free` requests (waiting on a pass, none in flight) the next micro-batch takes,
+    when `waiting` requests in all wait on passes and up to `micro_batches` may be in flight.
+
+    Each micro-batch takes its share, ceil(waiting / micro_batches), so that K batches of about equal
+    size circulate (a stream of equal batches keeps every shard of the ring equally busy); one batch
+    takes everyone.
+    """
+    if micro_batches <= 1:
+        return free
+    return min(free, max(1, -(-waiting // micro_batches)))
