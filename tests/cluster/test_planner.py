@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 from exo_actor.cluster.planner import (
     NO_SHARE,
     agreed_members,
-    ring_order,
     blas_threads_for,
     plan_cluster,
     plan_memory,
     plan_version,
+    ring_order,
 )
 from exo_actor.partition import Assignment, NodeCapacity
 
