@@ -225,7 +225,7 @@ class FailoverRing:
             source, length = req.adopt
             ring.adopt(source, req.wire, length)
             req.adopt = None
-        return Pass(req.wire, p.tokens, p.start_pos, p.num_logits)
+        return Pass(req.wire, p.tokens, p.start_pos, p.num_logits, p.sample)
 
     def _record(self, p: Pass) -> None:
         req = self._requests.get(p.request_id)

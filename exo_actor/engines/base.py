@@ -5,13 +5,16 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ..errors import ContextLengthError, ExoError
 from ..models.llama import ShardWeights
 from ..weights import ModelFiles
+
+if TYPE_CHECKING:
+    from ..sampling.decide import Sample
 
 
 class EngineUnavailableError(ExoError):
@@ -35,12 +38,14 @@ def require_module(module: str, extra: str) -> None:
 @dataclass(frozen=True, eq=False)
 class Pass:
     """One forward pass a request needs: token ids at positions [start_pos, start_pos + len(tokens)),
-    answered with the logits [num_logits, V] of the last positions."""
+    answered with the logits [num_logits, V] of the last positions. A pass that yields tokens carries
+    their Sample: a pipeline may answer it with the Decision instead (made where the logits are)."""
 
     request_id: str
     tokens: np.ndarray
     start_pos: int
     num_logits: int = 1
+    sample: Sample | None = None
 
 
 class ShardRunner(Protocol):

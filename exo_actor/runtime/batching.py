@@ -67,7 +67,11 @@ def plan_turn(
             continue
         last = n == left
         run = Pass(
-            todo.request_id, todo.tokens[p.done : p.done + n], todo.start_pos + p.done, todo.num_logits if last else 1
+            todo.request_id,
+            todo.tokens[p.done : p.done + n],
+            todo.start_pos + p.done,
+            todo.num_logits if last else 1,
+            todo.sample if last else None,  # a piece before the last yields no token
         )
         pieces.append(Piece(i, run, last))
         budget -= n

@@ -19,10 +19,33 @@ import numpy as np
 
 from ..engines import Pass, ShardRunner
 from ..errors import ContextLengthError
-from ..sampling import Sampler, SamplingParams, StopMatcher, filtered_probs
-from ..speculative import RateEstimate, Speculation, accept_drafts
+from ..sampling import SamplingParams, StopMatcher
+from ..sampling.decide import Decision, Sample, TokenLogprob, apply_penalties, token_logprob
+
+__all__ = [
+    "Delta",
+    "GenerationStats",
+    "Pipeline",
+    "TokenLogprob",
+    "apply_penalties",
+    "generate",
+    "generation",
+    "token_logprob",
+]
+from ..speculative import RateEstimate, Speculation
 from ..tokenizer import IncrementalDetokenizer, TextTokenizer
 from .prefix_cache import PrefixCache
+
+__all__ = [
+    "Delta",
+    "GenerationStats",
+    "Pipeline",
+    "TokenLogprob",
+    "apply_penalties",
+    "generate",
+    "generation",
+    "token_logprob",
+]
 
 PREFILL_CHUNK = 512  # prompt tokens per forward: bounds attention memory on long prompts
 
@@ -116,15 +139,6 @@ class GenerationStats:
         return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else 0.0
 
 
-@dataclass(frozen=True)
-class TokenLogprob:
-    """A generated token's log-probability and the most likely alternatives at its position."""
-
-    token_id: int
-    logprob: float
-    top: tuple[tuple[int, float], ...] = ()
-
-
 @dataclass
 class Delta:
     """A piece of generated text. The last one of a request has finish_reason set."""
@@ -134,21 +148,6 @@ class Delta:
     finish_reason: str | None = None  # "stop" (EOS or stop string) or "length"
     stats: GenerationStats | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
-
-
-def token_logprob(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
-    """log softmax(logits)[token] and the `top` most likely tokens with theirs."""
-    z = logits.astype(np.float64)
-    logp = z - (z.max() + np.log(np.exp(z - z.max()).sum()))
-    best = np.argpartition(-logp, top)[:top] if 0 < top < logp.size else np.arange(min(top, logp.size))
-    best = best[np.argsort(-logp[best], kind="stable")]
-    return TokenLogprob(token, float(logp[token]), tuple((int(i), float(logp[i])) for i in best))
-
-
-def apply_penalties(logits: np.ndarray, counts: np.ndarray, params: SamplingParams) -> np.ndarray:
-    """OpenAI's presence/frequency penalties over the tokens generated so far."""
-    penalty = params.frequency_penalty * counts + params.presence_penalty * (counts > 0)
-    return logits - penalty.astype(np.float32)
 
 
 def generate(
@@ -178,7 +177,7 @@ def generate(
         steps.close()
 
 
-Steps = Generator["Pass | Delta", "np.ndarray | None", None]
+Steps = Generator["Pass | Delta", "np.ndarray | Decision | None", None]
 
 
 def generation(
@@ -225,12 +224,12 @@ def generation(
         item = next(tokens)
         while True:
             if isinstance(item, Pass):  # hand the pass to whoever runs them, the logits back down
-                logits = yield item
-                assert logits is not None, "a Pass is answered with its logits"
-                item = tokens.send(logits)
+                answer = yield item
+                assert answer is not None, "a Pass is answered with its logits or its Decision"
+                item = tokens.send(answer)
                 continue
-            token, row = item
-            lp = [token_logprob(row, token, params.logprobs)] if params.logprobs is not None else []
+            token, logprob = item
+            lp = [logprob] if logprob is not None else []
             now = time.perf_counter()
             if step == 0:
                 stats.time_to_first_token = now - t0
@@ -276,32 +275,29 @@ def _tokens(
     stats: GenerationStats,
     spec: Speculation | None,
     cached: int = 0,
-) -> Generator[Pass | tuple[int, np.ndarray], np.ndarray, None]:
-    """(token, the logits row it was chosen from) for each generated token, computed lazily: the
-    pass for the next token is yielded (and its logits awaited) only when the caller asks for it."""
-    sampler = Sampler(params)
+) -> Generator[Pass | tuple[int, TokenLogprob | None], np.ndarray | Decision | None, None]:
+    """(token, its logprob when asked for) for each generated token, computed lazily: the pass for the
+    next token is yielded (and its answer awaited) only when the caller asks for it. A pass that yields
+    tokens carries a Sample: whoever runs it may decide the tokens where the logits are (the ring's last
+    shard) and answer with the Decision, or answer with the logits and the decision is made here."""
+    rng = None if params.greedy else np.random.default_rng(params.seed)
+    counts: dict[int, int] | None = {} if params.penalized else None
     prompt = np.asarray(context, dtype=np.int64)
-    for start in range(cached, len(prompt), PREFILL_CHUNK):  # positions < cached: the prefix cache
-        logits = yield Pass(rid, prompt[start : start + PREFILL_CHUNK], start)
-    counts = np.zeros(logits.shape[-1], dtype=np.float32) if params.penalized else None
-
-    def penalized(row: np.ndarray, extra: Sequence[int] = ()) -> np.ndarray:
-        if counts is None:
-            return row
-        c = counts.copy()
-        for t in extra:
-            c[t] += 1
-        return apply_penalties(row, c, params)
+    starts = list(range(cached, len(prompt), PREFILL_CHUNK))  # positions < cached: the prefix cache
+    for start in starts[:-1]:
+        yield Pass(rid, prompt[start : start + PREFILL_CHUNK], start)
+    sample = Sample(params, (), _copy(counts), None, rng)
+    decision = _decided((yield Pass(rid, prompt[starts[-1] :], starts[-1], 1, sample)), sample)
+    vocab = decision.vocab
 
     def emit(token: int) -> None:
         context.append(token)
         if counts is not None:
-            counts[token] += 1
+            counts[token] = counts.get(token, 0) + 1
 
-    row = penalized(logits[-1])
-    token = sampler.sample(row)
+    token = decision.tokens[0]
     emit(token)
-    yield token, row
+    yield token, decision.logprobs[0] if decision.logprobs else None
     pos = len(prompt)  # positions cached on the pipeline; `token` at `pos` is not yet
     draft_rng = np.random.default_rng(None if params.seed is None else [params.seed, 1])
     rate = RateEstimate.starting_at(spec.rate_prior) if spec is not None else None
@@ -326,28 +322,19 @@ def _tokens(
             if n > 0:
                 t = time.perf_counter()
                 proposal = spec.drafter.propose(rid, context, n, params, draft_rng)
-                drafted, q = _usable(proposal.tokens[:n], proposal.q, logits.shape[-1])
+                drafted, q = _usable(proposal.tokens[:n], proposal.q, vocab)
                 draft_time = time.perf_counter() - t
         block = np.array([token, *drafted], dtype=np.int64)
+        sample = Sample(params, tuple(drafted), _copy(counts), q, rng)
         t = time.perf_counter()
-        logits = yield Pass(rid, block, pos, len(block))
+        decision = _decided((yield Pass(rid, block, pos, len(block), sample)), sample)
         pass_time = time.perf_counter() - t
         stats.decode_passes += 1
         if not drafted:
             idle += 1
-            row = penalized(logits[-1])
-            token = sampler.sample(row)
-            out = [(token, row)]
         else:
             idle = 0
-            rows = [penalized(logits[i], drafted[:i]) for i in range(len(block))]
-            p = np.stack([filtered_probs(r, params) for r in rows])
-            if params.greedy:
-                k, token = accept_drafts(p, None if q is None else q[: len(drafted)], drafted, lambda: 0.0, _argmax)
-            else:
-                qd = None if q is None else q[: len(drafted)]
-                k, token = accept_drafts(p, qd, drafted, sampler.rng.random, sampler.draw)
-            out = [(d, rows[i]) for i, d in enumerate(drafted[:k])] + [(token, rows[k])]
+            k = decision.accepted
             pipeline.truncate(rid, pos + 1 + k)  # drop the rejected drafts' KV on every shard
             stats.draft_tokens += len(drafted)
             stats.accepted_tokens += k
@@ -356,11 +343,26 @@ def _tokens(
             spec.record_draft(len(drafted), k, draft_time if drafted_before else None)
             drafted_before = True
         if spec is not None:
-            spec.record_pass(len(block), pass_time, len(out))
-        pos += len(out)
-        for tok, r in out:
+            spec.record_pass(len(block), pass_time, len(decision.tokens))
+        pos += len(decision.tokens)
+        for i, tok in enumerate(decision.tokens):
+            token = tok
             emit(tok)
-            yield tok, r
+            yield tok, decision.logprobs[i] if decision.logprobs else None
+
+
+def _decided(answer: np.ndarray | Decision | None, sample: Sample) -> Decision:
+    """The tokens of a pass from its answer: a Decision made where the logits were, or the logits."""
+    if isinstance(answer, Decision):
+        if len(answer.tokens) != answer.accepted + 1 or answer.accepted > len(sample.drafts):
+            raise ValueError(f"a decision of {len(answer.tokens)} tokens for {len(sample.drafts)} drafts")
+        return sample.adopt(answer)
+    assert answer is not None, "a Pass is answered with its logits or its Decision"
+    return sample.decide(answer)
+
+
+def _copy(counts: dict[int, int] | None) -> dict[int, int] | None:
+    return None if counts is None else dict(counts)
 
 
 def _usable(tokens: list[int], q: np.ndarray | None, vocab: int) -> tuple[list[int], np.ndarray | None]:
@@ -370,7 +372,3 @@ def _usable(tokens: list[int], q: np.ndarray | None, vocab: int) -> tuple[list[i
         return [], None
     good = next((i for i, t in enumerate(tokens) if not 0 <= t < vocab), len(tokens))
     return tokens[:good], q
-
-
-def _argmax(p: np.ndarray) -> int:
-    return int(np.argmax(p))

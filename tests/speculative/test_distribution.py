@@ -134,5 +134,5 @@ def test_a_rule_that_accepts_every_draft_fails_it(models, monkeypatch):
     def accept_all(p, q, drafted, uniform, draw):
         return len(drafted), draw(p[len(drafted)])
 
-    monkeypatch.setattr("exo_actor.runtime.generation.accept_drafts", accept_all)
+    monkeypatch.setattr("exo_actor.sampling.decide.accept_drafts", accept_all)
     assert chi_square(sample(target, _speculation(draft)), law, RUNS) > CHI2_999_DF80
