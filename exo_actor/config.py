@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 RAY_PLACEMENTS = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")  # Ray's placement group strategies
 DISCOVERY_MODES = ("manual", "udp")  # a peers list, or UDP beacons (transport/discovery.py)
+SAMPLE_ON = ("last-shard", "router")  # where a ring chooses a pass's tokens (actors/sampling_wire.py)
 MAX_MICRO_BATCHES = 64  # a router's micro-batches in flight (each waits on its own pool thread)
 
 
@@ -36,6 +37,7 @@ class NodeConfig:
     adaptive_draft: bool = True  # pick the draft length from the measured acceptance rate and costs
     prefix_cache_mb: int = 512  # KV caches of finished requests kept for the next chat turn (0: off)
     micro_batches: int = 0  # a ring's micro-batches in flight at once (0: as many as the ring has nodes)
+    sample_on: str = "last-shard"  # where a ring pass's tokens are chosen: last-shard, or router (logits come back)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -44,6 +46,8 @@ class NodeConfig:
         _check_int(self, "draft_tokens", 1, MAX_DRAFT_TOKENS)
         _check_int(self, "prefix_cache_mb", 0)
         _check_int(self, "micro_batches", 0, MAX_MICRO_BATCHES)
+        if self.sample_on not in SAMPLE_ON:
+            _fail(self, "sample_on", f"must be one of {', '.join(SAMPLE_ON)}, got {self.sample_on!r}")
 
     def micro_batches_for(self, ring_nodes: int) -> int:
         """Micro-batches a router keeps in flight on a ring of `ring_nodes` nodes: --micro-batches, or by

@@ -154,6 +154,11 @@ class Node:
         """Malformed messages this node's actor socket received (none without a network)."""
         return 0
 
+    def messages_received(self) -> dict[str, tuple[int, int]]:
+        """Per message kind, the messages this node's actor socket received and their bytes (none without
+        a network)."""
+        return {}
+
     @property
     def beacons_rejected(self) -> int:
         """Discovery beacons dropped for a missing or wrong signature (none without discovery)."""

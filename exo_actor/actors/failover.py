@@ -28,7 +28,7 @@ import numpy as np
 
 from ..engines import Pass
 from ..runtime.generation import PREFILL_CHUNK
-from .ring import CACHE_LOST, RemoteRing, RingError
+from .ring import CACHE_LOST, Answer, RemoteRing, RingError
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,11 @@ class FailoverRing:
         result = self.forward_batch([Pass(request_id, np.asarray(tokens, dtype=np.int64), start_pos, num_logits)])[0]
         if isinstance(result, Exception):
             raise result
+        assert isinstance(result, np.ndarray)  # a Pass without a Sample is answered with its logits
         return result
 
-    def forward_batch(self, passes: Sequence[Pass]) -> list[np.ndarray | Exception]:
-        results: list[np.ndarray | Exception | None] = [None] * len(passes)
+    def forward_batch(self, passes: Sequence[Pass]) -> list[Answer | Exception]:
+        results: list[Answer | Exception | None] = [None] * len(passes)
         todo = list(range(len(passes)))
         deadline = time.monotonic() + self.wait
         failed_on, retry_at = 0, 0.0  # the ring passes last failed on, and when it may be tried again
@@ -177,7 +178,7 @@ class FailoverRing:
         failed_on: int,
         retry_at: float,
         todo: list[int],
-        results: list[np.ndarray | Exception | None],
+        results: list[Answer | Exception | None],
     ) -> tuple[RemoteRing | None, int]:
         """The ring to run on: the next plan's, or the one that just failed once `retry_at` has passed; waits
         while there is none. None when waiting is over (the waiting passes then get the reason)."""

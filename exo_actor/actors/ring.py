@@ -2,7 +2,9 @@
 
 forward() is called on the RouterActor's compute thread and blocks until the last shard's Logits
 arrive (or a Failure, or a ring node goes silent: then it raises RingError at once, so a request on
-a broken ring ends within the heartbeat timeout).
+a broken ring ends within the heartbeat timeout). A pass that carries a portable Sample travels with its
+sampling state and is answered with the tokens it yields (Sampled: a few ids instead of the logits
+rows), unless `shard_sampling` is off.
 """
 
 from __future__ import annotations
@@ -15,8 +17,21 @@ import numpy as np
 
 from ..engines import Pass
 from ..errors import ExoError
-from ..transport.messages import MAX_LIST, Failure, Forward, ForwardBatch, Free, Logits, LogitsBatch, Truncate
+from ..sampling.decide import Decision
+from ..transport.messages import (
+    MAX_LIST,
+    Failure,
+    Forward,
+    ForwardBatch,
+    Free,
+    Logits,
+    LogitsBatch,
+    Sampled,
+    SampleSpec,
+    Truncate,
+)
 from ..transport.peers import PeerNetwork, UnknownPeerError
+from .sampling_wire import decision_of, spec_of
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +64,25 @@ class RingError(ExoError):
         return type(self), (str(self), self.code)
 
 
+Answer = np.ndarray | Decision  # a pass's logits, or the tokens the last shard chose
+
+
 class RemoteRing:
     def __init__(
-        self, net: PeerNetwork, loop: asyncio.AbstractEventLoop, plan: int, nodes: Sequence[str], step_timeout: float
+        self,
+        net: PeerNetwork,
+        loop: asyncio.AbstractEventLoop,
+        plan: int,
+        nodes: Sequence[str],
+        step_timeout: float,
+        shard_sampling: bool = True,
     ) -> None:
         self.net, self.loop, self.plan, self.nodes = net, loop, plan, list(nodes)
         self.step_timeout = step_timeout
+        self.shard_sampling = shard_sampling  # the last shard chooses the tokens of passes that carry a Sample
         # request -> (start of the pass in flight, its answer). An answer whose position differs is a
         # late one for an earlier pass (a frozen node resumed after the request moved on): dropped.
-        self.pending: dict[str, tuple[int, asyncio.Future[np.ndarray]]] = {}
+        self.pending: dict[str, tuple[int, asyncio.Future[Answer]]] = {}
         self.broken: str | None = None
         self.last_pos: dict[str, int] = {}  # request -> start of its latest pass (for Truncate)
         self.adopting: dict[
@@ -76,12 +101,18 @@ class RemoteRing:
             if fut is not None:
                 fut.set_result(np.array(msg.data[i : i + 1]))
 
+    def on_sampled(self, msg: Sampled) -> None:
+        for rid, pos, choice in zip(msg.rids, msg.positions, msg.choices):
+            fut = self._take(rid, pos)
+            if fut is not None:
+                fut.set_result(decision_of(choice))
+
     def on_failure(self, msg: Failure) -> None:
         fut = self._take(msg.rid, None)
         if fut is not None:
             fut.set_exception(RingError(f"node {msg.src}: {msg.message}", msg.code))
 
-    def _take(self, rid: str, pos: int | None) -> asyncio.Future[np.ndarray] | None:
+    def _take(self, rid: str, pos: int | None) -> asyncio.Future[Answer] | None:
         """The pass in flight that an answer for (rid, pos) completes, or None: no pass of rid is in
         flight, or the answer is for an earlier pass (pos differs; a Failure carries no position)."""
         entry = self.pending.get(rid)
@@ -104,28 +135,36 @@ class RemoteRing:
                 fut.set_exception(RingError(reason))
             self.pending.pop(rid, None)
 
-    async def _step(self, rid: str, tokens: np.ndarray, start_pos: int, num_logits: int) -> np.ndarray:
+    def _spec(self, p: Pass) -> SampleSpec | None:
+        """The sampling state a pass carries to the last shard (None: its logits come back)."""
+        return spec_of(p.sample) if self.shard_sampling and p.sample is not None and p.sample.portable else None
+
+    async def _step(self, p: Pass) -> Answer:
         if self.broken:
             raise RingError(self.broken)
-        me = self.net.node_id
+        me, rid, start_pos = self.net.node_id, p.request_id, p.start_pos
         src, length = self.adopting.pop(rid, ("", 0))
-        msg = Forward(rid, me, me, self.plan, start_pos, num_logits, tokens, src, length)
+        spec = self._spec(p)
+        tokens = np.asarray(p.tokens, dtype=np.int64)
+        msg = Forward(rid, me, me, self.plan, start_pos, p.num_logits, tokens, src, length, [spec] if spec else [])
         futs = self._send(msg, [rid], [start_pos])
         return await self._answer(rid, futs[0])
 
-    async def _batch(self, passes: Sequence[Pass]) -> list[np.ndarray | BaseException]:
-        """Decode steps go as ForwardBatch messages of up to MAX_LIST rows, any longer pass as its own
-        Forward; all travel the ring at once."""
+    async def _batch(self, passes: Sequence[Pass]) -> list[Answer | BaseException]:
+        """Decode steps go as ForwardBatch messages of up to MAX_LIST rows (those sampled on the last shard
+        apart from those whose logits come back), any longer pass as its own Forward; all travel the ring
+        at once."""
         if self.broken:
             raise RingError(self.broken)
         me = self.net.node_id
-        waits: dict[int, asyncio.Future[np.ndarray]] = {}  # pass index -> its answer (a Task is a Future)
-        rows = [i for i, p in enumerate(passes) if len(p.tokens) == 1 and p.num_logits == 1]
+        waits: dict[int, asyncio.Future[Answer]] = {}  # pass index -> its answer (a Task is a Future)
+        specs = [self._spec(p) for p in passes]
+        single = [i for i, p in enumerate(passes) if len(p.tokens) == 1 and p.num_logits == 1]
         for i, p in enumerate(passes):
-            if i not in rows:
-                waits[i] = self.loop.create_task(self._step(p.request_id, p.tokens, p.start_pos, p.num_logits))
-        for k in range(0, len(rows), MAX_LIST):
-            chunk = rows[k : k + MAX_LIST]
+            if i not in single:
+                waits[i] = self.loop.create_task(self._step(p))
+        groups = [[i for i in single if specs[i] is not None], [i for i in single if specs[i] is None]]
+        for chunk in (group[k : k + MAX_LIST] for group in groups for k in range(0, len(group), MAX_LIST)):
             rids = [passes[i].request_id for i in chunk]
             adopting = [self.adopting.pop(rid, ("", 0)) for rid in rids]
             msg = ForwardBatch(
@@ -137,6 +176,7 @@ class RemoteRing:
                 [a[0] for a in adopting],
                 [a[1] for a in adopting],
                 np.concatenate([np.asarray(passes[i].tokens, dtype=np.int64) for i in chunk]),
+                [s for i in chunk if (s := specs[i]) is not None],
             )
             try:
                 futs = self._send(msg, rids, msg.positions)
@@ -148,12 +188,10 @@ class RemoteRing:
                 waits[i] = self.loop.create_task(self._answer(rid, fut))
         return list(await asyncio.gather(*(waits[i] for i in range(len(passes))), return_exceptions=True))
 
-    def _send(
-        self, msg: Forward | ForwardBatch, rids: list[str], positions: list[int]
-    ) -> list[asyncio.Future[np.ndarray]]:
+    def _send(self, msg: Forward | ForwardBatch, rids: list[str], positions: list[int]) -> list[asyncio.Future[Answer]]:
         futs = []
         for rid, pos in zip(rids, positions):
-            fut: asyncio.Future[np.ndarray] = self.loop.create_future()
+            fut: asyncio.Future[Answer] = self.loop.create_future()
             self.pending[rid] = (pos, fut)
             futs.append(fut)
         try:
@@ -164,7 +202,7 @@ class RemoteRing:
             raise RingError(f"node {self.nodes[0]} left the cluster") from None
         return futs
 
-    async def _answer(self, rid: str, fut: asyncio.Future[np.ndarray]) -> np.ndarray:
+    async def _answer(self, rid: str, fut: asyncio.Future[Answer]) -> Answer:
         try:
             return await asyncio.wait_for(fut, self.step_timeout)
         except TimeoutError:
@@ -173,17 +211,19 @@ class RemoteRing:
 
     # the Pipeline protocol, called on the RouterActor's thread ------------------------------------
     def forward(self, request_id: str, tokens: np.ndarray, start_pos: int, num_logits: int = 1) -> np.ndarray:
-        tokens = np.asarray(tokens, dtype=np.int64)
         self.last_pos[request_id] = start_pos
-        fut = asyncio.run_coroutine_threadsafe(self._step(request_id, tokens, start_pos, num_logits), self.loop)
-        return fut.result(self.step_timeout + 5)
+        p = Pass(request_id, np.asarray(tokens, dtype=np.int64), start_pos, num_logits)  # no Sample: logits
+        fut = asyncio.run_coroutine_threadsafe(self._step(p), self.loop)
+        out = fut.result(self.step_timeout + 5)
+        assert isinstance(out, np.ndarray)
+        return out
 
-    def forward_batch(self, passes: Sequence[Pass]) -> list[np.ndarray | Exception]:
+    def forward_batch(self, passes: Sequence[Pass]) -> list[Answer | Exception]:
         for p in passes:
             self.last_pos[p.request_id] = p.start_pos
         fut = asyncio.run_coroutine_threadsafe(self._batch(passes), self.loop)
         results = fut.result(self.step_timeout + 5)
-        return [r if isinstance(r, (np.ndarray, Exception)) else RingError(str(r)) for r in results]
+        return [r if isinstance(r, (np.ndarray, Decision, Exception)) else RingError(str(r)) for r in results]
 
     def truncate(self, request_id: str, length: int) -> None:
         msg = Truncate(request_id, self.net.node_id, length, self.last_pos.get(request_id, 0))

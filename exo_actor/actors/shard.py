@@ -1,7 +1,8 @@
 """ShardActor: runs this node's layer range for every request that reaches it.
 
 Forward in -> compute on the node's compute thread -> Forward to the next node, or, on the last
-shard, Logits back to the request's router. Free drops a request's caches. A Forward for another
+shard, back to the request's router: the tokens the pass yields (Sampled: the pass carried the request's
+sampling state, actors/sampling_wire.py) or its Logits. Free drops a request's caches. A Forward for another
 plan version is refused with a Failure, so no request ever mixes two layer plans.
 """
 
@@ -18,8 +19,20 @@ import numpy as np
 from ..engines import Pass, ShardRunner
 from ..engines.base import CachePositionError
 from ..errors import ExoError
-from ..transport.messages import Failure, Forward, ForwardBatch, Free, Logits, LogitsBatch, Truncate
+from ..transport.messages import (
+    Choice,
+    Failure,
+    Forward,
+    ForwardBatch,
+    Free,
+    Logits,
+    LogitsBatch,
+    Sampled,
+    SampleSpec,
+    Truncate,
+)
 from ..transport.peers import PeerNetwork, UnknownPeerError
+from .sampling_wire import choose
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +72,7 @@ class ShardActor:
         self.last_pos[msg.rid] = msg.pos
         self.routers[msg.rid] = msg.router
         try:
-            out = await loop.run_in_executor(self.compute, self._run, role.runner, msg)
+            out = await loop.run_in_executor(self.compute, self._run, role.runner, msg, role.next_node is None)
         except ExoError as exc:
             self._fail(msg, _code(exc), str(exc))
             return
@@ -68,7 +81,9 @@ class ShardActor:
             self._fail(msg, "shard_error", f"{type(exc).__name__}: {exc}")
             return
         try:
-            if role.next_node is None:
+            if isinstance(out, Choice):
+                self.net.send(msg.router, Sampled(self.net.node_id, [msg.rid], [msg.pos], [out]))
+            elif role.next_node is None:
                 self.net.send(msg.router, Logits(msg.rid, self.net.node_id, msg.pos, np.asarray(out, np.float32)))
             else:
                 self.net.send(
@@ -83,6 +98,7 @@ class ShardActor:
                         np.asarray(out, np.float32),
                         msg.adopt,
                         msg.adopt_len,
+                        msg.sample,
                     ),
                 )
         except UnknownPeerError as exc:
@@ -92,9 +108,11 @@ class ShardActor:
             self._fail(msg, "shard_error", f"{type(exc).__name__}: {exc}")
 
     @staticmethod
-    def _run(runner: ShardRunner, msg: Forward) -> np.ndarray:
+    def _run(runner: ShardRunner, msg: Forward, last: bool) -> np.ndarray | Choice:
+        """The pass through this shard's layers; on the last shard of a sampled pass, its tokens."""
         _adopt(runner, msg.rid, msg.adopt, msg.adopt_len)
-        return runner.forward(msg.rid, msg.data, msg.pos, msg.num_logits)
+        out = runner.forward(msg.rid, msg.data, msg.pos, msg.num_logits)
+        return choose(out, msg.sample[0]) if last and msg.sample else out
 
     async def on_forward_batch(self, msg: ForwardBatch) -> None:
         """Decode steps of several requests: one batched pass, rows failing alone."""
@@ -113,7 +131,8 @@ class ShardActor:
             return
         loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(self.compute, self._run_batch, role.runner, msg, rows)
+            last = role.next_node is None
+            results = await loop.run_in_executor(self.compute, self._run_batch, role.runner, msg, rows, last)
         except Exception as exc:  # noqa: BLE001 - reported to the routers, the actor lives on
             log.exception("shard failed on a batch of %d requests", len(rows))
             for i in rows:
@@ -121,24 +140,32 @@ class ShardActor:
             return
         ok: list[int] = []
         outs: list[np.ndarray] = []
+        choices: list[Choice] = []
         for i, out in zip(rows, results):
             if isinstance(out, Exception):
                 self._fail_row(msg.router, msg.rids[i], _code(out), str(out))
             else:
                 ok.append(i)
-                outs.append(np.asarray(out, np.float32))
+                if isinstance(out, Choice):
+                    choices.append(out)
+                else:
+                    outs.append(np.asarray(out, np.float32))
         if not ok:
             return
-        data = np.concatenate(outs)
         rids, positions = [msg.rids[i] for i in ok], [msg.positions[i] for i in ok]
         me = self.net.node_id
         try:
-            if role.next_node is None:
-                self.net.send(msg.router, LogitsBatch(me, rids, positions, data))
+            if choices:
+                self.net.send(msg.router, Sampled(me, rids, positions, choices))
+            elif role.next_node is None:
+                self.net.send(msg.router, LogitsBatch(me, rids, positions, np.concatenate(outs)))
             else:
                 adopt, adopt_len = [msg.adopt[i] for i in ok], [msg.adopt_len[i] for i in ok]
+                samples = [msg.samples[i] for i in ok] if msg.samples else []
+                data = np.concatenate(outs)
                 self.net.send(
-                    role.next_node, ForwardBatch(me, msg.router, msg.plan, rids, positions, adopt, adopt_len, data)
+                    role.next_node,
+                    ForwardBatch(me, msg.router, msg.plan, rids, positions, adopt, adopt_len, data, samples),
                 )
         except UnknownPeerError as exc:
             for rid in rids:
@@ -149,7 +176,9 @@ class ShardActor:
                 self._fail_row(msg.router, rid, "shard_error", f"{type(exc).__name__}: {exc}")
 
     @staticmethod
-    def _run_batch(runner: ShardRunner, msg: ForwardBatch, rows: list[int]) -> list[np.ndarray | Exception]:
+    def _run_batch(
+        runner: ShardRunner, msg: ForwardBatch, rows: list[int], last: bool
+    ) -> list[np.ndarray | Choice | Exception]:
         passes: list[Pass] = []
         results: dict[int, Exception] = {}
         for k, i in enumerate(rows):
@@ -160,7 +189,12 @@ class ShardActor:
                 continue
             passes.append(Pass(msg.rids[i], msg.data[i : i + 1], msg.positions[i]))
         outs = iter(runner.forward_batch(passes))
-        return [results[k] if k in results else next(outs) for k in range(len(rows))]
+        done: list[np.ndarray | Choice | Exception] = [
+            results[k] if k in results else next(outs) for k in range(len(rows))
+        ]
+        if not (last and msg.samples):
+            return done
+        return [out if not isinstance(out, np.ndarray) else _choose(out, msg.samples[i]) for i, out in zip(rows, done)]
 
     async def on_truncate(self, msg: Truncate) -> None:
         role = self.role
@@ -199,6 +233,14 @@ class ShardActor:
             self.net.send(router, Failure(rid, self.net.node_id, code, text))
         except UnknownPeerError:
             log.warning("cannot report failure of %s: its router %s is gone", rid, router)
+
+
+def _choose(logits: np.ndarray, spec: SampleSpec) -> Choice | Exception:
+    """One row's choice, or the error that fails that row alone."""
+    try:
+        return choose(logits, spec)
+    except ExoError as exc:
+        return exc
 
 
 def _code(exc: Exception) -> str:

@@ -103,7 +103,7 @@ class Gateway:
     def __init__(self, node: Node, config: GatewayConfig) -> None:
         self.node, self.config = node, config
         self.metrics = GatewayMetrics(
-            lambda: node.in_flight, lambda: node.messages_dropped, lambda: node.beacons_rejected
+            lambda: node.in_flight, lambda: node.messages_dropped, lambda: node.beacons_rejected, node.messages_received
         )
 
     def check_model(self, requested: str) -> None:

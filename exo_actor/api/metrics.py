@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -23,6 +23,7 @@ class GatewayMetrics:
         in_flight: Callable[[], float],
         messages_dropped: Callable[[], int] = _zero,
         beacons_rejected: Callable[[], int] = _zero,
+        messages_received: Callable[[], Mapping[str, tuple[int, int]]] = dict,
     ) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("exo_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
@@ -58,7 +59,7 @@ class GatewayMetrics:
         Gauge(
             "exo_tokens_per_pass", "Tokens per ring pass after the prompt (1 without speculation)", registry=r
         ).set_function(lambda: _ratio(self.decode_tokens, self.decode_passes))
-        r.register(_NodeCounters(messages_dropped, beacons_rejected))
+        r.register(_NodeCounters(messages_dropped, beacons_rejected, messages_received))
 
     def record(self, stats: GenerationStats) -> None:
         """Count one finished request."""
@@ -83,8 +84,14 @@ class GatewayMetrics:
 class _NodeCounters(Collector):
     """Counters the node keeps itself (its transport's), exported as they are at scrape time."""
 
-    def __init__(self, messages_dropped: Callable[[], int], beacons_rejected: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        messages_dropped: Callable[[], int],
+        beacons_rejected: Callable[[], int],
+        messages_received: Callable[[], Mapping[str, tuple[int, int]]],
+    ) -> None:
         self.messages_dropped, self.beacons_rejected = messages_dropped, beacons_rejected
+        self.messages_received = messages_received
 
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
@@ -97,6 +104,18 @@ class _NodeCounters(Collector):
             "Discovery beacons dropped for not being signed with this cluster's key",
             value=self.beacons_rejected(),
         )
+        received = self.messages_received()
+        count = CounterMetricFamily(
+            "exo_messages_received", "Messages this node's actor socket received", labels=["kind"]
+        )
+        size = CounterMetricFamily(
+            "exo_message_bytes_received", "Bytes of the messages this node's actor socket received", labels=["kind"]
+        )
+        for kind, (n, b) in sorted(received.items()):
+            count.add_metric([kind], n)
+            size.add_metric([kind], b)
+        yield count
+        yield size
 
 
 def _ratio(a: Counter, b: Counter) -> float:

@@ -71,6 +71,13 @@ def _gateway_flags(start: argparse.ArgumentParser) -> None:
         help="micro-batches of requests a ring keeps in flight at once, so that its nodes compute at the same "
         "time (0, the default: one per ring node; 1: one batch at a time)",
     )
+    start.add_argument(
+        "--sample-on",
+        choices=["last-shard", "router"],
+        default="last-shard",
+        help="where a ring chooses each pass's tokens: on its last shard, which sends back token ids (the "
+        "default), or on the router, which gets the logits rows back (the old path: more bytes per token)",
+    )
     start.add_argument("--max-body-bytes", type=positive_int, default=4 << 20, help="largest request body (4 MiB)")
     start.add_argument(
         "--prefix-cache-mb",

@@ -71,6 +71,7 @@ def start_node_config(args: argparse.Namespace) -> NodeConfig:
         max_concurrent=args.max_concurrent,
         prefix_cache_mb=args.prefix_cache_mb,
         micro_batches=args.micro_batches,
+        sample_on=args.sample_on,
     )
 
 

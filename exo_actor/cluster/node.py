@@ -37,7 +37,7 @@ from ..speculative.drafts import draft_bytes
 from ..storage.downloads import DownloadCancelled, Progress
 from ..storage.model_store import ensure_layers, ensure_model
 from ..transport.discovery import Discovery
-from ..transport.messages import Beacon, Drafted, Failure, Free, Hello, Logits, LogitsBatch
+from ..transport.messages import Beacon, Drafted, Failure, Free, Hello, Logits, LogitsBatch, Sampled
 from ..transport.peers import Peer, PeerNetwork
 from ..transport.security import ClusterKey
 from ..weights import ModelFiles, open_model
@@ -185,6 +185,7 @@ class ClusterNode(Node):
         net.on(Drafted, self.drafts.on_drafted)
         net.on(Logits, self.rings.on_logits)
         net.on(LogitsBatch, self.rings.on_logits_batch)
+        net.on(Sampled, self.rings.on_sampled)
         net.on(Failure, self.rings.on_failure)
         net.on(Hello, lambda m: self._check_ready())
         net.on_peer_up = self._peer_up
@@ -375,7 +376,8 @@ class ClusterNode(Node):
     def _remote_ring(self, version: int, ring_plan: Sequence[Assignment]) -> RemoteRing:
         assert self.net is not None
         nodes = [a.node_id for a in ring_plan]
-        return RemoteRing(self.net, asyncio.get_running_loop(), version, nodes, self.cluster.step_timeout)
+        loop, timeout = asyncio.get_running_loop(), self.cluster.step_timeout
+        return RemoteRing(self.net, loop, version, nodes, timeout, self.config.sample_on == "last-shard")
 
     def _start_router(self, pipeline: FailoverRing) -> RouterActor:
         assert self.files is not None
@@ -413,6 +415,9 @@ class ClusterNode(Node):
     @property
     def beacons_rejected(self) -> int:
         return self.discovery.rejected if self.discovery is not None else 0
+
+    def messages_received(self) -> dict[str, tuple[int, int]]:
+        return {k: (n, b) for k, (n, b) in list(self.net.received.items())} if self.net is not None else {}
 
     def kv_requests(self) -> int:
         role = self.shard.role if self.shard is not None else None

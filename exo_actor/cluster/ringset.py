@@ -16,7 +16,7 @@ from typing import Any
 from ..actors.failover import FailoverRing
 from ..actors.ring import RemoteRing
 from ..actors.router import RouterActor
-from ..transport.messages import Failure, Logits, LogitsBatch
+from ..transport.messages import Failure, Logits, LogitsBatch, Sampled
 
 
 class RingSet:
@@ -73,6 +73,10 @@ class RingSet:
     def on_logits_batch(self, msg: LogitsBatch) -> None:
         for ring in self._rings():
             ring.on_logits_batch(msg)
+
+    def on_sampled(self, msg: Sampled) -> None:
+        for ring in self._rings():
+            ring.on_sampled(msg)
 
     def on_failure(self, msg: Failure) -> None:
         for ring in self._rings():

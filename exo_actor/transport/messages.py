@@ -21,13 +21,16 @@ import numpy as np
 from ..errors import ExoError
 
 PROTOCOL_VERSION = 1
-MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 1 << 20  # a batch of 64 sampled rows with penalty counts fits
 MAX_TENSOR_BYTES = 1 << 30
 MAX_TEXT = 512  # characters in any string field
 MAX_INT = 2**53
 MAX_DIMS = 4
 MAX_LIST = 64  # items in a list field
 DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64}
+MAX_SAMPLE_INTS = 1024  # ints in a SampleSpec's penalty counts (token, count pairs)
+MAX_CHOICE_TOKENS = 64  # tokens one pass yields (drafts + 1)
+MAX_TOP = 64  # alternatives per logprob
 
 
 class ProtocolError(ExoError):
@@ -44,6 +47,117 @@ def _fields(cls: type) -> tuple[tuple[str, str], ...]:
     if found is None:
         found = _FIELDS[cls] = tuple((f.name, str(f.type)) for f in fields(cls))
     return found
+
+
+def _ints(kind: str, name: str, value: Any, limit: int, bound: int = MAX_INT) -> list[int]:
+    if (
+        not isinstance(value, list)
+        or len(value) > limit
+        or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < bound for v in value)
+    ):
+        raise ProtocolError(f"{kind}.{name} must be a list of at most {limit} non-negative integers")
+    return value
+
+
+def _number(kind: str, name: str, value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ProtocolError(f"{kind}.{name} must be a finite number")
+    return float(value)
+
+
+def _rng(kind: str, value: Any) -> list[int]:
+    """A PCG64 generator's state: six unsigned 64-bit words (the fifth 0 or 1), or none."""
+    words = _ints(kind, "rng", value, 6, 1 << 64)
+    if words and (len(words) != 6 or words[4] > 1):
+        raise ProtocolError(f"{kind}.rng must be a generator's six 64-bit words, or none")
+    return words
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """How the last shard chooses a pass's tokens itself (sampling/decide.py): the request's sampling
+    parameters (range-checked again where they are rebuilt), the drafted tokens the pass verifies, the
+    generated tokens' counts for the penalties (token, count pairs), and the seeded generator's state
+    (6 words; [] for greedy). logprobs is how many alternatives to report plus one (0: no logprobs)."""
+
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    presence_penalty: float
+    frequency_penalty: float
+    logprobs: int
+    drafts: list[int]
+    counts: list[int]
+    rng: list[int]
+
+    def to_wire(self) -> list[Any]:
+        return [
+            self.temperature,
+            self.top_k,
+            self.top_p,
+            self.min_p,
+            self.presence_penalty,
+            self.frequency_penalty,
+            self.logprobs,
+            self.drafts,
+            self.counts,
+            self.rng,
+        ]
+
+    @classmethod
+    def from_wire(cls, kind: str, value: Any) -> SampleSpec:
+        if not isinstance(value, list) or len(value) != 10:
+            raise ProtocolError(f"{kind}: a sample is a list of 10 fields")
+        t, k, p, m, pp, fp, lp, drafts, counts, rng = value
+        floats = [_number(kind, n, v) for n, v in (("temperature", t), ("top_p", p), ("min_p", m))]
+        pens = [_number(kind, n, v) for n, v in (("presence_penalty", pp), ("frequency_penalty", fp))]
+        k, lp = (_ints(kind, n, [v], 1)[0] for n, v in (("top_k", k), ("logprobs", lp)))
+        drafts = _ints(kind, "drafts", drafts, MAX_CHOICE_TOKENS - 1)
+        counts = _ints(kind, "counts", counts, MAX_SAMPLE_INTS)
+        if len(counts) % 2:
+            raise ProtocolError(f"{kind}.counts must be token, count pairs")
+        rng = _rng(kind, rng)
+        return cls(floats[0], k, floats[1], floats[2], pens[0], pens[1], lp, drafts, counts, rng)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The last shard's decision for one pass: the tokens (accepted drafts, then one more), how many
+    drafts it accepted, the vocabulary size, the generator's state after its draws ([] for greedy), and
+    per token [logprob, alternative ids, their logprobs] when asked for."""
+
+    tokens: list[int]
+    accepted: int
+    vocab: int
+    rng: list[int]
+    logprobs: list[list[Any]]
+
+    def to_wire(self) -> list[Any]:
+        return [self.tokens, self.accepted, self.vocab, self.rng, self.logprobs]
+
+    @classmethod
+    def from_wire(cls, kind: str, value: Any) -> Choice:
+        if not isinstance(value, list) or len(value) != 5:
+            raise ProtocolError(f"{kind}: a choice is a list of 5 fields")
+        tokens = _ints(kind, "tokens", value[0], MAX_CHOICE_TOKENS)
+        accepted, vocab = _ints(kind, "accepted/vocab", value[1:3], 2)
+        rng = _rng(kind, value[3])
+        lps = value[4]
+        if not tokens or accepted != len(tokens) - 1 or any(t >= vocab for t in tokens):
+            raise ProtocolError(f"{kind}: a choice has its accepted drafts then one token, all in the vocabulary")
+        if not isinstance(lps, list) or len(lps) not in (0, len(tokens)):
+            raise ProtocolError(f"{kind}: a choice has a logprob for each token, or none")
+        for row in lps:
+            if not isinstance(row, list) or len(row) != 3:
+                raise ProtocolError(f"{kind}: a logprob is [logprob, alternative ids, their logprobs]")
+            _number(kind, "logprob", row[0])
+            ids = _ints(kind, "alternatives", row[1], MAX_TOP, vocab)
+            if not isinstance(row[2], list) or len(row[2]) != len(ids):
+                raise ProtocolError(f"{kind}: each alternative has its logprob")
+            for v in row[2]:
+                _number(kind, "alternative logprob", v)
+        return cls(tokens, accepted, vocab, rng, lps)
 
 
 class Message:
@@ -67,6 +181,8 @@ class Message:
                     raise ProtocolError(f"dtype {arr.dtype} cannot go on the wire ({', '.join(DTYPES)})")
                 header["dt"], header["sh"] = arr.dtype.name, list(arr.shape)
                 frames.append(arr.reshape(-1).view(np.uint8).data)  # zero-copy byte view (a memoryview)
+            elif isinstance(value, list) and value and isinstance(value[0], (SampleSpec, Choice)):
+                header[name] = [v.to_wire() for v in value]
             else:
                 header[name] = value
         return [msgpack.packb(header, use_bin_type=True), *frames]
@@ -136,6 +252,13 @@ class Forward(Message):
     data: np.ndarray
     adopt: str = ""  # prefix cache: first take over this finished request's KV cache ("": none) ...
     adopt_len: int = 0  # ... cut to this many positions
+    sample: list[SampleSpec] = field(default_factory=list)  # [one]: the last shard answers with Sampled
+
+    def check(self) -> None:
+        if len(self.sample) > 1:
+            raise ProtocolError("fwd: at most one sample")
+        if self.sample and len(self.sample[0].drafts) + 1 != self.num_logits:
+            raise ProtocolError("fwd: a sampled pass has one logits row per draft, plus one")
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,11 +296,14 @@ class ForwardBatch(Message):
     adopt: list[str]  # per row, as Forward.adopt
     adopt_len: list[int]
     data: np.ndarray
+    samples: list[SampleSpec] = field(default_factory=list)  # one per row (the answer is Sampled), or none
 
     def check(self) -> None:
         _check_rows(self, (self.positions, self.adopt, self.adopt_len))
         if self.data.ndim > 2:
             raise ProtocolError("bfwd: the tensor is token ids [B] or hidden states [B, D]")
+        if self.samples and (len(self.samples) != len(self.rids) or any(s.drafts for s in self.samples)):
+            raise ProtocolError("bfwd: one sample per row, or none; a row verifies no drafts")
 
 
 @dataclass(frozen=True, eq=False)
@@ -195,6 +321,23 @@ class LogitsBatch(Message):
         _check_rows(self, (self.positions,))
         if self.data.ndim != 2:
             raise ProtocolError("blogits: the tensor is logits [B, V]")
+
+
+@dataclass(frozen=True)
+class Sampled(Message):
+    """The last shard's answer to a sampled pass (Forward with a sample, or ForwardBatch with samples):
+    row i is request rids[i]'s pass at positions[i], and choices[i] the tokens it yields."""
+
+    KIND: ClassVar[str] = "sampled"
+    src: str
+    rids: list[str]
+    positions: list[int]
+    choices: list[Choice]
+
+    def check(self) -> None:
+        n = len(self.rids)
+        if n == 0 or len(self.positions) != n or len(self.choices) != n or len(set(self.rids)) != n:
+            raise ProtocolError("sampled: one position and one choice per request, each request once")
 
 
 @dataclass(frozen=True)
@@ -276,6 +419,7 @@ KINDS: dict[str, type[Message]] = {
         Logits,
         ForwardBatch,
         LogitsBatch,
+        Sampled,
         Free,
         Truncate,
         Draft,
@@ -310,6 +454,11 @@ def _check_field(kind: str, name: str, expected: str, value: Any) -> Any:
             or not all(isinstance(v, str) and len(v) <= MAX_TEXT for v in value)
         ):
             raise ProtocolError(f"{kind}.{name} must be a list of at most {MAX_LIST} strings")
+    elif expected in ("list[SampleSpec]", "list[Choice]"):
+        item = SampleSpec if expected == "list[SampleSpec]" else Choice
+        if not isinstance(value, list) or len(value) > MAX_LIST:
+            raise ProtocolError(f"{kind}.{name} must be a list of at most {MAX_LIST} items")
+        value = [item.from_wire(kind, v) for v in value]
     return value
 
 

@@ -116,6 +116,7 @@ class PeerNetwork:
         self._departed: dict[str, float] = {}  # node id -> when it was declared down
         self.on_views: Callable[[], None] = lambda: None
         self.dropped = 0  # malformed messages received
+        self.received: dict[str, list[int]] = {}  # kind -> [messages, bytes] as read from the socket
         self._tasks: list[asyncio.Task[None]] = []
         self._handling: set[asyncio.Future[Any]] = set()  # handler tasks in flight
         self._unreachable: set[str] = set()  # endpoints whose last send failed (logged once)
@@ -229,6 +230,9 @@ class PeerNetwork:
                 self.dropped += 1
                 log.warning("dropped a malformed message: %s", exc)
                 continue
+            count = self.received.setdefault(msg.KIND, [0, 0])
+            count[0] += 1
+            count[1] += sum(f.buffer.nbytes for f in frames[1:])
             try:
                 await self._dispatch(msg)
             except Exception:  # noqa: BLE001 - a handler bug must not stop the node

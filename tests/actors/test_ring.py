@@ -36,7 +36,7 @@ def test_a_late_answer_for_an_earlier_position_is_dropped() -> None:
     async def main() -> None:
         net = RecordingNet()
         ring = RemoteRing(net, asyncio.get_running_loop(), 1, ["a", "b"], step_timeout=5)  # type: ignore[arg-type]
-        step = asyncio.ensure_future(ring._step("r", np.array([7]), 5, 1))
+        step = asyncio.ensure_future(ring._step(Pass("r", np.array([7]), 5, 1)))
         await settle()
         assert isinstance(net.sent[0][1], Forward) and net.sent[0][1].pos == 5
         ring.on_logits(Logits("r", "b", 4, row(1.0)))  # the answer to the pass at 4, arriving late
@@ -72,7 +72,7 @@ def test_batched_answers_match_rows_by_position() -> None:
 def test_a_failure_ends_the_pass_in_flight() -> None:
     async def main() -> None:
         ring = RemoteRing(RecordingNet(), asyncio.get_running_loop(), 1, ["a"], step_timeout=5)  # type: ignore[arg-type]
-        step = asyncio.ensure_future(ring._step("r", np.array([7]), 0, 1))
+        step = asyncio.ensure_future(ring._step(Pass("r", np.array([7]), 0, 1)))
         await settle()
         ring.on_failure(Failure("r", "a", "cache_lost", "gone"))
         with pytest.raises(RingError) as err:

@@ -25,7 +25,7 @@ from exo_actor.transport import (
     Truncate,
     decode,
 )
-from exo_actor.transport.messages import MAX_HEADER_BYTES, Beacon
+from exo_actor.transport.messages import MAX_HEADER_BYTES, Beacon, Choice, Sampled, SampleSpec
 from tests.conftest import require
 
 text = st.text(max_size=40)
@@ -33,6 +33,43 @@ count = st.integers(0, 2**53 - 1)
 finite = st.floats(allow_nan=False, allow_infinity=False)
 arrays = st.sampled_from([np.float32, np.float16, np.int32, np.int64]).flatmap(
     lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5))
+)
+word = st.integers(0, 2**64 - 1)
+specs = st.builds(
+    SampleSpec,
+    finite,
+    count,
+    finite,
+    finite,
+    finite,
+    finite,
+    count,
+    st.lists(count, max_size=8),
+    st.lists(count, max_size=6).map(lambda c: c[: len(c) // 2 * 2]),
+    st.one_of(st.just([]), st.lists(word, min_size=6, max_size=6).map(lambda w: [*w[:4], w[4] % 2, w[5]])),
+)
+choices = st.integers(1, 5).flatmap(
+    lambda n: st.builds(
+        Choice,
+        st.lists(st.integers(0, 999), min_size=n, max_size=n),
+        st.just(n - 1),
+        st.just(1000),
+        st.one_of(st.just([]), st.lists(word, min_size=6, max_size=6).map(lambda w: [*w[:4], w[4] % 2, w[5]])),
+        st.one_of(
+            st.just([]),
+            st.lists(
+                st.integers(0, 3).flatmap(
+                    lambda k: st.tuples(
+                        finite,
+                        st.lists(st.integers(0, 999), min_size=k, max_size=k),
+                        st.lists(finite, min_size=k, max_size=k),
+                    ).map(list)
+                ),
+                min_size=n,
+                max_size=n,
+            ),
+        ),
+    )
 )
 messages = st.one_of(
     st.builds(Hello, text, text, count, text, text, count, count),
@@ -43,6 +80,20 @@ messages = st.one_of(
     st.builds(Truncate, text, text, count, count),
     st.builds(Failure, text, text, text, text),
     st.builds(Forward, text, text, text, count, count, count, arrays),
+    specs.flatmap(
+        lambda sp: st.builds(
+            Forward, text, text, text, count, count, st.just(len(sp.drafts) + 1), arrays, text, count, st.just([sp])
+        )
+    ),
+    st.integers(1, 6).flatmap(
+        lambda n: st.builds(
+            Sampled,
+            text,
+            st.lists(text, min_size=n, max_size=n, unique=True),
+            st.lists(count, min_size=n, max_size=n),
+            st.lists(choices, min_size=n, max_size=n),
+        )
+    ),
     st.builds(Logits, text, text, count, arrays),
     st.builds(Hello, text, text, count, text, text, count, count, text),
     st.builds(Draft, text, text, count, count, count, finite, count, finite, finite, arrays),
@@ -294,3 +345,53 @@ def test_coverage_guided_fuzzing_of_the_decoder(tmp_path):
 def test_fuzzer_findings_are_protocol_errors(header):
     with pytest.raises(ProtocolError):
         decode([msgpack.packb(header), b"\x00" * 4])
+
+
+GREEDY_SPEC = SampleSpec(0.0, 0, 1.0, 0.0, 0.0, 0.0, 0, [], [], [])
+
+
+def _sampled(choice: list) -> list:
+    header = msgpack.unpackb(Sampled("n2", ["a"], [3], [Choice([5], 0, 10, [], [])]).encode()[0])
+    header["choices"] = [choice]
+    return [msgpack.packb(header)]
+
+
+def _spec(**change) -> list:
+    fields = dict(zip(["t", "k", "p", "m", "pp", "fp", "lp", "d", "c", "r"], GREEDY_SPEC.to_wire()))
+    fields.update(change)
+    header = msgpack.unpackb(Forward("a", "n0", "n0", 1, 0, 1, np.zeros(1, np.int64)).encode()[0])
+    header["sample"] = [list(fields.values())]
+    return [msgpack.packb(header), np.zeros(1, np.int64).tobytes()]
+
+
+@pytest.mark.parametrize(
+    ("frames", "needle"),
+    [
+        (_spec(t="hot"), "temperature must be a finite number"),
+        (_spec(k=-1), "top_k"),
+        (_spec(d=[1, -2]), "drafts"),
+        (_spec(d=[1]), "one logits row per draft"),
+        (_spec(c=[1, 2, 3]), "pairs"),
+        (_spec(c=list(range(2000))), "counts"),
+        (_spec(r=[1, 2, 3]), "rng"),
+        (_spec(r=[-1, 0, 0, 0, 0, 0]), "rng"),
+        (_spec(t=0.0, d=[], c=[], r=[]) + [b"x"], "1 or 2 frames"),
+        (_sampled([[5], 1, 10, [], []]), "accepted drafts then one token"),
+        (_sampled([[], 0, 10, [], []]), "accepted drafts then one token"),
+        (_sampled([[50], 0, 10, [], []]), "in the vocabulary"),
+        (_sampled([[5], 0, 10, [], [[0.0, [], []], [0.0, [], []]]]), "a logprob for each token"),
+        (_sampled([[5], 0, 10, [], [[0.0, [1, 2], [0.5]]]]), "each alternative has its logprob"),
+        (_sampled([[5], 0, 10, [], [[0.0, [11], [0.5]]]]), "alternatives"),
+        (_sampled([[5], 0, 10]), "5 fields"),
+        (Sampled("n2", ["a", "b"], [1], [Choice([5], 0, 10, [], [])]).encode(), "one position and one choice"),
+        (
+            ForwardBatch(
+                "n0", "n0", 1, ["a", "b"], [1, 2], ["", ""], [0, 0], np.zeros(2, np.int64), [GREEDY_SPEC]
+            ).encode(),
+            "one sample per row",
+        ),
+    ],
+)
+def test_malformed_sampling_messages_are_rejected(frames, needle):
+    with pytest.raises(ProtocolError, match=needle):
+        decode(frames)
