@@ -1,16 +1,18 @@
-"""Micro-batches benchmark: a 3-process ring with one batch in flight vs one micro-batch per node, and
-one process, serving 12 concurrent streams (and 1), with injected link latency.
+"""Ring throughput benchmark: a 3-process ring as it was (one batch in flight, logits back to the
+router), with sampling on the last shard, and with micro-batches too (the default), beside one process,
+serving 12 concurrent streams (and 1), with injected link latency.
 
     python -m benchmarks.bench_micro_batches [--out DIR] [--tokens 48] [--streams 12] [--delays 0,5]
 
 Three `exo-actor start` processes on loopback (manual peers, equal --memory, the default engine), every
 node's actor port behind a DelayProxy (benchmarks/latency_proxy.py) that adds the one-way delay to each
-hop; one ring started with `--micro-batches 1` (one batch in flight: the ring before micro-batches), one
-with the default (one micro-batch per node). The baseline: one `exo-actor start` process serving the same
-streams. Aggregate tok/s = completion tokens of all streams / wall time from the first request to the
-last answer (greedy, `max_tokens` each, distinct prompts); single stream tok/s = (tokens - 1) / (last
-token - first token) of a streamed completion. Best of --repeats. OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE
-are unset for this run.
+hop; one ring per configuration (RINGS), all in one run. The baseline: one `exo-actor start` process
+serving the same streams. Bytes back per token: what node 0's actor socket received in the messages
+that answer passes (logits, blogits, sampled: exo_message_bytes_received_total on /metrics) over the
+tokens generated, during the aggregate runs. Aggregate tok/s = completion tokens of all streams / wall
+time from the first request to the last answer (greedy, `max_tokens` each, distinct prompts); single
+stream tok/s = (tokens - 1) / (last token - first token) of a streamed completion. Best of --repeats.
+OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset for this run.
 """
 
 from __future__ import annotations
@@ -97,14 +99,12 @@ def stream_tps(url: str, tokens: int) -> float:
 
 
 @contextmanager
-def ring(nodes: int, micro_batches: int | None, max_concurrent: int) -> Iterator[tuple[str, list[DelayProxy]]]:
+def ring(nodes: int, flags: tuple[str, ...], max_concurrent: int) -> Iterator[tuple[str, list[DelayProxy]]]:
     """`nodes` processes on loopback, each actor port behind a DelayProxy (none for one process)."""
     real, proxied = [free_port() for _ in range(nodes)], [free_port() for _ in range(nodes)]
     proxies = [DelayProxy(p, r).start() for p, r in zip(proxied, real)] if nodes > 1 else []
     per_node = [("--advertise", f"127.0.0.1:{p}") for p in proxied] if proxies else None
-    extra: tuple[str, ...] = ("--max-concurrent", str(max_concurrent), "--prefix-cache-mb", "0")
-    if micro_batches is not None:
-        extra += ("--micro-batches", str(micro_batches))
+    extra = ("--max-concurrent", str(max_concurrent), "--prefix-cache-mb", "0", *flags)
     try:
         with loopback_ring(Path(tempfile.mkdtemp()), ["4"] * nodes, extra=extra, per_node=per_node, ports=real) as c:
             yield c["urls"][0], proxies
@@ -113,57 +113,96 @@ def ring(nodes: int, micro_batches: int | None, max_concurrent: int) -> Iterator
             p.stop()
 
 
+BACK = ("logits", "blogits", "sampled")  # what a last shard sends a router for a pass
+
+
+def counters(url: str) -> dict[str, float]:
+    """From node 0's /metrics: bytes its actor socket received per kind answering a pass, and tokens."""
+    out: dict[str, float] = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        for kind in BACK:
+            if line.startswith(f'exo_message_bytes_received_total{{kind="{kind}"}}'):
+                out[kind] = float(line.split()[-1])
+        if line.startswith("exo_completion_tokens_total "):
+            out["tokens"] = float(line.split()[-1])
+    return out
+
+
 def measure(url: str, proxies: list[DelayProxy], delays: list[float], streams: int, tokens: int, repeats: int):
     rows = []
     aggregate_tps(url, streams, 8)  # warm up
     for delay in delays:
         for p in proxies:
             p.delay = delay / 1000
+        before = counters(url)
         agg = max(aggregate_tps(url, streams, tokens) for _ in range(repeats))
+        after = counters(url)
         one = max(stream_tps(url, tokens) for _ in range(repeats))
         batching = cluster_info(url)["rings"][0]["batching"] if proxies else {}
-        rows.append({"delay_ms": delay, "aggregate_tps": agg, "single_tps": one, "batching": batching})
-        log.info("delay %g ms: %.1f tok/s aggregate, %.1f single, %s", delay, agg, one, batching)
+        back = sum(after.get(k, 0.0) - before.get(k, 0.0) for k in BACK)
+        made = after.get("tokens", 0.0) - before.get("tokens", 0.0)
+        row = {
+            "delay_ms": delay,
+            "aggregate_tps": agg,
+            "single_tps": one,
+            "bytes_back_per_token": back / made if made and proxies else None,
+            "batching": batching,
+        }
+        rows.append(row)
+        log.info("%s", row)
     return rows
+
+
+RINGS = {  # name -> the flags of its three nodes
+    "1 batch, sampling on the router (before)": ("--micro-batches", "1", "--sample-on", "router"),
+    "1 batch, sampling on the last shard": ("--micro-batches", "1"),
+    "micro-batches + last-shard sampling (default)": (),
+}
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--streams", type=int, default=12)
     ap.add_argument("--delays", default="0,5", help="one-way delay per hop, ms, comma-separated")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--micro-batches", type=int, default=None, help="the second ring's --micro-batches (its default)")
-    ap.add_argument("--skip-baselines", action="store_true", help="only the micro-batched ring (a quick look)")
     args = ap.parse_args()
     delays = [float(d) for d in args.delays.split(",")]
-    result: dict[str, Any] = {"streams": args.streams, "tokens": args.tokens}
-    with ring(3, args.micro_batches, args.streams) as (url, proxies):
-        result["micro_batches"] = measure(url, proxies, delays, args.streams, args.tokens, args.repeats)
-    if args.skip_baselines:
-        return
-    with ring(3, 1, args.streams) as (url, proxies):
-        result["one_batch"] = measure(url, proxies, delays, args.streams, args.tokens, args.repeats)
-    with ring(1, None, args.streams) as (url, proxies):
+    result: dict[str, Any] = {"streams": args.streams, "tokens": args.tokens, "rings": {}}
+    with ring(1, (), args.streams) as (url, proxies):
         result["single_process"] = measure(url, proxies, [0.0], args.streams, args.tokens, args.repeats)[0]
+    for name, flags in RINGS.items():
+        with ring(3, flags, args.streams) as (url, proxies):
+            result["rings"][name] = measure(url, proxies, delays, args.streams, args.tokens, args.repeats)
     one = result["single_process"]
+    names = list(RINGS)
+    before, default = result["rings"][names[0]], result["rings"][names[-1]]
     lines = [
-        f"{args.streams} concurrent greedy streams of {args.tokens} tokens; one process: "
-        f"{one['aggregate_tps']:.1f} tok/s aggregate, {one['single_tps']:.1f} tok/s one stream.",
+        f"{args.streams} concurrent greedy streams of {args.tokens} tokens (torch engine unless $EXO_ACTOR_ENGINE); "
+        f"one process: {one['aggregate_tps']:.1f} tok/s aggregate, {one['single_tps']:.1f} tok/s one stream.",
         "",
-        "| delay per hop | ring, 1 batch: aggregate | ring, micro-batches: aggregate | gain | vs one process "
-        "| 1 stream: 1 batch | 1 stream: micro-batches | ratio | most in flight |",
+        "| ring of 3 processes | delay per hop | aggregate tok/s | vs before | vs one process | 1 stream tok/s "
+        "| vs before | bytes back per token | most micro-batches in flight |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for a, b in zip(result["one_batch"], result["micro_batches"]):
-        lines.append(
-            f"| {a['delay_ms']:g} ms | {a['aggregate_tps']:.1f} | {b['aggregate_tps']:.1f} "
-            f"| {b['aggregate_tps'] / a['aggregate_tps']:.2f}x | {b['aggregate_tps'] / one['aggregate_tps']:.2f}x "
-            f"| {a['single_tps']:.1f} | {b['single_tps']:.1f} | {b['single_tps'] / a['single_tps']:.2f}x "
-            f"| {b['batching'].get('most_micro_batches_in_flight', '?')} |"
-        )
+    for name in names:
+        for row, base in zip(result["rings"][name], before):
+            back = row["bytes_back_per_token"]
+            lines.append(
+                f"| {name} | {row['delay_ms']:g} ms | {row['aggregate_tps']:.1f} "
+                f"| {row['aggregate_tps'] / base['aggregate_tps']:.2f}x "
+                f"| {row['aggregate_tps'] / one['aggregate_tps']:.2f}x | {row['single_tps']:.1f} "
+                f"| {row['single_tps'] / base['single_tps']:.2f}x | {back:,.0f} "
+                f"| {row['batching'].get('most_micro_batches_in_flight', '?')} |"
+            )
+    result["summary"] = {
+        "gain_at_each_delay": [d["aggregate_tps"] / b["aggregate_tps"] for d, b in zip(default, before)],
+        "vs_one_process_at_first_delay": default[0]["aggregate_tps"] / one["aggregate_tps"],
+        "single_stream_ratio": [d["single_tps"] / b["single_tps"] for d, b in zip(default, before)],
+    }
     write_report(args.out, "micro_batches", result, lines)
 
 

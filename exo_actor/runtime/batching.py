@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..engines import Pass
+from ..sampling.decide import UNUSED
 
 MAX_ROWS = 64  # passes per turn (a batched message carries at most this many rows)
 PREFILL_IDLE = 512  # prompt tokens per turn when no request is decoding
@@ -71,7 +72,7 @@ def plan_turn(
             todo.tokens[p.done : p.done + n],
             todo.start_pos + p.done,
             todo.num_logits if last else 1,
-            todo.sample if last else None,  # a piece before the last yields no token
+            todo.sample if last else UNUSED,  # a piece before the last yields no token: its answer is unused
         )
         pieces.append(Piece(i, run, last))
         budget -= n

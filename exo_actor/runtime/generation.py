@@ -20,7 +20,7 @@ import numpy as np
 from ..engines import Pass, ShardRunner
 from ..errors import ContextLengthError
 from ..sampling import SamplingParams, StopMatcher
-from ..sampling.decide import Decision, Sample, TokenLogprob, apply_penalties, token_logprob
+from ..sampling.decide import UNUSED, Decision, Sample, TokenLogprob, apply_penalties, token_logprob
 
 __all__ = [
     "Delta",
@@ -285,7 +285,7 @@ def _tokens(
     prompt = np.asarray(context, dtype=np.int64)
     starts = list(range(cached, len(prompt), PREFILL_CHUNK))  # positions < cached: the prefix cache
     for start in starts[:-1]:
-        yield Pass(rid, prompt[start : start + PREFILL_CHUNK], start)
+        yield Pass(rid, prompt[start : start + PREFILL_CHUNK], start, 1, UNUSED)  # its answer is unused
     sample = Sample(params, (), _copy(counts), None, rng)
     decision = _decided((yield Pass(rid, prompt[starts[-1] :], starts[-1], 1, sample)), sample)
     vocab = decision.vocab

@@ -76,6 +76,11 @@ class Sample:
         return decision
 
 
+# The Sample of a pass whose answer nobody uses (a prompt's pieces before its last): the cheapest answer a
+# ring can give is one greedy token id, not a logits row.
+UNUSED = Sample(SamplingParams())
+
+
 def apply_penalties(logits: np.ndarray, counts: np.ndarray, params: SamplingParams) -> np.ndarray:
     """OpenAI's presence/frequency penalties over the tokens generated so far."""
     penalty = params.frequency_penalty * counts + params.presence_penalty * (counts > 0)

@@ -33,7 +33,7 @@ BACK = ("logits", "blogits", "sampled")  # what the last shard sends the router 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     path = tmp_path_factory.mktemp("shard-sampling") / "tiny.gguf"
-    write_gguf(path, TinySpec(layers=6, context=128))
+    write_gguf(path, TinySpec(layers=6, context=1024))
     return path
 
 
@@ -52,10 +52,12 @@ def configs(tiny, sample_on: str, draft: str | None = None):  # type: ignore[no-
     return make
 
 
-def run(c: InProcessCluster, params: dict[str, Any], max_tokens: int = 40) -> tuple[list[int], list[Any]]:
+def run(
+    c: InProcessCluster, params: dict[str, Any], max_tokens: int = 40, prompt: list[int] = PROMPT
+) -> tuple[list[int], list[Any]]:
     async def collect() -> tuple[list[int], list[Any]]:
         _, router = c.nodes[0].ready_router()
-        stream = router.submit(PROMPT, SamplingParams(max_tokens=max_tokens, **params))
+        stream = router.submit(prompt, SamplingParams(max_tokens=max_tokens, **params))
         tokens, lps = [], []
         async for delta in stream:
             tokens += delta.token_ids
@@ -102,3 +104,17 @@ def test_with_shard_sampling_off_the_logits_come_back(tiny):
         run(c, {}, 5)
         assert received(c).get("sampled", (0, 0))[0] == 0
         assert received(c).get("blogits", (0, 0))[0] + received(c).get("logits", (0, 0))[0] >= 5
+
+
+def test_a_long_prompt_s_pieces_bring_back_no_logits_rows(tiny):
+    """A 700-token prompt runs in two pieces (PREFILL_CHUNK 512): the first piece's answer is unused, and
+    the last shard answers it with a token id, not a logits row; the text is the router path's."""
+    prompt = [(7 * i) % 300 + 1 for i in range(700)]
+    texts = {}
+    for where in ("router", "last-shard"):
+        with in_process_cluster(tiny, 2, node_config=configs(tiny, where)) as c:
+            texts[where] = run(c, {"temperature": 0.8, "seed": 11}, 10, prompt)
+            got = received(c)
+            rows = got.get("logits", (0, 0))[0] + got.get("blogits", (0, 0))[0]
+            assert rows == (0 if where == "last-shard" else 11), got
+    assert texts["last-shard"] == texts["router"]
