@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from . import bench, download, keygen, models, peers, run, start, status
+from . import bench, download, keygen, models, peers, plan, run, start, status
 from .flags import Parser
 
-COMMANDS = (run, start, status, peers, download, bench, keygen, models)  # in `--help` order
+COMMANDS = (run, start, status, plan, peers, download, bench, keygen, models)  # in `--help` order
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,8 @@ class ModelEntry:
     gguf_package_file: str | None = None
     install_hint: str | None = None
     draft: str | None = None
+    # the model's dimensions (ModelArgs fields), so `exo-actor plan` can price it before a download
+    shape: dict[str, int | bool] | None = None
 
 
 def exo_home() -> Path:
