@@ -5,8 +5,9 @@ What it measures (a minute or so, on the embedded model):
   thread and with all cores: this machine as a `--device`;
 - the engine's decode pass through every layer with 1 and with 8 rows: bandwidth and compute efficiency
   (achieved / raw) and the fixed cost per layer;
-- a hop: a Forward with one row of activations to a ZeroMQ ROUTER and back, through the wire codec;
-- the router's work per token: single-process generation vs its passes alone.
+- the gateway's and router's work per pass and per token: one `exo-actor start` process serving 1 and 8
+  streams, against its passes alone (probe.py);
+- a hop: a ring of two one-thread processes against one (at least a ZeroMQ round trip through the codec).
 
 The result is stored as JSON (calibration_path()) and loaded by `exo-actor plan` and /v1/plan.
 """
@@ -128,15 +129,14 @@ def hop_ms() -> float:
 def calibrate(model: str = "smollm2-135m", engine: str = "auto") -> Calibration:
     """Measure this machine and the engine; returns the fitted constants (see the module docstring)."""
     from ..engines import Pass, resolve_engine
-    from ..runtime.generation import generate
     from ..runtime.local import load_local
-    from ..sampling import SamplingParams
+    from . import probe
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     engine = resolve_engine(engine)
     bw = {1: raw_bandwidth_gbps(1), cores: raw_bandwidth_gbps(cores)}
     fl = {1: raw_tflops(1), cores: raw_tflops(cores)}
-    files, pipe = load_local(model, engine=engine)
+    _, pipe = load_local(model, engine=engine)
     work = workload(model)
     prompt = np.arange(1, 101, dtype=np.int64) % 1000 + 1
 
@@ -170,14 +170,21 @@ def calibrate(model: str = "smollm2-135m", engine: str = "auto") -> Calibration:
     else:
         layer_s = max(0.0, stream - nbytes / (bw[cores] * 1e9)) / work.layers / 2
         achieved = nbytes / max(stream - layer_s * work.layers, 1e-6) / 1e9
-    params = SamplingParams(max_tokens=48, temperature=0.0)
-    ids = files.tokenizer.encode("Write a long story about a robot who learns to paint.")
-    list(generate(pipe, files.tokenizer, ids, params, files.args.max_position_embeddings))  # warm
-    t = time.perf_counter()
-    out = list(generate(pipe, files.tokenizer, ids, params, files.args.max_position_embeddings))
-    wall = time.perf_counter() - t
-    tokens = sum(len(d.token_ids) for d in out)
-    token_s = max(0.0, (wall - one * tokens) / max(tokens, 1))  # prefill is counted in: an upper bound
+
+    # the gateway and router per pass and per token, from one process serving 1 and 8 streams
+    with probe.loopback_ring(1, model) as url:
+        t1 = probe.stream_seconds_per_token(url)
+        t8 = 8 / probe.aggregate_tps(url, 8)
+    over1, over8 = max(0.0, t1 - one), max(0.0, t8 - eight)
+    token_s = max(0.0, (over8 - over1) / 7)
+    pass_s = max(0.0, over1 - token_s)
+    # a hop between processes: a ring of two vs one process, both with one thread, one batch in flight
+    single = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    with probe.loopback_ring(1, model, single) as url:
+        alone = probe.stream_seconds_per_token(url)
+    with probe.loopback_ring(2, model, single, ("--micro-batches", "1")) as url:
+        paired = probe.stream_seconds_per_token(url)
+    hop = max(hop_ms() / 1000, (paired - alone) / 2)
     measured = {
         "engine": engine,
         "model": model,
@@ -187,15 +194,17 @@ def calibrate(model: str = "smollm2-135m", engine: str = "auto") -> Calibration:
         "decode_pass_ms": {"1": round(one * 1000, 3), "8": round(eight * 1000, 3)},
         "achieved_bandwidth_gbps": round(achieved, 2),
         "achieved_tflops": round(tflops_eff, 4),
+        "gateway_ms_per_token": {"1 stream": round(t1 * 1000, 3), "8 streams": round(t8 * 1000, 3)},
+        "one_thread_ms_per_token": {"1 process": round(alone * 1000, 3), "2 processes": round(paired * 1000, 3)},
         "date": time.strftime("%Y-%m-%d"),
     }
     cal = Calibration(
         bandwidth_efficiency=min(1.0, achieved / bw[cores]),
         flops_efficiency=min(1.0, tflops_eff / fl[cores]),
         layer_ms=layer_s * 1000,
-        hop_ms=hop_ms(),
-        token_ms=token_s * 1000 / 2,
-        pass_ms=token_s * 1000 / 2,
+        hop_ms=hop * 1000,
+        token_ms=token_s * 1000,
+        pass_ms=pass_s * 1000,
         measured=measured,
     )
     log.info("calibrated: %s", cal)

@@ -186,13 +186,19 @@ def forecast(
         return sum(seconds(rows)) + hops * per_hop + cal.pass_ms / 1000 + rows * cal.token_ms / 1000
 
     k = min(micro_batches or len(ring), streams)
-    rows = -(-streams // k)
+    rows = -(-streams // k)  # each micro-batch takes its share (runtime/batching.micro_batch) ...
+    k = -(-streams // rows)  # ... so fewer may fly: 4 streams on 3 nodes are 2 micro-batches of 2
     times = seconds(rows)
     bounds = {"the ring's round trip": k * rows / round_trip(rows)}
     slowest = max(range(len(ring)), key=lambda i: times[i])
     bounds[f"device {ring[slowest][0].name}"] = rows / times[slowest]
+    router_host = ring[0][0].host  # the router runs beside the first shard
     for host in {d.host for d, _, _ in ring if d.host}:
-        busy = sum(t for (d, _, _), t in zip(ring, times) if d.host == host)
+        # the host's cores also run the router's work and each hop's software cost (not the link's wait)
+        here = [t for (d, _, _), t in zip(ring, times) if d.host == host]
+        busy = sum(here) + len(here) * cal.hop_ms / 1000 * (len(ring) > 1)
+        if host == router_host:
+            busy += cal.pass_ms / 1000 + rows * cal.token_ms / 1000
         bounds[f"host {host}"] = rows * (slots or {}).get(host, 1) / busy
     bounds["the router"] = 1000 / cal.token_ms if cal.token_ms > 0 else math.inf
     bound = min(bounds, key=lambda b: bounds[b])
