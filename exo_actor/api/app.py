@@ -22,6 +22,7 @@ from ..node import ModelLoadingError, Node
 from .errors import ApiError
 from .metrics import GatewayMetrics
 from .openai_routes import OpenAIRoutes
+from .plan_routes import PlanRoutes
 from .requests import check_model
 from .tls import check_tls_files
 
@@ -149,6 +150,7 @@ def create_app(node: Node, config: GatewayConfig | None = None) -> Starlette:
     """The gateway app for a node (started or not)."""
     gw = Gateway(node, config or GatewayConfig())
     oa = OpenAIRoutes(gw)
+    plan = PlanRoutes(node)
 
     def counted(endpoint: Any, name: str) -> Any:
         async def handler(request: Request) -> Response:
@@ -169,6 +171,8 @@ def create_app(node: Node, config: GatewayConfig | None = None) -> Starlette:
         Route("/metrics", gw.metrics_page),
         Route("/v1/models", counted(gw.models, "models")),
         Route("/v1/cluster", counted(gw.cluster, "cluster")),
+        Route("/v1/plan", counted(plan.get, "plan"), methods=["GET"]),
+        Route("/v1/plan", counted(plan.post, "plan"), methods=["POST"]),
         Route("/v1/chat/completions", counted(oa.chat, "chat"), methods=["POST"]),
         Route("/v1/completions", counted(oa.completions, "completions"), methods=["POST"]),
     ]

@@ -41,7 +41,15 @@ def load_calibration(path: Path | None = None) -> Calibration:
     path = path or calibration_path()
     try:
         raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
         fields = {k: raw[k] for k in Calibration.__dataclass_fields__ if k in raw}
+        for k, v in fields.items():
+            if k == "measured":
+                if not isinstance(v, dict):
+                    raise ValueError("measured is not an object")
+            elif isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < float("inf"):
+                raise ValueError(f"{k} is not a non-negative number")
         return Calibration(**fields)
     except FileNotFoundError:
         return Calibration()

@@ -136,3 +136,36 @@ def test_dashboard_shows_download_progress(browser, hub, tmp_path, monkeypatch):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+@pytest.mark.slow
+def test_the_what_if_panel_plans_the_cluster_with_another_device(browser, speculative_server):
+    """The panel starts from this cluster's node; adding a device re-plans the layers over two devices and
+    shows the predicted speed (POST /v1/plan); a malformed device line shows the server's one-line error."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(speculative_server.url + "/")
+    wait = WebDriverWait(browser, 30)
+    box = browser.find_element(By.ID, "whatif-devices")
+    wait.until(lambda d: box.get_attribute("value").count(":") >= 2)
+    assert len(box.get_attribute("value").strip().splitlines()) == 1  # this node
+    box.send_keys("\nlaptop:16:60")
+    streams = browser.find_element(By.ID, "whatif-streams")
+    streams.clear()
+    streams.send_keys("4")
+    browser.find_element(By.ID, "whatif-run").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#whatif-plan tr")) == 2)
+    rows = [
+        [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+        for tr in browser.find_elements(By.CSS_SELECTOR, "#whatif-plan tr")
+    ]
+    names = [r[0] for r in rows]
+    assert "laptop" in names and len(set(names)) == 2
+    last = max(int(r[1].split("-")[1]) for r in rows)
+    assert last == 29  # every layer of SmolLM2's 30 is placed
+    speed = browser.find_element(By.ID, "whatif-speed").text
+    assert "one stream" in speed and "4 streams" in speed and "tok/s" in speed
+    box.send_keys("\nbroken-device")
+    browser.find_element(By.ID, "whatif-run").click()
+    wait.until(lambda d: "NAME:MEMORY_GB:BANDWIDTH_GBps" in d.find_element(By.ID, "whatif-speed").text)
