@@ -104,10 +104,11 @@ def render(f: Forecast, acceptance: float | None) -> str:
     if f.idle:
         lines.append(f"idle (no layers): {', '.join(f.idle)}")
     lines.append(f"one stream: {f.single_tps:.1f} tok/s")
-    lines.append(
-        f"{f.streams} streams: {f.aggregate_tps:.1f} tok/s in all ({f.micro_batches} micro-batches in flight; "
-        f"limited by {f.bound})"
-    )
+    if f.streams > 1:
+        lines.append(
+            f"{f.streams} streams: {f.aggregate_tps:.1f} tok/s in all ({f.micro_batches} micro-batch"
+            f"{'es' if f.micro_batches > 1 else ''} in flight; limited by {f.bound})"
+        )
     if f.speculative_tps is not None:
         lines.append(
             f"one stream, speculative at acceptance {acceptance:g}: {f.speculative_tps:.1f} tok/s "
