@@ -37,7 +37,7 @@ from ..speculative.drafts import draft_bytes
 from ..storage.downloads import DownloadCancelled, Progress
 from ..storage.model_store import ensure_layers, ensure_model
 from ..transport.discovery import Discovery
-from ..transport.messages import Beacon, Drafted, Failure, Free, Hello, Logits, LogitsBatch, Sampled
+from ..transport.messages import Beacon, Drafted, Free, Hello
 from ..transport.peers import Peer, PeerNetwork
 from ..transport.security import ClusterKey
 from ..weights import ModelFiles, open_model
@@ -183,10 +183,7 @@ class ClusterNode(Node):
         )
         net.on(Free, self._on_free)
         net.on(Drafted, self.drafts.on_drafted)
-        net.on(Logits, self.rings.on_logits)
-        net.on(LogitsBatch, self.rings.on_logits_batch)
-        net.on(Sampled, self.rings.on_sampled)
-        net.on(Failure, self.rings.on_failure)
+        self.rings.listen(net)
         net.on(Hello, lambda m: self._check_ready())
         net.on_peer_up = self._peer_up
         net.on_peer_down = self._peer_down

@@ -17,6 +17,7 @@ from ..actors.failover import FailoverRing
 from ..actors.ring import RemoteRing
 from ..actors.router import RouterActor
 from ..transport.messages import Failure, Logits, LogitsBatch, Sampled
+from ..transport.peers import PeerNetwork
 
 
 class RingSet:
@@ -65,6 +66,13 @@ class RingSet:
     # fan-out of what shards send back: each ring keeps only its own requests ------------------------
     def _rings(self) -> list[RemoteRing]:
         return [ring for failover, _ in list(self._routers.values()) if (ring := failover.ring) is not None]
+
+    def listen(self, net: PeerNetwork) -> None:
+        """Route what last shards send back (logits, chosen tokens, failures) to the rings' requests."""
+        net.on(Logits, self.on_logits)
+        net.on(LogitsBatch, self.on_logits_batch)
+        net.on(Sampled, self.on_sampled)
+        net.on(Failure, self.on_failure)
 
     def on_logits(self, msg: Logits) -> None:
         for ring in self._rings():

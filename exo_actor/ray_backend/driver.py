@@ -23,7 +23,7 @@ from ..partition import Assignment, placement_problem, plan_placed
 from ..speculative import Speculation
 from ..storage.downloads import Progress
 from ..storage.model_store import ensure_model
-from ..transport.messages import Failure, Hello, Logits, LogitsBatch
+from ..transport.messages import Hello
 from ..transport.peers import Peer, PeerNetwork
 from ..transport.security import ClusterKey
 from ..weights import ModelFiles, open_model
@@ -122,9 +122,7 @@ class RayNode(Node):
             self.fail(str(exc))
             log.error("%s", exc)
             return
-        net.on(Logits, self.rings.on_logits)
-        net.on(LogitsBatch, self.rings.on_logits_batch)
-        net.on(Failure, self.rings.on_failure)
+        self.rings.listen(net)
         net.on_peer_down = self._peer_down
         net.start()
         net.connect(net.endpoint)
@@ -320,7 +318,8 @@ class RayNode(Node):
     def _serve(self) -> None:
         assert self.net is not None and self.files is not None
         files = self.files
-        ring = RemoteRing(self.net, self.loop, self.version, list(self.hosts), self.ray_config.step_timeout)
+        timeout, shard_sampling = self.ray_config.step_timeout, self.config.sample_on == "last-shard"
+        ring = RemoteRing(self.net, self.loop, self.version, list(self.hosts), timeout, shard_sampling)
         self.rings.add(RING, ring, lambda pipeline: start_router(self.config, files, pipeline, self.speculation))
         self.router = self.rings.router(RING)
         self.set_state(NodeState.READY)

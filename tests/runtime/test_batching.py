@@ -238,15 +238,15 @@ def test_a_ring_batches_decode_steps_with_the_same_tokens(smollm2):
         for ids, p in zip(prompts, params)
     ]
 
-    def node_config(i: int) -> NodeConfig:  # the router's prefix cache on (the harness turns it off)
-        return NodeConfig(model="smollm2-135m", engine="numpy")
+    def node_config(i: int) -> NodeConfig:  # the router's prefix cache on (the harness turns it off); one batch
+        return NodeConfig(model="smollm2-135m", engine="numpy", micro_batches=1)
 
     with in_process_cluster("smollm2-135m", 3, memories_gib=[8, 4, 4], node_config=node_config, timeout=10.0) as c:
         nodes = c.nodes
         ring, router = nodes[0].rings.ring(0), nodes[0].rings.router(0)
         seen = []
-        original = ring.on_logits_batch
-        ring.on_logits_batch = lambda msg: (seen.append(len(msg.rids)), original(msg))
+        original = ring.on_sampled  # the last shard sends back the tokens it chose
+        ring.on_sampled = lambda msg: (seen.append(len(msg.rids)), original(msg))
         together = asyncio.run(_collect(router, prompts, params))
         assert together == alone
         assert max(seen) == len(prompts)  # one message carried every request's decode step
