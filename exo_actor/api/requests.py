@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import InvalidRequestError
 from ..sampling import SamplingParams
+from ..sampling.grammar import GrammarError, response_format_grammar
 from ..sampling.params import MAX_DRAFT_TOKENS
 from .errors import ApiError, invalid
 
@@ -123,6 +124,10 @@ def _sampling(
     top_k = _get(body, "top_k", int, 0)
     if not 0 <= top_k <= 1_000_000:
         raise invalid("'top_k' must be between 0 and 1000000", "top_k")
+    try:
+        grammar = response_format_grammar(body.get("response_format"))
+    except GrammarError as exc:
+        raise invalid(str(exc), "response_format") from None
     draft_tokens = _get(body, "draft_tokens", int, None)  # exo-actor extension: 0 turns speculation off
     if draft_tokens is not None and not 0 <= draft_tokens <= MAX_DRAFT_TOKENS:
         raise invalid(f"'draft_tokens' must be between 0 and {MAX_DRAFT_TOKENS}", "draft_tokens")
@@ -139,6 +144,7 @@ def _sampling(
             frequency_penalty=_range(body, "frequency_penalty", -2.0, 2.0, 0.0),
             logprobs=logprobs,
             draft_tokens=draft_tokens,
+            grammar=grammar,
         )
     except InvalidRequestError as exc:
         raise invalid(str(exc)) from None

@@ -32,6 +32,7 @@ __all__ = [
     "generation",
     "token_logprob",
 ]
+from ..sampling.grammar import Constraint
 from ..speculative import RateEstimate, Speculation
 from ..tokenizer import IncrementalDetokenizer, TextTokenizer
 from .prefix_cache import PrefixCache
@@ -216,7 +217,8 @@ def generation(
         if source is not None:
             cached = pipeline.adopt(source, rid, length)
     stats.cached_tokens = cached
-    tokens = _tokens(pipeline, rid, context, params, max_new, context_length, stats, speculation, cached)
+    constraint = Constraint(params.grammar, tokenizer) if params.grammar else None
+    tokens = _tokens(pipeline, rid, context, params, max_new, context_length, stats, speculation, cached, constraint)
     completed = False
     try:
         finish = "length"
@@ -240,7 +242,7 @@ def generation(
                 break
             text, stopped = stopper.feed(detok.add(token))
             yield Delta(text, [token], logprobs=lp)  # every token, even one that completes no character yet
-            if stopped:
+            if stopped or (constraint is not None and constraint.done):  # a grammar that is complete ends it
                 finish = "stop"
                 break
             step += 1
@@ -275,6 +277,7 @@ def _tokens(
     stats: GenerationStats,
     spec: Speculation | None,
     cached: int = 0,
+    constraint: Constraint | None = None,
 ) -> Generator[Pass | tuple[int, TokenLogprob | None], np.ndarray | Decision | None, None]:
     """(token, its logprob when asked for) for each generated token, computed lazily: the pass for the
     next token is yielded (and its answer awaited) only when the caller asks for it. A pass that yields
@@ -286,8 +289,11 @@ def _tokens(
     starts = list(range(cached, len(prompt), PREFILL_CHUNK))  # positions < cached: the prefix cache
     for start in starts[:-1]:
         yield Pass(rid, prompt[start : start + PREFILL_CHUNK], start, 1, UNUSED)  # its answer is unused
-    sample = Sample(params, (), _copy(counts), None, rng)
+    allowed = constraint.plan([])[1] if constraint is not None else None
+    sample = Sample(params, (), _copy(counts), None, rng, allowed)
     decision = _decided((yield Pass(rid, prompt[starts[-1] :], starts[-1], 1, sample)), sample)
+    if constraint is not None:
+        constraint.advance(decision.tokens)
     vocab = decision.vocab
 
     def emit(token: int) -> None:
@@ -324,8 +330,12 @@ def _tokens(
                 proposal = spec.drafter.propose(rid, context, n, params, draft_rng)
                 drafted, q = _usable(proposal.tokens[:n], proposal.q, vocab)
                 draft_time = time.perf_counter() - t
+        allowed = None
+        if constraint is not None:  # drafts the grammar refuses are cut before the pass
+            drafted, allowed = constraint.plan(drafted)
+            q = None if q is None else q[: len(drafted)]
         block = np.array([token, *drafted], dtype=np.int64)
-        sample = Sample(params, tuple(drafted), _copy(counts), q, rng)
+        sample = Sample(params, tuple(drafted), _copy(counts), q, rng, allowed)
         t = time.perf_counter()
         decision = _decided((yield Pass(rid, block, pos, len(block), sample)), sample)
         pass_time = time.perf_counter() - t
@@ -347,6 +357,8 @@ def _tokens(
         pos += len(decision.tokens)
         for i, tok in enumerate(decision.tokens):
             token = tok
+            if constraint is not None:  # token by token: the loop above may end at any of them
+                constraint.advance([tok])
             emit(tok)
             yield tok, decision.logprobs[i] if decision.logprobs else None
 

@@ -59,14 +59,15 @@ class Sample:
     counts: Mapping[int, int] | None = None  # token -> occurrences among those generated (penalties only)
     q: np.ndarray | None = None  # the draft's probabilities [N, V] (None: a deterministic draft)
     rng: np.random.Generator | None = field(default=None)  # the request's generator (None: greedy)
+    allowed: np.ndarray | None = None  # a grammar's allowed tokens [len(drafts) + 1, vocab] (None: all)
 
     @property
     def portable(self) -> bool:
-        return self.q is None and (self.counts is None or len(self.counts) <= MAX_COUNTS)
+        return self.q is None and self.allowed is None and (self.counts is None or len(self.counts) <= MAX_COUNTS)
 
     def decide(self, logits: np.ndarray) -> Decision:
         """The tokens the pass yields from its logits; draws advance the request's generator."""
-        return decide(logits, self.params, self.drafts, self.counts, self.q, self.rng)
+        return decide(logits, self.params, self.drafts, self.counts, self.q, self.rng, self.allowed)
 
     def adopt(self, decision: Decision) -> Decision:
         """A decision made elsewhere from this Sample's state: continue the request's generator from the
@@ -103,11 +104,13 @@ def decide(
     counts: Mapping[int, int] | None = None,
     q: np.ndarray | None = None,
     rng: np.random.Generator | None = None,
+    allowed: np.ndarray | None = None,
 ) -> Decision:
     """The tokens a pass yields. `logits` ends with one row per drafted token plus one (the rows of the
     positions that predict them); penalties count the tokens generated so far plus the drafts before each
     row. Without drafts: one token, the argmax (greedy) or a draw; with drafts: the acceptance rule
-    (speculative/acceptance.py) keeps a prefix of them and adds the token after it."""
+    (speculative/acceptance.py) keeps a prefix of them and adds the token after it. `allowed` (a grammar's
+    tokens at each of those rows; tokens past its width are refused) sets the others to -inf first."""
     n = len(drafts)
     logits = np.asarray(logits)
     if logits.ndim != 2 or logits.shape[0] < n + 1:
@@ -123,14 +126,24 @@ def decide(
         for t, c in counts.items():
             dense[t] = c
 
+    mask = None
+    if allowed is not None:
+        if allowed.ndim != 2 or allowed.shape[0] != n + 1:
+            raise ValueError(f"{n} drafted tokens need {n + 1} rows of allowed tokens")
+        mask = np.zeros((n + 1, vocab), dtype=bool)
+        width = min(vocab, allowed.shape[1])
+        mask[:, :width] = allowed[:, :width]
+
     def row(i: int) -> np.ndarray:
         r = logits[logits.shape[0] - n - 1 + i]
-        if dense is None:
-            return r
-        c = dense.copy()
-        for t in drafts[:i]:
-            c[t] += 1
-        return apply_penalties(r, c, params)
+        if dense is not None:
+            c = dense.copy()
+            for t in drafts[:i]:
+                c[t] += 1
+            r = apply_penalties(r, c, params)
+        if mask is not None:
+            r = np.where(mask[i], r, np.float32(-np.inf)).astype(np.float32)
+        return r
 
     rows = [row(i) for i in range(n + 1)]
     if not n:

@@ -31,6 +31,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0  # OpenAI's: subtracted per occurrence of a generated token
     logprobs: int | None = None  # report the chosen token's logprob and this many alternatives
     draft_tokens: int | None = None  # speculative decoding: longest draft (None: the server's; 0: off)
+    grammar: str | None = None  # constrained decoding: an llguidance grammar (sampling/grammar.py)
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -73,6 +74,8 @@ class SamplingParams:
             bad(f"at most {MAX_STOP_STRINGS} stop strings are allowed, got {len(self.stop)}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             bad("stop strings must be non-empty strings")
+        if self.grammar is not None and (not isinstance(self.grammar, str) or not self.grammar):
+            bad("a grammar is a non-empty string")
 
     @property
     def greedy(self) -> bool:
