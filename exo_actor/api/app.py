@@ -21,6 +21,7 @@ from ..errors import ConfigError, ContextLengthError, ExoError, InvalidRequestEr
 from ..node import ModelLoadingError, Node
 from .errors import ApiError
 from .metrics import GatewayMetrics
+from .ollama_routes import OllamaRoutes
 from .openai_routes import OpenAIRoutes
 from .plan_routes import PlanRoutes
 from .requests import check_model
@@ -68,7 +69,7 @@ class LimitsMiddleware:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path = scope["path"]
-        if self.config.api_key and (path.startswith("/v1/") or path == "/metrics"):
+        if self.config.api_key and (path.startswith(("/v1/", "/api/")) or path == "/metrics"):
             given = headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.config.api_key}".encode()):
                 msg = "missing or wrong API key: send 'Authorization: Bearer <key>' (the key given to --api-key)"
@@ -151,6 +152,7 @@ def create_app(node: Node, config: GatewayConfig | None = None) -> Starlette:
     gw = Gateway(node, config or GatewayConfig())
     oa = OpenAIRoutes(gw)
     plan = PlanRoutes(node)
+    ollama = OllamaRoutes(gw, oa)
 
     def counted(endpoint: Any, name: str) -> Any:
         async def handler(request: Request) -> Response:
@@ -172,6 +174,12 @@ def create_app(node: Node, config: GatewayConfig | None = None) -> Starlette:
         Route("/v1/models", counted(gw.models, "models")),
         Route("/v1/cluster", counted(gw.cluster, "cluster")),
         Route("/v1/plan", counted(plan.get, "plan"), methods=["GET"]),
+        Route("/api/version", counted(ollama.version, "ollama_version")),
+        Route("/api/tags", counted(ollama.tags, "ollama_tags")),
+        Route("/api/ps", counted(ollama.ps, "ollama_ps")),
+        Route("/api/show", counted(ollama.show, "ollama_show"), methods=["POST"]),
+        Route("/api/chat", counted(ollama.chat, "ollama_chat"), methods=["POST"]),
+        Route("/api/generate", counted(ollama.generate, "ollama_generate"), methods=["POST"]),
         Route("/v1/plan", counted(plan.post, "plan"), methods=["POST"]),
         Route("/v1/chat/completions", counted(oa.chat, "chat"), methods=["POST"]),
         Route("/v1/completions", counted(oa.completions, "completions"), methods=["POST"]),
