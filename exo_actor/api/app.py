@@ -19,6 +19,7 @@ from ..actors.ring import RingError
 from ..actors.router import OverloadedError
 from ..errors import ConfigError, ContextLengthError, ExoError, InvalidRequestError
 from ..node import ModelLoadingError, Node
+from .anthropic_routes import AnthropicRoutes
 from .errors import ApiError
 from .metrics import GatewayMetrics
 from .ollama_routes import OllamaRoutes
@@ -71,6 +72,8 @@ class LimitsMiddleware:
         path = scope["path"]
         if self.config.api_key and (path.startswith(("/v1/", "/api/")) or path == "/metrics"):
             given = headers.get("authorization", "")
+            if "x-api-key" in headers:  # Anthropic's SDKs send the key this way
+                given = f"Bearer {headers['x-api-key']}"
             if not hmac.compare_digest(given.encode(), f"Bearer {self.config.api_key}".encode()):
                 msg = "missing or wrong API key: send 'Authorization: Bearer <key>' (the key given to --api-key)"
                 await ApiError(401, msg, "authentication_error", code="invalid_api_key").response()(
@@ -153,6 +156,7 @@ def create_app(node: Node, config: GatewayConfig | None = None) -> Starlette:
     oa = OpenAIRoutes(gw)
     plan = PlanRoutes(node)
     ollama = OllamaRoutes(gw, oa)
+    anthropic = AnthropicRoutes(gw, oa)
 
     def counted(endpoint: Any, name: str) -> Any:
         async def handler(request: Request) -> Response:
@@ -174,6 +178,7 @@ def create_app(node: Node, config: GatewayConfig | None = None) -> Starlette:
         Route("/v1/models", counted(gw.models, "models")),
         Route("/v1/cluster", counted(gw.cluster, "cluster")),
         Route("/v1/plan", counted(plan.get, "plan"), methods=["GET"]),
+        Route("/v1/messages", counted(anthropic.messages, "anthropic_messages"), methods=["POST"]),
         Route("/api/version", counted(ollama.version, "ollama_version")),
         Route("/api/tags", counted(ollama.tags, "ollama_tags")),
         Route("/api/ps", counted(ollama.ps, "ollama_ps")),

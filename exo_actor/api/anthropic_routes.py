@@ -1,0 +1,189 @@
+"""Anthropic's Messages API (POST /v1/messages) on the same gateway, for the tools built on Anthropic's SDKs.
+
+Requests: `model`, `max_tokens` (required, as Anthropic's), `messages` (user/assistant, content a string or
+text blocks), `system` (a string or text blocks), `stop_sequences`, `temperature` (0-1), `top_p`, `top_k`,
+`stream`, `metadata` (ignored). Responses and streams (message_start, content_block_start/delta/stop,
+message_delta, message_stop; `ping` first) follow Anthropic's shapes; errors are
+{"type": "error", "error": {"type", "message"}} with the OpenAI side's statuses. Not supported yet: tools,
+images and documents (one clear 400 each).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from ..errors import ExoError
+from ..runtime.generation import Delta
+from ..sampling import SamplingParams
+from ..tokenizer import chat_prompt_ids
+from . import responses as R
+from .errors import ApiError, invalid
+from .requests import parse_json
+
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "api_error",
+}
+
+
+def _text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for j, block in enumerate(content):
+            if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
+                kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+                raise invalid(f"{where}[{j}]: only text blocks are supported, got {kind!r}", where)
+            parts.append(block["text"])
+        return "".join(parts)
+    raise invalid(f"{where} must be a string or a list of text blocks", where)
+
+
+def _float(body: dict[str, Any], key: str, lo: float, hi: float, default: float) -> float:
+    v = body.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not lo <= v <= hi:
+        raise invalid(f"'{key}' must be a number between {lo:g} and {hi:g}", key)
+    return float(v)
+
+
+class AnthropicRoutes:
+    def __init__(self, gw: Any, openai: Any) -> None:
+        self.gw, self.openai = gw, openai
+
+    def error(self, exc: Exception) -> Response:
+        err = self.gw.to_api_error(exc)
+        kind = ERROR_TYPES.get(err.status, "api_error")
+        return JSONResponse({"type": "error", "error": {"type": kind, "message": err.message}}, status_code=err.status)
+
+    def _parse(self, body: dict[str, Any], ctx: int, tok: Any) -> tuple[str, list[int], SamplingParams, bool]:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise invalid("'model' is required", "model")
+        self.gw.check_model(model)
+        if body.get("tools"):
+            raise invalid("'tools' are not supported by this server yet", "tools")
+        max_tokens = body.get("max_tokens")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise invalid("'max_tokens' is required: a positive integer", "max_tokens")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise invalid("'messages' must be a non-empty list", "messages")
+        chat = []
+        if body.get("system") is not None:
+            chat.append({"role": "system", "content": _text(body["system"], "system")})
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
+                raise invalid(f"messages[{i}].role must be user or assistant", f"messages[{i}].role")
+            chat.append({"role": m["role"], "content": _text(m.get("content"), f"messages[{i}].content")})
+        stops = body.get("stop_sequences") or []
+        if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > 16:
+            raise invalid("'stop_sequences' must be a list of at most 16 non-empty strings", "stop_sequences")
+        top_k = body.get("top_k", 0)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise invalid("'top_k' must be a non-negative integer", "top_k")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise invalid("'stream' must be true or false", "stream")
+        try:
+            ids = chat_prompt_ids(tok, chat)
+        except ExoError as exc:
+            raise invalid(str(exc), "messages") from None
+        if len(ids) >= ctx:
+            raise invalid(f"the prompt has {len(ids)} tokens; this model's context length is {ctx}", "messages")
+        params = SamplingParams(
+            temperature=_float(body, "temperature", 0.0, 1.0, 1.0),
+            top_p=_float(body, "top_p", 0.0, 1.0, 1.0) or 1e-9,
+            top_k=top_k,
+            max_tokens=min(max_tokens, ctx - len(ids)),
+            stop=tuple(stops),
+        )
+        return model, ids, params, stream
+
+    async def messages(self, request: Request) -> Response:
+        try:
+            body = parse_json(await request.body())
+            tok, ctx, router = self.openai._ready()
+            model, ids, params, stream = self._parse(body, ctx, tok)
+            generation = router.submit(ids, params)
+        except Exception as exc:  # noqa: BLE001 - Anthropic's error shape
+            return self.error(exc)
+        mid = R.new_id("msg")
+        if stream:
+            events = self._events(mid, model, len(ids), generation)
+            return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        try:
+            text, finish, stats, _ = await self.openai._collect(request, generation)
+        except Exception as exc:  # noqa: BLE001 - Anthropic's error shape
+            return self.error(exc)
+        usage = {"input_tokens": len(ids), "output_tokens": stats.completion_tokens if stats else 0}
+        return JSONResponse(
+            {
+                "id": mid,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": STOP_REASONS.get(finish, "end_turn"),
+                "stop_sequence": None,
+                "usage": usage,
+            }
+        )
+
+    async def _events(self, mid: str, model: str, prompt: int, generation: Any) -> AsyncGenerator[bytes, None]:
+        def event(name: str, data: dict[str, Any]) -> bytes:
+            return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+        start: dict[str, Any] = {
+            "id": mid,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": prompt, "output_tokens": 0},
+        }
+        yield event("message_start", {"type": "message_start", "message": start})
+        yield event(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        )
+        yield event("ping", {"type": "ping"})
+        last: Delta | None = None
+        try:
+            async for d in generation:
+                last = d
+                if d.text:
+                    delta = {"type": "text_delta", "text": d.text}
+                    yield event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+        except (ExoError, ApiError) as exc:
+            err = self.gw.to_api_error(exc)
+            kind = ERROR_TYPES.get(err.status, "api_error")
+            yield event("error", {"type": "error", "error": {"type": kind, "message": err.message}})
+            return
+        finally:
+            generation.cancel()
+        stats = last.stats if last is not None else None
+        if stats is not None:
+            self.gw.metrics.record(stats)
+        yield event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        reason = STOP_REASONS.get(last.finish_reason or "stop", "end_turn") if last else "end_turn"
+        usage = {"output_tokens": stats.completion_tokens if stats else 0}
+        yield event(
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": None}, "usage": usage},
+        )
+        yield event("message_stop", {"type": "message_stop"})
