@@ -10,11 +10,11 @@ from typing import Any
 from ..errors import InvalidRequestError
 from ..sampling import SamplingParams
 from ..sampling.grammar import GrammarError, response_format_grammar
-from ..sampling.params import MAX_DRAFT_TOKENS
+from ..sampling.params import MAX_DRAFT_TOKENS, MAX_STOP_STRINGS
 from .errors import ApiError, invalid
 
 ROLES = ("system", "developer", "user", "assistant")
-MAX_STOP = 4  # OpenAI's limit
+MAX_STOP = MAX_STOP_STRINGS  # OpenAI allows 4; evaluation harnesses send more (16 here)
 
 
 @dataclass(frozen=True)
@@ -214,10 +214,15 @@ def parse_completion(body: dict[str, Any], context_length: int, max_tokens: int 
         prompts: list[str | list[int]] = [prompt]
     elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
         prompts = list(prompt)
-    elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+    elif isinstance(prompt, list) and prompt and all(_token_ids(t) for t in [prompt]):
         prompts = [list(prompt)]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, list) and p and _token_ids(p) for p in prompt):
+        prompts = [list(p) for p in prompt]  # a batch of token-id prompts (what evaluation harnesses send)
     else:
-        raise invalid("'prompt' must be a string, an array of strings, or an array of token ids", "prompt")
+        raise invalid(
+            "'prompt' must be a string, an array of strings, an array of token ids, or an array of such arrays",
+            "prompt",
+        )
     if body.get("suffix") or body.get("echo") or (body.get("best_of") or 1) != 1:
         raise invalid("'suffix', 'echo' and 'best_of' are not supported")
     stream = bool(_get(body, "stream", bool, False))
@@ -226,6 +231,10 @@ def parse_completion(body: dict[str, Any], context_length: int, max_tokens: int 
         raise invalid("'logprobs' must be between 0 and 5", "logprobs")
     params = _sampling(body, context_length, lp, max_tokens)
     return CompletionRequest(model, prompts, params, stream, _stream_options(body, stream))
+
+
+def _token_ids(ids: list[Any]) -> bool:
+    return all(isinstance(t, int) and not isinstance(t, bool) for t in ids)
 
 
 def check_model(requested: str, served: set[str], primary: str) -> None:
