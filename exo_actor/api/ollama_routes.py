@@ -169,14 +169,29 @@ class OllamaRoutes:
             }
         )
 
+    async def _request(self, request: Request) -> tuple[dict[str, Any], str, Any, int, Any]:
+        """The body, the model it names (checked), the tokenizer, the context and the router."""
+        body = parse_json(await request.body())
+        tok, ctx, router = self.openai._ready()
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise invalid("'model' is required", "model")
+        self.gw.check_model(model)
+        return body, model, tok, ctx, router
+
+    def _submit(self, body: dict[str, Any], ids: list[int], ctx: int, router: Any, what: str) -> tuple[Any, bool]:
+        """Start generating `ids` with the body's options; (the generation, whether to stream)."""
+        if len(ids) >= ctx:
+            raise invalid(f"the prompt has {len(ids)} tokens; this model's context length is {ctx}", what)
+        params = _options(body, ctx - len(ids), body.get("format"))
+        stream = body.get("stream", True)
+        if not isinstance(stream, bool):
+            raise invalid("'stream' must be true or false", "stream")
+        return router.submit(ids, params), stream
+
     async def chat(self, request: Request) -> Response:
         try:
-            body = parse_json(await request.body())
-            tok, ctx, router = self.openai._ready()
-            model = body.get("model")
-            if not isinstance(model, str) or not model:
-                raise invalid("'model' is required", "model")
-            self.gw.check_model(model)
+            body, model, tok, ctx, router = await self._request(request)
             messages = body.get("messages")
             if not isinstance(messages, list):
                 raise invalid("'messages' must be a list", "messages")
@@ -201,25 +216,14 @@ class OllamaRoutes:
                 ids = chat_prompt_ids(tok, parsed)
             except ExoError as exc:
                 raise invalid(str(exc), "messages") from None
-            params = _options(body, ctx - len(ids), body.get("format"))
-            stream = body.get("stream", True)
-            if not isinstance(stream, bool):
-                raise invalid("'stream' must be true or false", "stream")
-            if len(ids) >= ctx:
-                raise invalid(f"the prompt has {len(ids)} tokens; this model's context length is {ctx}", "messages")
-            generation = router.submit(ids, params)
+            generation, stream = self._submit(body, ids, ctx, router, "messages")
         except Exception as exc:  # noqa: BLE001 - Ollama's error shape
             return self.error(exc)
         return await self._answer(request, generation, model, stream, "chat")
 
     async def generate(self, request: Request) -> Response:
         try:
-            body = parse_json(await request.body())
-            tok, ctx, router = self.openai._ready()
-            model = body.get("model")
-            if not isinstance(model, str) or not model:
-                raise invalid("'model' is required", "model")
-            self.gw.check_model(model)
+            body, model, tok, ctx, router = await self._request(request)
             prompt, system = body.get("prompt", ""), body.get("system")
             if not isinstance(prompt, str) or (system is not None and not isinstance(system, str)):
                 raise invalid("'prompt' and 'system' must be strings", "prompt")
@@ -237,13 +241,7 @@ class OllamaRoutes:
                     ids = chat_prompt_ids(tok, messages)
                 except ExoError as exc:
                     raise invalid(str(exc), "prompt") from None
-            if len(ids) >= ctx:
-                raise invalid(f"the prompt has {len(ids)} tokens; this model's context length is {ctx}", "prompt")
-            params = _options(body, ctx - len(ids), body.get("format"))
-            stream = body.get("stream", True)
-            if not isinstance(stream, bool):
-                raise invalid("'stream' must be true or false", "stream")
-            generation = router.submit(ids, params)
+            generation, stream = self._submit(body, ids, ctx, router, "prompt")
         except Exception as exc:  # noqa: BLE001 - Ollama's error shape
             return self.error(exc)
         return await self._answer(request, generation, model, stream, "generate")
