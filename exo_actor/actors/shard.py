@@ -56,15 +56,24 @@ class ShardActor:
         # Free arrived must not build a cache nobody will free (bounded: the newest FREED_MEMORY ids)
         self.freed: OrderedDict[str, None] = OrderedDict()
         self.routers: dict[str, str] = {}  # request -> its router, for requests this shard has served
+        self.closed = False  # the node is stopping: its compute thread takes no more work
         net.on(Forward, self.on_forward)
         net.on(ForwardBatch, self.on_forward_batch)
         net.on(Free, self.on_free)
         net.on(Truncate, self.on_truncate)
 
+    def close(self) -> None:
+        """The node is stopping: passes that still arrive are refused as a ring change (their routers
+        replay them on the next ring), not run on a compute thread that is shutting down."""
+        self.closed = True
+
     async def on_forward(self, msg: Forward) -> None:
         role = self.role
         if msg.rid in self.freed:
             return  # its router has already given up on it
+        if self.closed:
+            self._fail(msg, "peer_down", f"node {self.net.node_id} is shutting down; the cluster is re-planning")
+            return
         if role is None or role.plan != msg.plan:
             self._fail(msg, "plan_changed", "the cluster's layer plan changed; retry the request")
             return
@@ -121,6 +130,11 @@ class ShardActor:
         for i in rows:
             self.last_pos[msg.rids[i]] = msg.positions[i]
             self.routers[msg.rids[i]] = msg.router
+        if self.closed:
+            for i in rows:
+                text = f"node {self.net.node_id} is shutting down; the cluster is re-planning"
+                self._fail_row(msg.router, msg.rids[i], "peer_down", text)
+            return
         if role is None or role.plan != msg.plan:
             for i in rows:
                 self._fail_row(
@@ -198,7 +212,7 @@ class ShardActor:
 
     async def on_truncate(self, msg: Truncate) -> None:
         role = self.role
-        if role is None or self.last_pos.get(msg.rid) != msg.after:
+        if self.closed or role is None or self.last_pos.get(msg.rid) != msg.after:
             return  # a newer pass has arrived (it already rolled the cache back), or none did
         await asyncio.get_running_loop().run_in_executor(self.compute, role.runner.truncate, msg.rid, msg.length)
 
@@ -222,7 +236,7 @@ class ShardActor:
         while len(self.freed) > FREED_MEMORY:
             self.freed.popitem(last=False)
         role = self.role
-        if role is not None:
+        if role is not None and not self.closed:
             await asyncio.get_running_loop().run_in_executor(self.compute, role.runner.free, msg.rid)
 
     def _fail(self, msg: Forward, code: str, text: str) -> None:

@@ -430,6 +430,8 @@ class ClusterNode(Node):
     def stop(self) -> None:
         self.rings.retire("the node is shutting down")
         self.router = None
+        if self.shard is not None:
+            self.shard.close()  # before the compute thread goes: late passes are refused as a ring change
         self.compute.shutdown(wait=False, cancel_futures=True)
 
     async def stop_async(self) -> None:

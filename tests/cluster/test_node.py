@@ -79,6 +79,25 @@ def test_a_pass_of_another_plan_is_refused_with_plan_changed(ring):
     assert ring.call(lambda: caches(ring)) == [0, 0, 0]  # nothing was computed for it
 
 
+def test_a_stopping_node_refuses_passes_as_a_ring_change(tiny):
+    """A pass that reaches a node whose compute thread is shutting down is answered peer_down (the router
+    replays it on the next ring), not shard_error (which would end the request)."""
+    with in_process_cluster(tiny, 2) as c:
+        node0, node1 = c.nodes
+        got: list[Failure] = []
+
+        def send() -> None:
+            node0.net.on(Failure, got.append)
+            node1.shard.close()
+            data = np.asarray([[1, 2]], dtype=np.int64)
+            node0.net.send("node1", Forward("late", "node0", "node0", node1.version, 0, 1, data))
+
+        c.call(send)
+        c.wait(lambda: bool(got), "the Failure")
+        assert got[0].code == "peer_down" and "shutting down" in got[0].message
+        assert RingError("x", got[0].code).replayable
+
+
 def test_a_malformed_message_is_dropped_and_counted(ring):
     import zmq
 
