@@ -11,7 +11,6 @@ images and documents (one clear 400 each).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -24,7 +23,7 @@ from ..sampling import SamplingParams
 from ..tokenizer import chat_prompt_ids
 from . import responses as R
 from .errors import ApiError, invalid
-from .requests import parse_json
+from .requests import _range, parse_json
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
 ERROR_TYPES = {
@@ -50,13 +49,6 @@ def _text(content: Any, where: str) -> str:
             parts.append(block["text"])
         return "".join(parts)
     raise invalid(f"{where} must be a string or a list of text blocks", where)
-
-
-def _float(body: dict[str, Any], key: str, lo: float, hi: float, default: float) -> float:
-    v = body.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not lo <= v <= hi:
-        raise invalid(f"'{key}' must be a number between {lo:g} and {hi:g}", key)
-    return float(v)
 
 
 class AnthropicRoutes:
@@ -104,8 +96,8 @@ class AnthropicRoutes:
         if len(ids) >= ctx:
             raise invalid(f"the prompt has {len(ids)} tokens; this model's context length is {ctx}", "messages")
         params = SamplingParams(
-            temperature=_float(body, "temperature", 0.0, 1.0, 1.0),
-            top_p=_float(body, "top_p", 0.0, 1.0, 1.0) or 1e-9,
+            temperature=_range(body, "temperature", 0.0, 1.0, 1.0),
+            top_p=_range(body, "top_p", 0.0, 1.0, 1.0) or 1e-9,
             top_k=top_k,
             max_tokens=min(max_tokens, ctx - len(ids)),
             stop=tuple(stops),
