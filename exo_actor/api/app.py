@@ -26,6 +26,7 @@ from .ollama_routes import OllamaRoutes
 from .openai_routes import OpenAIRoutes
 from .plan_routes import PlanRoutes
 from .requests import check_model
+from .responses_routes import ResponsesRoutes
 from .tls import check_tls_files
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ def create_app(node: Node, config: GatewayConfig | None = None) -> Starlette:
     plan = PlanRoutes(node)
     ollama = OllamaRoutes(gw, oa)
     anthropic = AnthropicRoutes(gw, oa)
+    responses = ResponsesRoutes(gw, oa)
 
     def counted(endpoint: Any, name: str) -> Any:
         async def handler(request: Request) -> Response:
@@ -188,6 +190,7 @@ def create_app(node: Node, config: GatewayConfig | None = None) -> Starlette:
         Route("/v1/plan", counted(plan.post, "plan"), methods=["POST"]),
         Route("/v1/chat/completions", counted(oa.chat, "chat"), methods=["POST"]),
         Route("/v1/completions", counted(oa.completions, "completions"), methods=["POST"]),
+        Route("/v1/responses", counted(responses.create, "responses"), methods=["POST"]),
     ]
 
     async def http_error(request: Request, exc: Exception) -> Response:
