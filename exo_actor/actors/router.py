@@ -5,7 +5,9 @@ The worker batches requests continuously (runtime/batching.py): each turn runs o
 decode step of every running request plus a piece of any new prompt, so simultaneous requests all
 progress and share each pass over the weights; requests join and leave between turns. Results flow
 back to each request's asyncio queue. Cancelling a request (a client that went away) closes its
-generator at the worker's next turn, which frees its KV caches on every shard.
+generator at the worker's next turn, which frees its KV caches on every shard. An embeddings request
+(embed()) runs the same way: each input is a runtime/embedding.py coroutine whose hidden-states passes
+share the turns with the generation traffic.
 
 On a ring of N nodes one batch in flight leaves N-1 nodes idle. With `micro_batches` K > 1 the worker
 splits the running requests into up to K micro-batches and keeps them all in flight at once (each waits
@@ -23,17 +25,20 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..engines import Pass
 from ..errors import ExoError
 from ..runtime.batching import MAX_ROWS, Pending, Piece, micro_batch, plan_turn
-from ..runtime.generation import Delta, Pipeline, Steps, generation
+from ..runtime.embedding import Embedded, embedding
+from ..runtime.generation import Delta, Pipeline, generation
 from ..runtime.prefix_cache import PrefixCache
 from ..sampling import SamplingParams
+from ..sampling.decide import Decision
 from ..speculative import Speculation
 from ..tokenizer import TextTokenizer
 
@@ -51,20 +56,27 @@ class OverloadedError(ExoError):
     """More requests than --max-concurrent are in flight."""
 
 
+EMBED_WINDOW = 8  # inputs of one embeddings request in the router at once: the rest wait their turn
+
+# a request's coroutine: generation() (yields Deltas) or embedding() (yields one Embedded)
+Work = Generator[Pass | Delta | Embedded, np.ndarray | Decision | None, None]
+
+
 @dataclass
 class _Request:
     request_id: str
     prompt_ids: list[int]
-    params: SamplingParams
+    params: SamplingParams | None  # None: an embedding
     loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue[Delta | BaseException | None]
+    out: asyncio.Queue[Delta | Embedded | BaseException | None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    pooling: str = "mean"  # an embedding's (runtime/embedding.py)
 
 
 @dataclass
 class _Active:
     req: _Request
-    gen: Steps
+    gen: Work
     pending: Pending | None = None  # the pass it waits on (None: between passes)
 
 
@@ -96,6 +108,7 @@ class GenerationStream:
                     return
                 if isinstance(item, BaseException):
                     raise item
+                assert isinstance(item, Delta)
                 yield item
         finally:
             self.cancel()
@@ -168,6 +181,40 @@ class RouterActor:
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> GenerationStream:
         """Queue a request; raises OverloadedError when max_concurrent requests are in flight."""
+        rid = self._admission()
+        req = _Request(rid, list(prompt_ids), params, asyncio.get_running_loop(), asyncio.Queue())
+        self._inbox.put(req)
+        return GenerationStream(req, self._done)
+
+    async def embed(self, inputs: Sequence[Sequence[int]], pooling: str = "mean") -> list[Embedded]:
+        """The embeddings of several inputs (runtime/embedding.py), as one request for admission
+        (OverloadedError when max_concurrent are in flight). Their passes go through the same turns as
+        the generation traffic, EMBED_WINDOW inputs at a time; cancelling this frees their caches."""
+        rid = self._admission()
+        loop, stop = asyncio.get_running_loop(), threading.Event()  # stop: ends every input still running
+        results: list[Embedded] = []
+        try:
+            for k in range(0, len(inputs), EMBED_WINDOW):
+                window = [
+                    _Request(f"{rid}.{k + i}", list(ids), None, loop, asyncio.Queue(), stop, pooling)
+                    for i, ids in enumerate(inputs[k : k + EMBED_WINDOW])
+                ]
+                for req in window:
+                    self._inbox.put(req)
+                for req in window:
+                    item = await req.out.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    if not isinstance(item, Embedded):
+                        raise ExoError(f"embedding {req.request_id} ended without a result")
+                    results.append(item)
+            return results
+        finally:
+            stop.set()
+            self._done(rid)
+
+    def _admission(self) -> str:
+        """A new request's id, counted in flight; OverloadedError when max_concurrent already are."""
         with self._lock:
             if len(self._in_flight) >= self.max_concurrent:
                 raise OverloadedError(
@@ -175,9 +222,7 @@ class RouterActor:
                 )
             rid = uuid.uuid4().hex
             self._in_flight.add(rid)
-        req = _Request(rid, list(prompt_ids), params, asyncio.get_running_loop(), asyncio.Queue())
-        self._inbox.put(req)
-        return GenerationStream(req, self._done)
+        return rid
 
     def tokens_per_second(self, window: float = 5.0) -> float:
         """Generated tokens per second over the last `window` seconds."""
@@ -226,7 +271,7 @@ class RouterActor:
         with self._lock:
             self._in_flight.discard(request_id)
 
-    def _deliver(self, req: _Request, item: Delta | BaseException | None) -> None:
+    def _deliver(self, req: _Request, item: Delta | Embedded | BaseException | None) -> None:
         try:
             req.loop.call_soon_threadsafe(req.out.put_nowait, item)
         except RuntimeError:  # the event loop is gone (shutdown)
@@ -277,16 +322,20 @@ class RouterActor:
                 self._submit(batch)
 
     def _admit(self, req: _Request, active: dict[str, _Active]) -> None:
-        gen = generation(
-            self.pipeline,
-            self.tokenizer,
-            req.prompt_ids,
-            req.params,
-            self.context_length,
-            req.request_id,
-            self.speculation,
-            self.prefix,
-        )
+        gen: Work
+        if req.params is None:
+            gen = embedding(self.pipeline, req.prompt_ids, self.context_length, req.pooling, req.request_id)
+        else:
+            gen = generation(
+                self.pipeline,
+                self.tokenizer,
+                req.prompt_ids,
+                req.params,
+                self.context_length,
+                req.request_id,
+                self.speculation,
+                self.prefix,
+            )
         a = active[req.request_id] = _Active(req, gen)
         self._advance(a, None, active)  # up to its first pass
 
@@ -369,6 +418,11 @@ class RouterActor:
                     self._finish(a, None, active)
                     return
                 item = next(a.gen)
+            if isinstance(item, Embedded):  # an embedding's result: its caches are already freed
+                self._deliver(a.req, item)
+                a.gen.close()
+                self._finish(a, None, active)
+                return
         except StopIteration:
             self._finish(a, None, active)
             return

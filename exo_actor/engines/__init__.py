@@ -10,7 +10,7 @@ import shutil
 import sys
 
 from ..errors import InvalidRequestError
-from .base import Engine, EngineUnavailableError, Pass, ShardRunner
+from .base import HIDDEN_STATES, Engine, EngineUnavailableError, Pass, ShardRunner
 
 ENGINES = ("torch", "numpy", "mlx", "tinygrad")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -122,6 +122,7 @@ def check_tinygrad_compiler() -> None:
 __all__ = [
     "DEVICES",
     "ENGINES",
+    "HIDDEN_STATES",
     "Engine",
     "EngineUnavailableError",
     "Pass",

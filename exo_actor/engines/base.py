@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ..errors import ContextLengthError, ExoError
+from ..models.llama import HIDDEN_STATES as HIDDEN_STATES  # re-exported: the engines' side of it
 from ..models.llama import ShardWeights
 from ..weights import ModelFiles
 
@@ -39,7 +40,9 @@ def require_module(module: str, extra: str) -> None:
 class Pass:
     """One forward pass a request needs: token ids at positions [start_pos, start_pos + len(tokens)),
     answered with the logits [num_logits, V] of the last positions. A pass that yields tokens carries
-    their Sample: a pipeline may answer it with the Decision instead (made where the logits are)."""
+    their Sample: a pipeline may answer it with the Decision instead (made where the logits are).
+    num_logits == HIDDEN_STATES (0) asks instead for the final-normed hidden states [T, D] of every
+    position (embeddings); such a pass carries no Sample and is never split (runtime/batching.py)."""
 
     request_id: str
     tokens: np.ndarray
@@ -60,7 +63,8 @@ class ShardRunner(Protocol):
         """Positions [start_pos, start_pos + T) of a request.
 
         x: token ids [T] on the first shard, float32 hidden states [T, D] elsewhere. Returns float32
-        hidden states [T, D], or on the last shard logits [num_logits, V] for the last positions.
+        hidden states [T, D], or on the last shard logits [num_logits, V] for the last positions
+        (num_logits == HIDDEN_STATES: the final-normed hidden states [T, D] of every position).
         Writing at start_pos below the cached length rolls the request's cache back to start_pos.
         """
         ...

@@ -18,7 +18,7 @@ from ..models.rope import inv_frequencies, rope_tables
 from ..weights import ModelFiles
 from ..weights.base import ShardTensors, Weight
 from ..weights.quant import QuantizedTensor, concat_rows, same_format
-from .base import RequestCaches, check_pass, require_module
+from .base import HIDDEN_STATES, RequestCaches, check_pass, require_module
 
 MLX_GROUPS = (32, 64, 128)
 
@@ -161,6 +161,8 @@ class MlxShardRunner(RequestCaches):
         cache.length = end
         if not self.is_last:
             out = h
+        elif num_logits == HIDDEN_STATES:
+            out = mx.fast.rms_norm(h, self.final_norm, self.eps)
         else:
             assert self.head is not None
             out = self.head(mx.fast.rms_norm(h[T - num_logits :], self.final_norm, self.eps))

@@ -19,7 +19,7 @@ from ..models.config import ModelArgs
 from ..models.llama import ShardWeights
 from ..models.rope import inv_frequencies, rope_tables
 from ..weights import ModelFiles
-from .base import RequestCaches, check_pass, layer_tensors, require_module
+from .base import HIDDEN_STATES, RequestCaches, check_pass, layer_tensors, require_module
 from .tinygrad_thread import on_tinygrad_thread
 
 _GROW = 256
@@ -104,7 +104,7 @@ class TinygradShardRunner(RequestCaches):
         keep = (np.arange(C) < start_pos).astype(np.float32)[:, None]
         allowed = np.arange(C)[None, :] <= (start_pos + np.arange(T))[:, None]
         masks = (Tensor(place), Tensor(keep), Tensor(np.where(allowed, 0.0, -np.inf).astype(np.float32)))
-        if T == 1:  # decode: replay the compiled step for this capacity
+        if T == 1 and num_logits == 1:  # decode: replay the compiled step for this capacity
             jit = self._jits.get(C)
             if jit is None:
                 from tinygrad import TinyJit
@@ -120,7 +120,9 @@ class TinygradShardRunner(RequestCaches):
         n = len(self.layers)
         for i, w in enumerate(self.layers):
             h = self._layer(h, w, kv[i], kv[n + i], cos, sin, (place, keep, mask))
-        if self.is_last:
+        if self.is_last and num_logits == HIDDEN_STATES:
+            h = _rms_norm(h, self.final_norm, self.eps)
+        elif self.is_last:
             h = _rms_norm(h[h.shape[0] - num_logits :], self.final_norm, self.eps) @ self.lm_head_t
         return h.realize()
 

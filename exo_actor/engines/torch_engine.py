@@ -22,7 +22,7 @@ from ..models.rope import inv_frequencies
 from ..weights import ModelFiles
 from ..weights.base import ShardTensors, Weight
 from ..weights.quant import QuantizedTensor, concat_rows, same_format
-from .base import Pass, RequestCaches, check_pass, require_module
+from .base import HIDDEN_STATES, Pass, RequestCaches, check_pass, require_module
 from .torch_linear import QLinear
 
 _GROW = 256
@@ -229,6 +229,8 @@ class TorchShardRunner(RequestCaches):
             with self.t.jit.optimized_execution(False):  # see torch_model.script
                 h = self.model(h, cache.k, cache.v, start_pos, freqs, mask)
             cache.length = end
+            if self.is_last and num_logits == HIDDEN_STATES:
+                return self.model.norm32(h, self.final_norm).cpu().numpy()  # type: ignore[no-any-return]
             return self._output(h[T - num_logits :] if self.is_last else h)
 
     def forward_batch(self, passes: Sequence[Pass]) -> list[np.ndarray | Exception]:

@@ -23,6 +23,9 @@ from .kv_cache import KVCache
 from .rope import apply_rope, inv_frequencies, rope_tables
 
 F32 = np.float32
+# num_logits of a pass on the last shard that asks for the final-normed hidden states [T, D] of every
+# position instead of logits (embeddings: runtime/embedding.py)
+HIDDEN_STATES = 0
 
 
 @dataclass
@@ -161,7 +164,8 @@ class LlamaShard:
         """Run the shard over positions [start_pos, start_pos + T).
 
         x is token ids [T] (first shard) or hidden states [T, D]. Returns hidden states [T, D], or
-        for the last shard logits [num_logits, V] of the last num_logits positions.
+        for the last shard logits [num_logits, V] of the last num_logits positions (num_logits ==
+        HIDDEN_STATES: the final-normed hidden states [T, D] of every position).
         """
         h = self.embed(np.asarray(x, dtype=np.int64)) if self.is_first else np.asarray(x, dtype=F32)
         T = h.shape[0]
@@ -174,6 +178,8 @@ class LlamaShard:
             assert h.dtype == F32, h.dtype
             return h
         assert self.w.final_norm is not None and self.w.lm_head_t is not None
+        if num_logits == HIDDEN_STATES:
+            return rms_norm(h, self.w.final_norm, self.eps)
         h = rms_norm(h[T - num_logits :], self.w.final_norm, self.eps)
         logits = matmul(h, self.w.lm_head_t, _HEAD_ROW_LOOP)
         assert logits.dtype == F32, logits.dtype  # a float64 here means a silent 2x slowdown

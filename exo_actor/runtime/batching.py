@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..engines import Pass
+from ..engines import HIDDEN_STATES, Pass
 from ..sampling.decide import UNUSED
 
 MAX_ROWS = 64  # passes per turn (a batched message carries at most this many rows)
@@ -30,8 +30,9 @@ class Pending:
 
     @property
     def is_prompt(self) -> bool:
-        """Only the last positions' logits are wanted, so it can run in pieces."""
-        return self.todo.num_logits < len(self.todo.tokens)
+        """Only the last positions' logits are wanted, so it can run in pieces (a pass wanting every
+        position's hidden states, num_logits == HIDDEN_STATES, runs whole like a decode step)."""
+        return HIDDEN_STATES < self.todo.num_logits < len(self.todo.tokens)
 
 
 @dataclass(frozen=True)

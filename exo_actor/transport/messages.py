@@ -263,7 +263,8 @@ class Forward(Message):
 
 @dataclass(frozen=True, eq=False)
 class Logits(Message):
-    """The last shard's answer: logits [num_logits, V] for the last positions of a Forward."""
+    """The last shard's answer: logits [num_logits, V] for the last positions of a Forward, or for a
+    Forward with num_logits 0 the final-normed hidden states [T, D] of all its positions (embeddings)."""
 
     KIND: ClassVar[str] = "logits"
     TENSOR: ClassVar[bool] = True
