@@ -20,6 +20,7 @@ from ..actors.router import OverloadedError
 from ..errors import ConfigError, ContextLengthError, ExoError, InvalidRequestError
 from ..node import ModelLoadingError, Node
 from .anthropic_routes import AnthropicRoutes
+from .embeddings_routes import EmbeddingsRoutes
 from .errors import ApiError
 from .metrics import GatewayMetrics
 from .ollama_routes import OllamaRoutes
@@ -190,6 +191,7 @@ def create_app(node: Node, config: GatewayConfig | None = None) -> Starlette:
         Route("/v1/plan", counted(plan.post, "plan"), methods=["POST"]),
         Route("/v1/chat/completions", counted(oa.chat, "chat"), methods=["POST"]),
         Route("/v1/completions", counted(oa.completions, "completions"), methods=["POST"]),
+        Route("/v1/embeddings", counted(EmbeddingsRoutes(gw).embeddings, "embeddings"), methods=["POST"]),
         Route("/v1/responses", counted(responses.create, "responses"), methods=["POST"]),
     ]
 
