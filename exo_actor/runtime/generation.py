@@ -9,6 +9,7 @@ at a time and yields only the text.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Generator, Iterator, Sequence
@@ -21,17 +22,6 @@ from ..engines import Pass, ShardRunner
 from ..errors import ContextLengthError
 from ..sampling import SamplingParams, StopMatcher
 from ..sampling.decide import UNUSED, Decision, Sample, TokenLogprob, apply_penalties, token_logprob
-
-__all__ = [
-    "Delta",
-    "GenerationStats",
-    "Pipeline",
-    "TokenLogprob",
-    "apply_penalties",
-    "generate",
-    "generation",
-    "token_logprob",
-]
 from ..sampling.grammar import Constraint
 from ..speculative import RateEstimate, Speculation
 from ..tokenizer import IncrementalDetokenizer, TextTokenizer
@@ -49,6 +39,7 @@ __all__ = [
 ]
 
 PREFILL_CHUNK = 512  # prompt tokens per forward: bounds attention memory on long prompts
+LOGPROB_CHUNK = 128  # ... when every position's logits come back (a prompt's logprobs): 25 MB for 49k tokens
 
 
 class Pipeline(Protocol):
@@ -149,6 +140,9 @@ class Delta:
     finish_reason: str | None = None  # "stop" (EOS or stop string) or "length"
     stats: GenerationStats | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    # the prompt's tokens' logprobs (None for the first, which nothing predicts), on the first Delta of a
+    # request that asked for them (SamplingParams.prompt_logprobs)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 def generate(
@@ -212,14 +206,17 @@ def generation(
     t0 = time.perf_counter()
     context = list(prompt_ids)  # grows with every token handed out
     cached = 0
-    if prefix is not None:
+    if prefix is not None and params.prompt_logprobs is None:  # cached positions would have no logits
         source, length = prefix.take(context)
         if source is not None:
             cached = pipeline.adopt(source, rid, length)
     stats.cached_tokens = cached
     constraint = Constraint(params.grammar, tokenizer) if params.grammar else None
-    tokens = _tokens(pipeline, rid, context, params, max_new, context_length, stats, speculation, cached, constraint)
+    tokens = _tokens(
+        pipeline, rid, context, params, max_new, context_length, stats, speculation, cached, constraint, tokenizer
+    )
     completed = False
+    prompt_lps: list[TokenLogprob | None] | None = None
     try:
         finish = "length"
         step = 0
@@ -229,6 +226,10 @@ def generation(
                 answer = yield item
                 assert answer is not None, "a Pass is answered with its logits or its Decision"
                 item = tokens.send(answer)
+                continue
+            if isinstance(item, list):  # the prompt's logprobs: they go with the next Delta
+                prompt_lps = item
+                item = next(tokens)
                 continue
             token, logprob = item
             lp = [logprob] if logprob is not None else []
@@ -241,7 +242,10 @@ def generation(
                 finish = "stop"
                 break
             text, stopped = stopper.feed(detok.add(token))
-            yield Delta(text, [token], logprobs=lp)  # every token, even one that completes no character yet
+            yield Delta(
+                text, [token], logprobs=lp, prompt_logprobs=prompt_lps
+            )  # every token, even one completing no character
+            prompt_lps = None
             if stopped or (constraint is not None and constraint.done):  # a grammar that is complete ends it
                 finish = "stop"
                 break
@@ -251,7 +255,7 @@ def generation(
             item = next(tokens)
         tail = "" if finish == "stop" else stopper.feed(detok.flush())[0] + stopper.flush()
         completed = True
-        yield Delta(tail, [], finish_reason=finish, stats=stats)
+        yield Delta(tail, [], finish_reason=finish, stats=stats, prompt_logprobs=prompt_lps)
     finally:
         tokens.close()
         to_free = [rid]
@@ -278,20 +282,48 @@ def _tokens(
     spec: Speculation | None,
     cached: int = 0,
     constraint: Constraint | None = None,
-) -> Generator[Pass | tuple[int, TokenLogprob | None], np.ndarray | Decision | None, None]:
+    tokenizer: TextTokenizer | None = None,
+) -> Generator[Pass | tuple[int, TokenLogprob | None] | list[TokenLogprob | None], np.ndarray | Decision | None, None]:
     """(token, its logprob when asked for) for each generated token, computed lazily: the pass for the
     next token is yielded (and its answer awaited) only when the caller asks for it. A pass that yields
     tokens carries a Sample: whoever runs it may decide the tokens where the logits are (the ring's last
-    shard) and answer with the Decision, or answer with the logits and the decision is made here."""
+    shard) and answer with the Decision, or answer with the logits and the decision is made here.
+    With params.prompt_logprobs every prompt position's logits come back, and the prompt's logprobs are
+    yielded (a list) before the first token."""
     rng = None if params.greedy else np.random.default_rng(params.seed)
     counts: dict[int, int] | None = {} if params.penalized else None
     prompt = np.asarray(context, dtype=np.int64)
-    starts = list(range(cached, len(prompt), PREFILL_CHUNK))  # positions < cached: the prefix cache
-    for start in starts[:-1]:
-        yield Pass(rid, prompt[start : start + PREFILL_CHUNK], start, 1, UNUSED)  # its answer is unused
+    # end-of-sequence tokens refused until min_tokens (or always with ignore_eos)
+    ban = (
+        tuple(sorted(tokenizer.stop_ids)) if tokenizer is not None and (params.ignore_eos or params.min_tokens) else ()
+    )
+
+    def ban_rows(rows: int) -> int:
+        made = len(context) - len(prompt)  # tokens generated so far: the first row predicts the next one
+        return rows if params.ignore_eos else max(0, min(rows, params.min_tokens - made))
+
     allowed = constraint.plan([])[1] if constraint is not None else None
-    sample = Sample(params, (), _copy(counts), None, rng, allowed)
-    decision = _decided((yield Pass(rid, prompt[starts[-1] :], starts[-1], 1, sample)), sample)
+    sample = Sample(params, (), _copy(counts), None, rng, allowed, ban, ban_rows(1))
+    if params.prompt_logprobs is None:
+        starts = list(range(cached, len(prompt), PREFILL_CHUNK))  # positions < cached: the prefix cache
+        for start in starts[:-1]:
+            yield Pass(rid, prompt[start : start + PREFILL_CHUNK], start, 1, UNUSED)  # its answer is unused
+        decision = _decided((yield Pass(rid, prompt[starts[-1] :], starts[-1], 1, sample)), sample)
+    else:
+        lps: list[TokenLogprob | None] = [None]  # nothing predicts the first token
+        keep = Sample(SamplingParams(), keep_logits=True)
+        starts = list(range(0, len(prompt), LOGPROB_CHUNK))
+        for start in starts:
+            piece = prompt[start : start + LOGPROB_CHUNK]
+            last = start == starts[-1]
+            todo = dataclasses.replace(sample, keep_logits=True) if last else keep
+            answer = yield Pass(rid, piece, start, len(piece), todo)
+            if not isinstance(answer, np.ndarray) or answer.shape[0] != len(piece):
+                raise ValueError("a pass asking for every position's logits was answered without them")
+            for j, row in enumerate(answer[: len(piece) - 1 if last else len(piece)]):
+                lps.append(token_logprob(row, int(prompt[start + j + 1]), params.prompt_logprobs))
+        yield lps
+        decision = _decided(answer, todo)
     if constraint is not None:
         constraint.advance(decision.tokens)
     vocab = decision.vocab
@@ -335,7 +367,7 @@ def _tokens(
             drafted, allowed = constraint.plan(drafted)
             q = None if q is None else q[: len(drafted)]
         block = np.array([token, *drafted], dtype=np.int64)
-        sample = Sample(params, tuple(drafted), _copy(counts), q, rng, allowed)
+        sample = Sample(params, tuple(drafted), _copy(counts), q, rng, allowed, ban, ban_rows(len(block)))
         t = time.perf_counter()
         decision = _decided((yield Pass(rid, block, pos, len(block), sample)), sample)
         pass_time = time.perf_counter() - t

@@ -60,14 +60,20 @@ class Sample:
     q: np.ndarray | None = None  # the draft's probabilities [N, V] (None: a deterministic draft)
     rng: np.random.Generator | None = field(default=None)  # the request's generator (None: greedy)
     allowed: np.ndarray | None = None  # a grammar's allowed tokens [len(drafts) + 1, vocab] (None: all)
+    ban: tuple[int, ...] = ()  # tokens refused (end of sequence before min_tokens, or with ignore_eos) ...
+    ban_rows: int = 0  # ... in the first this many rows (the positions still under min_tokens)
+    keep_logits: bool = False  # the logits rows come back whatever the decision (a prompt's logprobs)
 
     @property
     def portable(self) -> bool:
-        return self.q is None and self.allowed is None and (self.counts is None or len(self.counts) <= MAX_COUNTS)
+        local = self.q is not None or self.allowed is not None or self.keep_logits
+        local = local or bool(self.params.logit_bias) or (bool(self.ban) and self.ban_rows > 0)
+        return not local and (self.counts is None or len(self.counts) <= MAX_COUNTS)
 
     def decide(self, logits: np.ndarray) -> Decision:
         """The tokens the pass yields from its logits; draws advance the request's generator."""
-        return decide(logits, self.params, self.drafts, self.counts, self.q, self.rng, self.allowed)
+        ban = self.ban if self.ban_rows > 0 else ()
+        return decide(logits, self.params, self.drafts, self.counts, self.q, self.rng, self.allowed, ban, self.ban_rows)
 
     def adopt(self, decision: Decision) -> Decision:
         """A decision made elsewhere from this Sample's state: continue the request's generator from the
@@ -105,12 +111,16 @@ def decide(
     q: np.ndarray | None = None,
     rng: np.random.Generator | None = None,
     allowed: np.ndarray | None = None,
+    ban: Sequence[int] = (),
+    ban_rows: int = 0,
 ) -> Decision:
     """The tokens a pass yields. `logits` ends with one row per drafted token plus one (the rows of the
     positions that predict them); penalties count the tokens generated so far plus the drafts before each
     row. Without drafts: one token, the argmax (greedy) or a draw; with drafts: the acceptance rule
     (speculative/acceptance.py) keeps a prefix of them and adds the token after it. `allowed` (a grammar's
-    tokens at each of those rows; tokens past its width are refused) sets the others to -inf first."""
+    tokens at each of those rows; tokens past its width are refused) sets the others to -inf first, and so
+    do `ban` (tokens refused in the first `ban_rows` rows, unless nothing else is left) and the request's
+    logit_bias (added to the logits before everything else, as OpenAI does)."""
     n = len(drafts)
     logits = np.asarray(logits)
     if logits.ndim != 2 or logits.shape[0] < n + 1:
@@ -134,8 +144,18 @@ def decide(
         width = min(vocab, allowed.shape[1])
         mask[:, :width] = allowed[:, :width]
 
+    bias = None
+    if params.logit_bias:
+        bias = np.zeros(vocab, dtype=np.float32)
+        for t, b in params.logit_bias:
+            if t < vocab:
+                bias[t] += b
+    banned = [t for t in ban if 0 <= t < vocab]
+
     def row(i: int) -> np.ndarray:
         r = logits[logits.shape[0] - n - 1 + i]
+        if bias is not None:
+            r = r + bias
         if dense is not None:
             c = dense.copy()
             for t in drafts[:i]:
@@ -143,6 +163,11 @@ def decide(
             r = apply_penalties(r, c, params)
         if mask is not None:
             r = np.where(mask[i], r, np.float32(-np.inf)).astype(np.float32)
+        if banned and i < ban_rows:
+            kept = r.copy()
+            kept[banned] = -np.inf
+            if np.isfinite(kept).any():  # a grammar that allows nothing else wins
+                r = kept
         return r
 
     rows = [row(i) for i in range(n + 1)]

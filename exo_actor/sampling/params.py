@@ -10,6 +10,7 @@ from ..errors import InvalidRequestError
 MAX_STOP_STRINGS = 16
 MAX_TOP_LOGPROBS = 20
 MAX_DRAFT_TOKENS = 16
+MAX_LOGIT_BIAS = 300  # tokens a request may bias (OpenAI's limit)
 
 
 def _is_int(v: object) -> bool:
@@ -32,6 +33,10 @@ class SamplingParams:
     logprobs: int | None = None  # report the chosen token's logprob and this many alternatives
     draft_tokens: int | None = None  # speculative decoding: longest draft (None: the server's; 0: off)
     grammar: str | None = None  # constrained decoding: an llguidance grammar (sampling/grammar.py)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # OpenAI's: (token, bias in [-100, 100]) added to the logits
+    min_tokens: int = 0  # end-of-sequence tokens are refused until this many tokens are generated
+    ignore_eos: bool = False  # end-of-sequence tokens are refused throughout (only max_tokens or a stop ends it)
+    prompt_logprobs: int | None = None  # report each prompt token's logprob and this many alternatives
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -76,6 +81,20 @@ class SamplingParams:
             bad("stop strings must be non-empty strings")
         if self.grammar is not None and (not isinstance(self.grammar, str) or not self.grammar):
             bad("a grammar is a non-empty string")
+        if len(self.logit_bias) > MAX_LOGIT_BIAS:
+            bad(f"logit_bias takes at most {MAX_LOGIT_BIAS} tokens, got {len(self.logit_bias)}")
+        for item in self.logit_bias:
+            if not (isinstance(item, tuple) and len(item) == 2 and _is_int(item[0]) and item[0] >= 0):
+                bad(f"logit_bias entries are (token id, bias) pairs, got {item!r}")
+            v = item[1]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not -100.0 <= v <= 100.0:
+                bad(f"logit_bias values must be numbers between -100 and 100, got {v!r}")
+        if not _is_int(self.min_tokens) or not 0 <= self.min_tokens <= self.max_tokens:
+            bad(f"min_tokens must be an integer between 0 and max_tokens ({self.max_tokens}), got {self.min_tokens!r}")
+        if self.prompt_logprobs is not None and not (
+            _is_int(self.prompt_logprobs) and 0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS
+        ):
+            bad(f"prompt logprobs take between 0 and {MAX_TOP_LOGPROBS} alternatives, got {self.prompt_logprobs!r}")
 
     @property
     def greedy(self) -> bool:

@@ -97,3 +97,67 @@ def test_logprobs_are_log_softmax_with_sorted_alternatives(tiny):
     assert first.token_id == int(np.argmax(logits)) and abs(first.logprob - ref[first.token_id]) < 1e-5
     assert [i for i, _ in first.top] == list(np.argsort(-ref)[:4])
     assert all(a >= b for (_, a), (_, b) in zip(first.top, first.top[1:]))
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    return z - z.max() - np.log(np.exp(z - z.max()).sum())
+
+
+@pytest.mark.parametrize("length", [1, 3, 40])
+def test_prompt_logprobs_are_each_positions_log_softmax(tiny, length):
+    files, pipe = tiny
+    prompt = [int(t) for t in np.random.default_rng(length).integers(3, 60, size=length)]
+    deltas = list(generate(pipe, files.tokenizer, prompt, SamplingParams(max_tokens=2, prompt_logprobs=3), 64))
+    lps = deltas[0].prompt_logprobs
+    assert lps is not None and len(lps) == length and lps[0] is None
+    assert all(d.prompt_logprobs is None for d in deltas[1:])
+    rows = pipe.forward("ref", np.array(prompt), 0, len(prompt))
+    pipe.free("ref")
+    for i in range(1, length):
+        ref = _log_softmax(rows[i - 1])
+        lp = lps[i]
+        assert lp is not None and lp.token_id == prompt[i]
+        assert abs(lp.logprob - ref[prompt[i]]) < 1e-4
+        assert [t for t, _ in lp.top] == list(np.argsort(-ref, kind="stable")[:3])
+    # the completion is the one a request without prompt logprobs gets
+    plain = [t for d in generate(pipe, files.tokenizer, prompt, SamplingParams(max_tokens=2), 64) for t in d.token_ids]
+    assert [t for d in deltas for t in d.token_ids] == plain
+
+
+def test_prompt_logprobs_over_several_pieces(tmp_path):
+    path = tmp_path / "m.gguf"
+    write_gguf(path, TinySpec(context=512))
+    files = open_model(path)
+    pipe = LocalPipeline([NumpyEngine().load_shard(files, 0, 4)])
+    prompt = [int(t) for t in np.random.default_rng(7).integers(3, 60, size=300)]  # 3 pieces of LOGPROB_CHUNK
+    deltas = list(generate(pipe, files.tokenizer, prompt, SamplingParams(max_tokens=1, prompt_logprobs=0), 512))
+    lps = deltas[0].prompt_logprobs
+    rows = pipe.forward("ref", np.array(prompt), 0, len(prompt))
+    assert lps is not None and len(lps) == 300
+    got = np.array([lp.logprob for lp in lps[1:] if lp is not None])
+    ref = np.array([_log_softmax(rows[i - 1])[prompt[i]] for i in range(1, 300)])
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    assert all(lp is not None and lp.top == () for lp in lps[1:])
+    assert pipe.shards[0].caches == {"ref": pipe.shards[0].caches["ref"]}  # the request's caches were freed
+
+
+def test_min_tokens_and_ignore_eos_hold_back_the_end(tiny):
+    _, _, ids = _run(tiny, SamplingParams(max_tokens=12))
+    eos = ids[3]
+    tok = dataclasses.replace(tiny[0].tokenizer, stop_ids=frozenset({eos}))
+    _, last, got = _run(tiny, SamplingParams(max_tokens=12), tokenizer=tok)
+    assert last.finish_reason == "stop" and len(got) == ids.index(eos) < 8
+    _, last, got = _run(tiny, SamplingParams(max_tokens=12, min_tokens=8), tokenizer=tok)
+    assert len(got) >= 8 and eos not in got[:8]
+    assert last.finish_reason == "stop" or len(got) == 12
+    _, last, got = _run(tiny, SamplingParams(max_tokens=12, ignore_eos=True), tokenizer=tok)
+    assert last.finish_reason == "length" and len(got) == 12 and eos not in got
+
+
+def test_logit_bias_steers_greedy_decoding(tiny):
+    _, _, plain = _run(tiny, SamplingParams(max_tokens=6))
+    _, _, forced = _run(tiny, SamplingParams(max_tokens=6, logit_bias=((9, 100.0),)))
+    assert forced == [9] * 6 != plain
+    _, _, banned = _run(tiny, SamplingParams(max_tokens=6, logit_bias=((plain[0], -100.0),)))
+    assert banned[0] != plain[0]
