@@ -29,6 +29,7 @@ from .plan_routes import PlanRoutes
 from .requests import check_model
 from .responses_routes import ResponsesRoutes
 from .tls import check_tls_files
+from .tokenizer_routes import TokenizerRoutes
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ class GatewayConfig:
         return "https" if self.tls_cert else "http"
 
 
+_KEYED_PATHS = ("/metrics", "/tokenize", "/detokenize", "/tokenizer_info")  # beside /v1/ and /api/
+
+
 def _too_large(limit: int) -> ApiError:
     return ApiError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
 
@@ -72,7 +76,7 @@ class LimitsMiddleware:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path = scope["path"]
-        if self.config.api_key and (path.startswith(("/v1/", "/api/")) or path == "/metrics"):
+        if self.config.api_key and (path.startswith(("/v1/", "/api/")) or path in _KEYED_PATHS):
             given = headers.get("authorization", "")
             if "x-api-key" in headers:  # Anthropic's SDKs send the key this way
                 given = f"Bearer {headers['x-api-key']}"
@@ -159,6 +163,7 @@ def create_app(node: Node, config: GatewayConfig | None = None) -> Starlette:
     plan = PlanRoutes(node)
     ollama = OllamaRoutes(gw, oa)
     anthropic = AnthropicRoutes(gw, oa)
+    tokenizer = TokenizerRoutes(gw)
     responses = ResponsesRoutes(gw, oa)
 
     def counted(endpoint: Any, name: str) -> Any:
@@ -191,6 +196,9 @@ def create_app(node: Node, config: GatewayConfig | None = None) -> Starlette:
         Route("/v1/plan", counted(plan.post, "plan"), methods=["POST"]),
         Route("/v1/chat/completions", counted(oa.chat, "chat"), methods=["POST"]),
         Route("/v1/completions", counted(oa.completions, "completions"), methods=["POST"]),
+        Route("/tokenize", counted(tokenizer.tokenize, "tokenize"), methods=["POST"]),
+        Route("/detokenize", counted(tokenizer.detokenize, "detokenize"), methods=["POST"]),
+        Route("/tokenizer_info", counted(tokenizer.info, "tokenizer_info")),
         Route("/v1/embeddings", counted(EmbeddingsRoutes(gw).embeddings, "embeddings"), methods=["POST"]),
         Route("/v1/responses", counted(responses.create, "responses"), methods=["POST"]),
     ]
