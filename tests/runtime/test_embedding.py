@@ -232,3 +232,33 @@ def test_a_ring_of_three_nodes_gives_the_vector_of_one_process(tiny_gguf):
         )
     for e, g in zip(expected, got):
         np.testing.assert_allclose(g, e, atol=1e-6)
+
+
+def test_a_node_lost_mid_embedding_is_failed_over_with_the_same_vectors(tiny_gguf):
+    """node2 goes silent while an embeddings request is on the ring: the FailoverRing replays the inputs'
+    positions on the survivors' ring and the vectors are those of one process."""
+    from tests.cluster.harness import in_process_cluster
+
+    files = open_model(tiny_gguf)
+    local = LocalPipeline([get_engine("numpy").load_shard(files, 0, files.args.num_hidden_layers)])
+    inputs = [ids(LONG, 10 + i) for i in range(3)]
+    expected = [embed(local, x, CONTEXT).vector for x in inputs]
+    with in_process_cluster(tiny_gguf, 3, heartbeat=0.2, timeout=1.5, wait_for_peers=2) as c:
+        node0, _, node2 = c.nodes
+        runner = node2.shard.role.runner
+        single = runner.forward
+
+        def slow(rid, x, start_pos, *args):  # type: ignore[no-untyped-def]
+            if start_pos > 0:  # the second chunks: the first ones' positions are then replayed
+                time.sleep(0.5)
+            return single(rid, x, start_pos, *args)
+
+        runner.forward = slow
+        router = node0.ready_router()[1]
+        running = asyncio.run_coroutine_threadsafe(router.embed(inputs), c.loop)
+        c.wait(lambda: any(p > 0 for p in node2.shard.last_pos.values()), "a second chunk to reach node2")
+        c.run(node2.stop_async())
+        got = running.result(60)
+        assert node0.rings.replays() >= 1
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g.vector, e, atol=1e-6)
