@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..runtime.embedding import POOLINGS, normalized
+from ..runtime.embedding import POOLINGS, Embedded, normalized
 from .errors import ApiError, invalid
 from .requests import parse_json
 
@@ -101,11 +102,32 @@ def _encoded(vector: np.ndarray, encoding: str) -> list[float] | str:
     return [float(x) for x in vector]
 
 
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 class EmbeddingsRoutes:
     """POST /v1/embeddings of one gateway; `gw` gives node, config and model check."""
 
     def __init__(self, gw: Any) -> None:
         self.gw = gw
+
+    async def _finished(self, request: Request, work: Coroutine[Any, Any, list[Embedded]]) -> list[Embedded]:
+        """The router's embeddings, cancelled (which frees their caches) when the client goes away or
+        request_timeout passes (a 504)."""
+        task, watch = asyncio.ensure_future(work), asyncio.ensure_future(_disconnected(request))
+        limit = self.gw.config.request_timeout
+        try:
+            done, _ = await asyncio.wait({task, watch}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()
+        if watch in done:
+            raise asyncio.CancelledError  # the client is gone: nobody to answer
+        raise ApiError(504, f"the request did not finish within {limit:g} s", "timeout_error", code="timeout")
 
     async def embeddings(self, request: Request) -> Response:
         body = parse_json(await request.body())
@@ -132,13 +154,7 @@ class EmbeddingsRoutes:
                     "context_length_exceeded",
                 )
             ids.append(tokens)
-        limit = self.gw.config.request_timeout
-        try:
-            results = await asyncio.wait_for(router.embed(ids, req.pooling), limit)
-        except TimeoutError:
-            raise ApiError(
-                504, f"the request did not finish within {limit:g} s", "timeout_error", code="timeout"
-            ) from None
+        results = await self._finished(request, router.embed(ids, req.pooling))
         data = []
         for i, r in enumerate(results):
             vector = r.vector if req.dimensions is None else normalized(r.vector[: req.dimensions])

@@ -5,6 +5,7 @@ endpoint on /metrics; on SmolLM2 (slow), paraphrases closer than unrelated sente
 from __future__ import annotations
 
 import base64
+import time
 
 import httpx
 import numpy as np
@@ -172,3 +173,30 @@ def test_smollm2_paraphrases_are_closer_than_unrelated_sentences(smollm2_server)
         a, b, c = (np.array(d.embedding) for d in r.data)
         assert a.shape == (576,)
         assert float(a @ b) > float(a @ c) and float(a @ b) > float(b @ c), (pooling, a @ b, a @ c, b @ c)
+
+
+def _wait(check, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+BIG = {"input": [[7] * 250] * 2048}  # ~2048 passes of 250 positions: seconds of work
+
+
+def test_a_client_that_goes_away_cancels_and_frees(tiny_server, tiny_gguf):
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{tiny_server.url}/v1/embeddings", json={"model": str(tiny_gguf), **BIG}, timeout=0.5)
+    router = tiny_server.node.router
+    _wait(lambda: router.in_flight == 0 and caches(tiny_server) == 0, "the request to be cancelled and freed", 10)
+
+
+def test_a_request_past_the_timeout_is_a_504_and_frees(tiny_gguf):
+    from exo_actor.api import GatewayConfig
+    from tests.api.servers import thread_server
+
+    with thread_server(tiny_gguf, GatewayConfig(request_timeout=0.3)) as srv:
+        r = post(srv, {"model": str(tiny_gguf), **BIG}, path="/v1/embeddings")
+        assert_error(r, 504, code="timeout")
+        _wait(lambda: srv.node.router.in_flight == 0 and caches(srv) == 0, "the request to be freed", 10)
