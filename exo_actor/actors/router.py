@@ -189,25 +189,26 @@ class RouterActor:
     async def embed(self, inputs: Sequence[Sequence[int]], pooling: str = "mean") -> list[Embedded]:
         """The embeddings of several inputs (runtime/embedding.py), as one request for admission
         (OverloadedError when max_concurrent are in flight). Their passes go through the same turns as
-        the generation traffic, EMBED_WINDOW inputs at a time; cancelling this frees their caches."""
+        the generation traffic, up to EMBED_WINDOW inputs at a time; cancelling this frees their caches."""
         rid = self._admission()
         loop, stop = asyncio.get_running_loop(), threading.Event()  # stop: ends every input still running
         results: list[Embedded] = []
+        reqs = [
+            _Request(f"{rid}.{i}", list(ids), None, loop, asyncio.Queue(), stop, pooling)
+            for i, ids in enumerate(inputs)
+        ]
         try:
-            for k in range(0, len(inputs), EMBED_WINDOW):
-                window = [
-                    _Request(f"{rid}.{k + i}", list(ids), None, loop, asyncio.Queue(), stop, pooling)
-                    for i, ids in enumerate(inputs[k : k + EMBED_WINDOW])
-                ]
-                for req in window:
-                    self._inbox.put(req)
-                for req in window:
-                    item = await req.out.get()
-                    if isinstance(item, BaseException):
-                        raise item
-                    if not isinstance(item, Embedded):
-                        raise ExoError(f"embedding {req.request_id} ended without a result")
-                    results.append(item)
+            for req in reqs[:EMBED_WINDOW]:
+                self._inbox.put(req)
+            for i, req in enumerate(reqs):  # as each input is done, the next one joins
+                item = await req.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if not isinstance(item, Embedded):
+                    raise ExoError(f"embedding {req.request_id} ended without a result")
+                results.append(item)
+                if i + EMBED_WINDOW < len(reqs):
+                    self._inbox.put(reqs[i + EMBED_WINDOW])
             return results
         finally:
             stop.set()
