@@ -17,7 +17,9 @@ from ..actors.router import GenerationStream, RouterActor
 from ..errors import ExoError
 from ..runtime.generation import Delta, GenerationStats, TokenLogprob
 from ..sampling import SamplingParams
-from ..tokenizer import TextTokenizer, chat_prompt_ids
+from ..tokenizer import TextTokenizer
+from ..tools import ToolCallStreamer, ToolSpecError, ToolUse
+from ..tools.openai import message_tool_calls, stream_deltas
 from . import responses as R
 from .errors import ApiError, invalid
 from .requests import parse_chat, parse_completion, parse_json
@@ -111,35 +113,60 @@ class OpenAIRoutes:
         tok, ctx, router = self._ready()
         req = parse_chat(body, ctx, self.gw.config.max_tokens)
         self.gw.check_model(req.model)
+        # tools offered: the prompt describes them, required calls are a grammar, the output is parsed
+        use = ToolUse.for_model(tok, req.tools, req.tool_choice, req.parallel_tool_calls) if req.tools else ToolUse()
         try:
-            ids = chat_prompt_ids(tok, req.messages)
+            ids = use.prompt_ids(tok, req.messages)
+            grammar = use.grammar()
+        except ToolSpecError as exc:
+            raise invalid(str(exc), exc.param) from None
         except ExoError as exc:
             raise invalid(str(exc), "messages") from None
         _check_context(ids, ctx)
-        stream = router.submit(ids, _within(req.params, ids, ctx))
+        params = req.params if grammar is None else dataclasses.replace(req.params, grammar=grammar)
+        stream = router.submit(ids, _within(params, ids, ctx))
         cid = R.new_id("chatcmpl")
         if req.stream:
             return self._stream_response(
-                self._chat_events(cid, req.model, tok, stream, req.include_usage, req.logprobs)
+                self._chat_events(cid, req.model, tok, stream, req.include_usage, req.logprobs, use.streamer())
             )
         text, finish, stats, lps = await self._collect(request, stream)
         logprobs = R.chat_logprobs(tok, lps) if req.logprobs else None
-        return JSONResponse(R.chat_completion(cid, req.model, text, finish, stats, logprobs))
+        content, calls = use.parse(text)
+        finish = "tool_calls" if calls else finish
+        calls_json = message_tool_calls(calls)
+        return JSONResponse(R.chat_completion(cid, req.model, content, finish, stats, logprobs, calls_json))
 
     async def _chat_events(
-        self, cid: str, model: str, tok: TextTokenizer, stream: GenerationStream, include_usage: bool, logprobs: bool
+        self,
+        cid: str,
+        model: str,
+        tok: TextTokenizer,
+        stream: GenerationStream,
+        include_usage: bool,
+        logprobs: bool,
+        tools: ToolCallStreamer | None = None,
     ) -> AsyncGenerator[bytes, None]:
+        """The chunks of a streamed chat; with `tools`, text that may be a call is held back and calls go
+        out as `tool_calls` deltas (see exo_actor/tools/stream.py)."""
         created = int(time.time())
-        yield _sse(R.chat_chunk(cid, created, model, {"role": "assistant", "content": ""}))
+        # content null, not "", when the answer may be calls only (what OpenAI sends; the SDK's sum stays null)
+        yield _sse(R.chat_chunk(cid, created, model, {"role": "assistant", "content": "" if tools is None else None}))
         last: Delta | None = None
         try:
             async for d in stream:
                 last = d
                 lp = R.chat_logprobs(tok, d.logprobs) if logprobs and d.logprobs else None
-                if d.text or lp:
-                    yield _sse(R.chat_chunk(cid, created, model, {"content": d.text}, logprobs=lp))
+                if tools is None:
+                    if d.text or lp:
+                        yield _sse(R.chat_chunk(cid, created, model, {"content": d.text}, logprobs=lp))
+                else:
+                    deltas = stream_deltas(tools.feed(d.text) + (tools.finish() if d.finish_reason else []))
+                    for i, delta in enumerate(deltas or ([{"content": ""}] if lp else [])):
+                        yield _sse(R.chat_chunk(cid, created, model, delta, logprobs=lp if i == 0 else None))
                 if d.finish_reason is not None:
-                    yield _sse(R.chat_chunk(cid, created, model, {}, finish=d.finish_reason))
+                    finish = "tool_calls" if tools is not None and tools.calls else d.finish_reason
+                    yield _sse(R.chat_chunk(cid, created, model, {}, finish=finish))
         finally:
             stream.cancel()  # a client that went away stops generation now, not when the GC runs
         if last is not None:

@@ -11,20 +11,31 @@ from ..errors import InvalidRequestError
 from ..sampling import SamplingParams
 from ..sampling.grammar import GrammarError, response_format_grammar
 from ..sampling.params import MAX_DRAFT_TOKENS, MAX_STOP_STRINGS
+from ..tools import (
+    Tool,
+    ToolChoice,
+    ToolSpecError,
+    parse_openai_tool_calls,
+    parse_openai_tool_choice,
+    parse_openai_tools,
+)
 from .errors import ApiError, invalid
 
-ROLES = ("system", "developer", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP = MAX_STOP_STRINGS  # OpenAI allows 4; evaluation harnesses send more (16 here)
 
 
 @dataclass(frozen=True)
 class ChatRequest:
     model: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]  # Hugging Face's shape: assistant `tool_calls` (arguments as dicts), `tool`
     params: SamplingParams
     stream: bool
     include_usage: bool
     logprobs: bool
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = ToolChoice("none")
+    parallel_tool_calls: bool = True
 
 
 @dataclass(frozen=True)
@@ -176,6 +187,53 @@ def _message_text(content: Any, i: int) -> str:
     raise invalid(f"'{param}' must be a string or an array of text parts", param)
 
 
+def _message(m: Any, i: int) -> dict[str, Any]:
+    """One chat message in Hugging Face's shape (what chat templates read)."""
+    if not isinstance(m, dict):
+        raise invalid(f"messages[{i}] must be an object", f"messages[{i}]")
+    role = m.get("role")
+    if role not in ROLES:
+        raise invalid(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}", f"messages[{i}].role")
+    content = m.get("content")
+    if content is None and role == "assistant":
+        content = ""
+    out: dict[str, Any] = {"role": "system" if role == "developer" else role, "content": _message_text(content, i)}
+    if role == "assistant" and m.get("tool_calls") is not None:
+        try:
+            calls = parse_openai_tool_calls(m["tool_calls"], f"messages[{i}].tool_calls")
+        except ToolSpecError as exc:
+            raise invalid(str(exc), exc.param) from None
+        if calls:
+            out["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
+            ]
+    if role == "tool":
+        call_id = m.get("tool_call_id")
+        if not isinstance(call_id, str) or not call_id:
+            param = f"messages[{i}].tool_call_id"
+            raise invalid(f"'{param}' is required in a tool message (the id of the call it answers)", param)
+        out["tool_call_id"] = call_id
+    return out
+
+
+def _tools(body: dict[str, Any]) -> tuple[tuple[Tool, ...], ToolChoice, bool]:
+    """`tools`, `tool_choice` and `parallel_tool_calls`, validated (one 400 naming the field)."""
+    try:
+        tools = parse_openai_tools(body.get("tools"))
+        choice = parse_openai_tool_choice(body.get("tool_choice"), tools)
+    except ToolSpecError as exc:
+        raise invalid(str(exc), exc.param) from None
+    parallel = bool(_get(body, "parallel_tool_calls", bool, True))
+    fmt = body.get("response_format")
+    if tools and choice.mode != "none" and isinstance(fmt, dict) and fmt.get("type", "text") != "text":
+        raise invalid(
+            "'response_format' cannot be combined with 'tools' unless 'tool_choice' is 'none' "
+            "(then the tools are not offered and the answer follows response_format)",
+            "response_format",
+        )
+    return tuple(tools), choice, parallel
+
+
 def parse_chat(body: dict[str, Any], context_length: int, max_tokens: int | None = None) -> ChatRequest:
     model = _get(body, "model", str, None)
     if not model:
@@ -183,17 +241,8 @@ def parse_chat(body: dict[str, Any], context_length: int, max_tokens: int | None
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise invalid("'messages' must be a non-empty array", "messages")
-    parsed = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise invalid(f"messages[{i}] must be an object", f"messages[{i}]")
-        role = m.get("role")
-        if role not in ROLES:
-            raise invalid(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}", f"messages[{i}].role")
-        content = m.get("content")
-        if content is None and role == "assistant":
-            content = ""
-        parsed.append({"role": "system" if role == "developer" else role, "content": _message_text(content, i)})
+    parsed = [_message(m, i) for i, m in enumerate(messages)]
+    tools, choice, parallel = _tools(body)
     stream = bool(_get(body, "stream", bool, False))
     logprobs = bool(_get(body, "logprobs", bool, False))
     top = _get(body, "top_logprobs", int, None)
@@ -202,7 +251,9 @@ def parse_chat(body: dict[str, Any], context_length: int, max_tokens: int | None
     if top is not None and not 0 <= top <= 20:
         raise invalid("'top_logprobs' must be between 0 and 20", "top_logprobs")
     params = _sampling(body, context_length, (top or 0) if logprobs else None, max_tokens)
-    return ChatRequest(model, parsed, params, stream, _stream_options(body, stream), logprobs)
+    return ChatRequest(
+        model, parsed, params, stream, _stream_options(body, stream), logprobs, tools, choice, parallel
+    )
 
 
 def parse_completion(body: dict[str, Any], context_length: int, max_tokens: int | None = None) -> CompletionRequest:

@@ -80,8 +80,18 @@ def completion_logprobs(tok: TextTokenizer, lps: list[TokenLogprob], start_offse
 
 
 def chat_completion(
-    cid: str, model: str, text: str, finish: str, stats: GenerationStats | None, logprobs: dict[str, Any] | None
+    cid: str,
+    model: str,
+    text: str | None,
+    finish: str,
+    stats: GenerationStats | None,
+    logprobs: dict[str, Any] | None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """A chat.completion; with `tool_calls` (OpenAI's dicts) the message carries them (content may be None)."""
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {
         "id": cid,
         "object": "chat.completion",
@@ -90,7 +100,7 @@ def chat_completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
+                "message": message,
                 "logprobs": logprobs,
                 "finish_reason": finish,
             }
