@@ -4,12 +4,13 @@ tests/api/test_structured.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import jsonschema
 import pytest
 
-from exo_actor.runtime.generation import generate
+from exo_actor.actors.router import RouterActor
 from exo_actor.runtime.local import load_local
 from exo_actor.sampling import SamplingParams
 from exo_actor.sampling.grammar import json_grammar
@@ -51,15 +52,25 @@ def test_a_hundred_sampled_runs_all_parse_and_validate(smollm2_torch, speculativ
     ids = chat_prompt_ids(files.tokenizer, ASK)
     grammar = json_grammar(PERSON)
     spec = Speculation(NgramDrafter(), 4, adaptive=False) if speculative else None
-    finished = 0
-    for seed in range(100):
+    # the 100 runs go through a router together: continuous batching, as a server runs them
+    context = files.args.max_position_embeddings
+    router = RouterActor(pipe, files.tokenizer, context, max_concurrent=100, speculation=spec)
+    router.start()
+
+    async def run(seed: int) -> tuple[str, str | None]:
         params = SamplingParams(temperature=1.0, seed=seed, max_tokens=160, grammar=grammar)
-        deltas = list(
-            generate(pipe, files.tokenizer, ids, params, files.args.max_position_embeddings, speculation=spec)
-        )
-        text = "".join(d.text for d in deltas)
+        deltas = [d async for d in router.submit(ids, params)]
+        return "".join(d.text for d in deltas), deltas[-1].finish_reason
+
+    async def all_runs() -> list[tuple[str, str | None]]:
+        return await asyncio.gather(*(run(seed) for seed in range(100)))
+
+    try:
+        results = asyncio.run(all_runs())
+    finally:
+        router.stop()
+    for text, _ in results:
         jsonschema.validate(json.loads(text), PERSON)
-        finished += deltas[-1].finish_reason == "stop"
-    assert finished == 100
+    assert [finish for _, finish in results] == ["stop"] * 100
     if spec is not None:
         assert spec.drafted > 0  # the drafts were verified under the grammar

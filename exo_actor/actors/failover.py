@@ -41,7 +41,7 @@ class _Request:
     wire: str  # the id its caches have on the shards: a new one for each replay
     tokens: list[int] = field(default_factory=list)  # the token id at each cached position
     epoch: int = 0  # the ring (attach count) whose shards hold its caches
-    adopt: tuple[str, int] | None = None  # a prefix-cache adoption not yet sent (source's wire id, length)
+    adopt: tuple[str, int, bool] | None = None  # an adoption not yet sent (source's wire id, length, copy)
     replays: int = 0
 
 
@@ -158,7 +158,16 @@ class FailoverRing:
             if src is not None and src.epoch == self._epoch and self._ring is not None:
                 self._ring.free(src.wire)
             return 0  # nothing known to continue from: the request prefills its whole prompt
-        self._requests[request_id] = _Request(request_id, src.tokens[:length], src.epoch, (src.wire, length))
+        self._requests[request_id] = _Request(request_id, src.tokens[:length], src.epoch, (src.wire, length, False))
+        return length
+
+    def fork(self, source: str, request_id: str, length: int) -> int:
+        """Another choice of `source`'s prompt starts from a copy of its first `length` positions. If the
+        copy fails on a shard (source freed meanwhile, or a later ring), the positions are replayed."""
+        src = self._requests.get(source)
+        if src is None or len(src.tokens) < length:
+            return 0
+        self._requests[request_id] = _Request(request_id, src.tokens[:length], src.epoch, (src.wire, length, True))
         return length
 
     def free(self, request_id: str) -> None:
@@ -223,8 +232,8 @@ class FailoverRing:
                 self.replays += 1
                 log.info("request %s: %d position(s) replayed on the ring", rid, len(history))
         elif req.adopt is not None:
-            source, length = req.adopt
-            ring.adopt(source, req.wire, length)
+            source, length, copy = req.adopt
+            (ring.fork if copy else ring.adopt)(source, req.wire, length)
             req.adopt = None
         return Pass(req.wire, p.tokens, p.start_pos, p.num_logits, p.sample)
 

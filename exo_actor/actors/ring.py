@@ -85,9 +85,8 @@ class RemoteRing:
         self.pending: dict[str, tuple[int, asyncio.Future[Answer]]] = {}
         self.broken: str | None = None
         self.last_pos: dict[str, int] = {}  # request -> start of its latest pass (for Truncate)
-        self.adopting: dict[
-            str, tuple[str, int]
-        ] = {}  # request -> (cache it takes over, length): sent with its first pass
+        # request -> (cache it takes over or copies, length, 1 to copy): sent with its first pass
+        self.adopting: dict[str, tuple[str, int, int]] = {}
 
     # called on the event loop ------------------------------------------------------------
     def on_logits(self, msg: Logits) -> None:
@@ -143,10 +142,12 @@ class RemoteRing:
         if self.broken:
             raise RingError(self.broken)
         me, rid, start_pos = self.net.node_id, p.request_id, p.start_pos
-        src, length = self.adopting.pop(rid, ("", 0))
+        src, length, copy = self.adopting.pop(rid, ("", 0, 0))
         spec = self._spec(p)
         tokens = np.asarray(p.tokens, dtype=np.int64)
-        msg = Forward(rid, me, me, self.plan, start_pos, p.num_logits, tokens, src, length, [spec] if spec else [])
+        msg = Forward(
+            rid, me, me, self.plan, start_pos, p.num_logits, tokens, src, length, [spec] if spec else [], copy
+        )
         futs = self._send(msg, [rid], [start_pos])
         return await self._answer(rid, futs[0])
 
@@ -166,7 +167,7 @@ class RemoteRing:
         groups = [[i for i in single if specs[i] is not None], [i for i in single if specs[i] is None]]
         for chunk in (group[k : k + MAX_LIST] for group in groups for k in range(0, len(group), MAX_LIST)):
             rids = [passes[i].request_id for i in chunk]
-            adopting = [self.adopting.pop(rid, ("", 0)) for rid in rids]
+            adopting = [self.adopting.pop(rid, ("", 0, 0)) for rid in rids]
             msg = ForwardBatch(
                 me,
                 me,
@@ -177,6 +178,7 @@ class RemoteRing:
                 [a[1] for a in adopting],
                 np.concatenate([np.asarray(passes[i].tokens, dtype=np.int64) for i in chunk]),
                 [s for i in chunk if (s := specs[i]) is not None],
+                [a[2] for a in adopting] if any(a[2] for a in adopting) else [],
             )
             try:
                 futs = self._send(msg, rids, msg.positions)
@@ -232,7 +234,12 @@ class RemoteRing:
     def adopt(self, source: str, request_id: str, length: int) -> int:
         """Each shard moves `source`'s cache to request_id when the request's first pass reaches it
         (carried by that Forward, so no separate message can overtake or trail it)."""
-        self.adopting[request_id] = (source, length)
+        self.adopting[request_id] = (source, length, 0)
+        return length
+
+    def fork(self, source: str, request_id: str, length: int) -> int:
+        """As adopt, but each shard copies `source`'s cache (which keeps running) instead of taking it over."""
+        self.adopting[request_id] = (source, length, 1)
         return length
 
     def free(self, request_id: str) -> None:

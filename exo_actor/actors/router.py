@@ -71,6 +71,7 @@ class _Request:
     out: asyncio.Queue[Delta | Embedded | BaseException | None]
     cancelled: threading.Event = field(default_factory=threading.Event)
     pooling: str = "mean"  # an embedding's (runtime/embedding.py)
+    fork: str | None = None  # a running request with the same prompt: start from a copy of its caches
 
 
 @dataclass
@@ -179,10 +180,12 @@ class RouterActor:
             self.micro_batches = max(1, nodes)
         self._inbox.put(_FORGET_PREFIXES)
 
-    def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> GenerationStream:
-        """Queue a request; raises OverloadedError when max_concurrent requests are in flight."""
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams, fork: str | None = None) -> GenerationStream:
+        """Queue a request; raises OverloadedError when max_concurrent requests are in flight. `fork`: the
+        id of a stream with the same prompt that has produced a Delta (its prompt is prefilled): this one
+        copies its caches instead of prefilling them again (the choices of an n > 1 request)."""
         rid = self._admission()
-        req = _Request(rid, list(prompt_ids), params, asyncio.get_running_loop(), asyncio.Queue())
+        req = _Request(rid, list(prompt_ids), params, asyncio.get_running_loop(), asyncio.Queue(), fork=fork)
         self._inbox.put(req)
         return GenerationStream(req, self._done)
 
@@ -336,6 +339,7 @@ class RouterActor:
                 req.request_id,
                 self.speculation,
                 self.prefix,
+                req.fork,
             )
         a = active[req.request_id] = _Active(req, gen)
         self._advance(a, None, active)  # up to its first pass

@@ -108,6 +108,7 @@ class ShardActor:
                         msg.adopt,
                         msg.adopt_len,
                         msg.sample,
+                        msg.adopt_copy,
                     ),
                 )
         except UnknownPeerError as exc:
@@ -119,7 +120,7 @@ class ShardActor:
     @staticmethod
     def _run(runner: ShardRunner, msg: Forward, last: bool) -> np.ndarray | Choice:
         """The pass through this shard's layers; on the last shard of a sampled pass, its tokens."""
-        _adopt(runner, msg.rid, msg.adopt, msg.adopt_len)
+        _adopt(runner, msg.rid, msg.adopt, msg.adopt_len, msg.adopt_copy)
         out = runner.forward(msg.rid, msg.data, msg.pos, msg.num_logits)
         return choose(out, msg.sample[0]) if last and msg.sample else out
 
@@ -176,10 +177,11 @@ class ShardActor:
             else:
                 adopt, adopt_len = [msg.adopt[i] for i in ok], [msg.adopt_len[i] for i in ok]
                 samples = [msg.samples[i] for i in ok] if msg.samples else []
+                copy = [msg.adopt_copy[i] for i in ok] if msg.adopt_copy else []
                 data = np.concatenate(outs)
                 self.net.send(
                     role.next_node,
-                    ForwardBatch(me, msg.router, msg.plan, rids, positions, adopt, adopt_len, data, samples),
+                    ForwardBatch(me, msg.router, msg.plan, rids, positions, adopt, adopt_len, data, samples, copy),
                 )
         except UnknownPeerError as exc:
             for rid in rids:
@@ -197,7 +199,7 @@ class ShardActor:
         results: dict[int, Exception] = {}
         for k, i in enumerate(rows):
             try:
-                _adopt(runner, msg.rids[i], msg.adopt[i], msg.adopt_len[i])
+                _adopt(runner, msg.rids[i], msg.adopt[i], msg.adopt_len[i], msg.adopt_copy[i] if msg.adopt_copy else 0)
             except ExoError as exc:
                 results[k] = exc
                 continue
@@ -267,11 +269,12 @@ def _peer_down(exc: UnknownPeerError) -> str:
     return f"node {exc.node_id} cannot be reached from here; the cluster is re-planning, retry the request"
 
 
-def _adopt(runner: ShardRunner, rid: str, source: str, length: int) -> None:
-    """The prefix cache: continue a finished request's KV cache (no-op without a source)."""
+def _adopt(runner: ShardRunner, rid: str, source: str, length: int, copy: int = 0) -> None:
+    """The prefix cache: continue a finished request's KV cache; or, with `copy`, start from a copy of a
+    running one's (the choices of one prompt). No-op without a source."""
     if not source:
         return
-    got = runner.adopt(source, rid, length)
+    got = runner.fork(source, rid, length) if copy else runner.adopt(source, rid, length)
     if got != length:
         raise CachePositionError(
             f"the cached prefix of this conversation is gone from node layers [{runner.start}, "

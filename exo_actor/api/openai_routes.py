@@ -7,13 +7,13 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ..actors.router import GenerationStream, RouterActor
+from ..actors.router import GenerationStream, OverloadedError, RouterActor
 from ..errors import ExoError
 from ..runtime.generation import Delta, GenerationStats, TokenLogprob
 from ..sampling import SamplingParams
@@ -22,7 +22,7 @@ from ..tools import ToolCallStreamer, ToolSpecError, ToolUse
 from ..tools.openai import message_tool_calls, stream_deltas
 from . import responses as R
 from .errors import ApiError, invalid
-from .requests import parse_chat, parse_completion, parse_json
+from .requests import CompletionRequest, parse_chat, parse_completion, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,36 @@ def _check_context(ids: list[int], context_length: int) -> None:
             "messages",
             "context_length_exceeded",
         )
+
+
+class _Watched:
+    """A GenerationStream that sets `first` when its first Delta arrives (or it ends)."""
+
+    def __init__(self, stream: GenerationStream, first: asyncio.Event) -> None:
+        self.stream, self.first = stream, first
+
+    async def __aiter__(self) -> AsyncIterator[Delta]:
+        try:
+            async for d in self.stream:
+                self.first.set()
+                yield d
+        finally:
+            self.first.set()
+
+    def cancel(self) -> None:
+        self.stream.cancel()
+
+
+def _check_bias(params: SamplingParams, vocab: int) -> None:
+    if any(t >= vocab for t, _ in params.logit_bias):
+        raise invalid(f"'logit_bias' token ids must be between 0 and {vocab - 1}", "logit_bias")
+
+
+def _nth(params: SamplingParams, j: int) -> SamplingParams:
+    """The parameters of a request's j-th choice: a seeded request's choices draw from different seeds."""
+    if j == 0 or params.seed is None:
+        return params
+    return dataclasses.replace(params, seed=(params.seed + j) % 2**63)
 
 
 def _within(params: SamplingParams, ids: list[int], context: int) -> SamplingParams:
@@ -71,15 +101,19 @@ class OpenAIRoutes:
     async def _collect(
         self, request: Request, stream: GenerationStream
     ) -> tuple[str, str, GenerationStats | None, list[TokenLogprob]]:
+        """A request's text, finish reason, stats and token logprobs (see _deltas)."""
+        deltas = await self._deltas(request, stream)
+        last = deltas[-1]
+        lps = [lp for d in deltas for lp in d.logprobs]
+        return "".join(d.text for d in deltas), last.finish_reason or "stop", last.stats, lps
+
+    async def _deltas(self, request: Request, stream: GenerationStream | _Watched) -> list[Delta]:
         """All of a request's deltas; cancels generation if the client goes away or time runs out."""
-        text, lps, last = [], [], None
+        deltas: list[Delta] = []
 
         async def consume() -> None:
-            nonlocal last
             async for d in stream:
-                text.append(d.text)
-                lps.extend(d.logprobs)
-                last = d
+                deltas.append(d)
 
         async def disconnected() -> None:
             while (await request.receive())["type"] != "http.disconnect":
@@ -104,9 +138,9 @@ class OpenAIRoutes:
                 code="timeout",
             )
         work.result()  # re-raise a generation error
-        assert last is not None and last.finish_reason is not None
-        self._record(last.stats)
-        return "".join(text), last.finish_reason, last.stats, lps
+        assert deltas and deltas[-1].finish_reason is not None
+        self._record(deltas[-1].stats)
+        return deltas
 
     async def chat(self, request: Request) -> Response:
         body = await self._body(request)
@@ -180,6 +214,7 @@ class OpenAIRoutes:
         tok, ctx, router = self._ready()
         req = parse_completion(body, ctx, self.gw.config.max_tokens)
         self.gw.check_model(req.model)
+        _check_bias(req.params, tok.vocab_size)
         prompt_ids = [p if isinstance(p, list) else tok.encode(p) for p in req.prompts]
         for ids in prompt_ids:
             if any(not 0 <= t < tok.vocab_size for t in ids):
@@ -187,45 +222,107 @@ class OpenAIRoutes:
             if not ids:
                 raise invalid("'prompt' is empty", "prompt")
             _check_context(ids, ctx)
-        if req.stream and len(prompt_ids) > 1:
-            raise invalid("streaming takes a single prompt", "prompt")
+        if req.stream and len(prompt_ids) * req.n > 1:
+            raise invalid("streaming takes a single prompt and n=1", "prompt" if len(prompt_ids) > 1 else "n")
+        echoes = [
+            (p if isinstance(p, str) else tok.decode(ids)) if req.echo else ""
+            for p, ids in zip(req.prompts, prompt_ids)
+        ]
         cid = R.new_id("cmpl")
         if req.stream:
             stream = router.submit(prompt_ids[0], _within(req.params, prompt_ids[0], ctx))
-            return self._stream_response(
-                self._completion_events(cid, req.model, tok, stream, req.include_usage, req.params.logprobs is not None)
+            return self._stream_response(self._completion_events(cid, req, tok, stream, echoes[0], prompt_ids[0]))
+        jobs = [(k, j) for k in range(len(prompt_ids)) for j in range(req.n)]  # choices: by prompt, then n
+        if len(jobs) > router.max_concurrent:
+            raise OverloadedError(
+                f"{len(jobs)} choices (prompts x n) exceed the {router.max_concurrent} requests this server "
+                "runs at once (--max-concurrent); send fewer"
             )
-        streams = [router.submit(ids, _within(req.params, ids, ctx)) for ids in prompt_ids]
-        try:
-            results = await asyncio.gather(*(self._collect(request, s) for s in streams))
+        params = [_within(_nth(req.params, j), prompt_ids[k], ctx) for k, j in jobs]
+        per_prompt = await asyncio.gather(
+            *(
+                self._choices(request, router, ids, params[k * req.n : (k + 1) * req.n])
+                for k, ids in enumerate(prompt_ids)
+            )
+        )
+        results = [deltas for choices_of in per_prompt for deltas in choices_of]
+        choices, all_stats = [], []
+        for i, ((k, _), deltas) in enumerate(zip(jobs, results)):
+            text, finish, stats = "".join(d.text for d in deltas), deltas[-1].finish_reason, deltas[-1].stats
+            lps = [lp for d in deltas for lp in d.logprobs]
+            if req.score_only:  # max_tokens 0: the prompt alone
+                text, finish, lps = "", "length", []
+                stats = dataclasses.replace(stats, completion_tokens=0) if stats else None
+            lp = None
+            if req.params.logprobs is not None:
+                lp = R.completion_logprobs(tok, lps, len(echoes[k]))
+                if req.echo:
+                    lp = R.joined_logprobs(R.prompt_logprobs(tok, prompt_ids[k], deltas[0].prompt_logprobs), lp)
+            choices.append(R.completion_choice(i, echoes[k] + text, finish, lp))
+            all_stats.append(stats)
+        return JSONResponse(R.text_completion(cid, int(time.time()), req.model, choices, R.total_usage(all_stats)))
+
+    async def _choices(
+        self, request: Request, router: RouterActor, ids: list[int], params: list[SamplingParams]
+    ) -> list[list[Delta]]:
+        """The deltas of one prompt's choices. The first prefills the prompt; once it has (its first Delta),
+        the others start from a copy of its KV caches (they prefill only the prompt's last token)."""
+        streams: list[GenerationStream] = []
+        lead: asyncio.Future[list[Delta]] | None = None
+        try:  # a submit refused half-way (too many in flight) cancels those already queued
+            streams.append(router.submit(ids, params[0]))
+            prefilled = asyncio.Event()
+            lead = asyncio.ensure_future(self._deltas(request, _Watched(streams[0], prefilled)))
+            if len(params) > 1:
+                waiting = asyncio.ensure_future(prefilled.wait())
+                await asyncio.wait({lead, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+                if lead.done() and lead.exception() is not None:
+                    return [await lead]  # raises its error
+                for p in params[1:]:
+                    streams.append(router.submit(ids, p, fork=streams[0].request_id))
+            return list(await asyncio.gather(lead, *(self._deltas(request, s) for s in streams[1:])))
         finally:
+            if lead is not None and not lead.done():
+                lead.cancel()
             for s in streams:
                 s.cancel()
-        choices = []
-        for i, (text, finish, _, lps) in enumerate(results):
-            lp = R.completion_logprobs(tok, lps) if req.params.logprobs is not None else None
-            choices.append(R.completion_choice(i, text, finish, lp))
-        use = R.total_usage([stats for _, _, stats, _ in results])
-        return JSONResponse(R.text_completion(cid, int(time.time()), req.model, choices, use))
 
     async def _completion_events(
-        self, cid: str, model: str, tok: TextTokenizer, stream: GenerationStream, include_usage: bool, logprobs: bool
+        self,
+        cid: str,
+        req: CompletionRequest,
+        tok: TextTokenizer,
+        stream: GenerationStream,
+        echo: str,
+        prompt_ids: list[int],
     ) -> AsyncGenerator[bytes, None]:
-        created, last, offset = int(time.time()), None, 0
+        created, last, offset, logprobs = int(time.time()), None, len(echo), req.params.logprobs is not None
+        first = True
         try:
             async for d in stream:
                 last = d
+                if first and req.echo:  # the prompt first, with its logprobs when asked for
+                    lp = R.prompt_logprobs(tok, prompt_ids, d.prompt_logprobs) if logprobs else None
+                    choice = R.completion_choice(0, echo, None, lp)
+                    yield _sse(R.text_completion(cid, created, req.model, [choice], {}) | {"usage": None})
+                first = False
+                if req.score_only:
+                    d = Delta("", [], d.finish_reason and "length", d.stats)
                 lp = R.completion_logprobs(tok, d.logprobs, offset) if logprobs and d.logprobs else None
                 offset += len(d.text)
                 if d.text or lp or d.finish_reason:
                     choice = R.completion_choice(0, d.text, d.finish_reason, lp)
-                    yield _sse(R.text_completion(cid, created, model, [choice], {}) | {"usage": None})
+                    yield _sse(R.text_completion(cid, created, req.model, [choice], {}) | {"usage": None})
         finally:
             stream.cancel()
         if last is not None:
             self._record(last.stats)
-        if include_usage:
-            yield _sse(R.usage_chunk(cid, created, model, "text_completion", last.stats if last else None))
+        if req.include_usage:
+            stats = last.stats if last else None
+            if req.score_only and stats is not None:
+                stats = dataclasses.replace(stats, completion_tokens=0)
+            yield _sse(R.usage_chunk(cid, created, req.model, "text_completion", stats))
         yield _sse("[DONE]")
 
     def _stream_response(self, events: AsyncGenerator[bytes, None]) -> StreamingResponse:

@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import InvalidRequestError
 from ..sampling import SamplingParams
 from ..sampling.grammar import GrammarError, response_format_grammar
-from ..sampling.params import MAX_DRAFT_TOKENS, MAX_STOP_STRINGS
+from ..sampling.params import MAX_DRAFT_TOKENS, MAX_LOGIT_BIAS, MAX_STOP_STRINGS
 from ..tools import (
     Tool,
     ToolChoice,
@@ -23,6 +23,7 @@ from .errors import ApiError, invalid
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP = MAX_STOP_STRINGS  # OpenAI allows 4; evaluation harnesses send more (16 here)
+MAX_CHOICES = 16  # `n`: choices per prompt
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class CompletionRequest:
     params: SamplingParams
     stream: bool
     include_usage: bool
+    n: int = 1  # choices per prompt
+    echo: bool = False  # the prompt comes back before the completion (with its logprobs if logprobs is set)
+    score_only: bool = False  # max_tokens 0 with echo: the prompt alone (one token is generated, then dropped)
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -103,11 +107,19 @@ def _range(body: dict[str, Any], key: str, lo: float, hi: float, default: float)
 
 
 def _sampling(
-    body: dict[str, Any], context_length: int, logprobs: int | None, max_tokens_limit: int | None = None
+    body: dict[str, Any],
+    context_length: int,
+    logprobs: int | None,
+    max_tokens_limit: int | None = None,
+    allow_zero: bool = False,
+    prompt_logprobs: int | None = None,
+    several: bool = False,
 ) -> SamplingParams:
-    n = _get(body, "n", int, 1)
-    if n != 1:
-        raise invalid("only n=1 is supported; send several requests for several completions", "n")
+    """The sampling parameters of a chat or completion body. allow_zero: max_tokens 0 is accepted (an echo
+    that only scores the prompt; the caller generates one token and drops it); several: the caller reads
+    `n` itself (choices_count), else n must be 1."""
+    if not several and choices_count(body) != 1:
+        raise invalid("only n=1 is supported here; send several requests for several choices", "n")
     max_tokens = _get(body, "max_completion_tokens", int, None)
     key = "max_completion_tokens"
     if max_tokens is None:
@@ -115,7 +127,7 @@ def _sampling(
     limit = min(context_length, max_tokens_limit or context_length)
     if max_tokens is None:
         max_tokens = limit
-    if not 1 <= max_tokens <= limit:
+    if not 1 <= max_tokens <= limit and not (max_tokens == 0 and allow_zero):
         what = "the context length" if limit == context_length else "this server's limit (--max-tokens)"
         raise invalid(f"'{key}' must be between 1 and {what} ({limit}), got {max_tokens}", key)
     stop = body.get("stop")
@@ -142,6 +154,9 @@ def _sampling(
     draft_tokens = _get(body, "draft_tokens", int, None)  # exo-actor extension: 0 turns speculation off
     if draft_tokens is not None and not 0 <= draft_tokens <= MAX_DRAFT_TOKENS:
         raise invalid(f"'draft_tokens' must be between 0 and {MAX_DRAFT_TOKENS}", "draft_tokens")
+    min_tokens = _get(body, "min_tokens", int, 0)  # vLLM's extension, as are ignore_eos and top_k
+    if not 0 <= min_tokens <= max(max_tokens, 1):
+        raise invalid(f"'min_tokens' must be between 0 and max_tokens ({max_tokens}), got {min_tokens}", "min_tokens")
     try:
         return SamplingParams(
             temperature=_range(body, "temperature", 0.0, 2.0, 1.0),
@@ -149,16 +164,49 @@ def _sampling(
             top_k=top_k,
             min_p=_range(body, "min_p", 0.0, 1.0, 0.0),
             seed=seed,
-            max_tokens=max_tokens,
+            max_tokens=max(max_tokens, 1),
             stop=stops,
             presence_penalty=_range(body, "presence_penalty", -2.0, 2.0, 0.0),
             frequency_penalty=_range(body, "frequency_penalty", -2.0, 2.0, 0.0),
             logprobs=logprobs,
             draft_tokens=draft_tokens,
             grammar=grammar,
+            logit_bias=_logit_bias(body),
+            min_tokens=min_tokens,
+            ignore_eos=bool(_get(body, "ignore_eos", bool, False)),
+            prompt_logprobs=prompt_logprobs,
         )
     except InvalidRequestError as exc:
         raise invalid(str(exc)) from None
+
+
+def _logit_bias(body: dict[str, Any]) -> tuple[tuple[int, float], ...]:
+    """OpenAI's logit_bias: {"<token id>": bias in [-100, 100]} (the route checks ids against the vocabulary)."""
+    raw = _get(body, "logit_bias", dict, None)
+    if not raw:
+        return ()
+    if len(raw) > MAX_LOGIT_BIAS:
+        raise invalid(f"'logit_bias' takes at most {MAX_LOGIT_BIAS} tokens, got {len(raw)}", "logit_bias")
+    out = []
+    for key, v in raw.items():
+        if not key.isdigit() or len(key) > 12:
+            raise invalid(
+                f"'logit_bias' keys must be token ids (non-negative integers as strings), got {key!r}", "logit_bias"
+            )
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not -100 <= v <= 100:
+            raise invalid(
+                f"'logit_bias' values must be numbers between -100 and 100, got {v!r} for {key}", "logit_bias"
+            )
+        out.append((int(key), float(v)))
+    return tuple(sorted(out))
+
+
+def choices_count(body: dict[str, Any]) -> int:
+    """`n`: how many choices to generate for each prompt (OpenAI's default 1)."""
+    n = _get(body, "n", int, 1)
+    if not 1 <= n <= MAX_CHOICES:
+        raise invalid(f"'n' must be between 1 and {MAX_CHOICES}, got {n}", "n")
+    return n
 
 
 def _stream_options(body: dict[str, Any], stream: bool) -> bool:
@@ -274,14 +322,22 @@ def parse_completion(body: dict[str, Any], context_length: int, max_tokens: int 
             "'prompt' must be a string, an array of strings, an array of token ids, or an array of such arrays",
             "prompt",
         )
-    if body.get("suffix") or body.get("echo") or (body.get("best_of") or 1) != 1:
-        raise invalid("'suffix', 'echo' and 'best_of' are not supported")
+    if _get(body, "suffix", str, None):
+        raise invalid("'suffix' (fill in the middle) is not supported", "suffix")
+    n = choices_count(body)
+    best_of = _get(body, "best_of", int, n)
+    if best_of != n:
+        raise invalid(f"'best_of' must equal 'n' ({n}): ranking extra candidates is not supported", "best_of")
+    echo = bool(_get(body, "echo", bool, False))
     stream = bool(_get(body, "stream", bool, False))
     lp = _get(body, "logprobs", int, None)
     if lp is not None and not 0 <= lp <= 5:
         raise invalid("'logprobs' must be between 0 and 5", "logprobs")
-    params = _sampling(body, context_length, lp, max_tokens)
-    return CompletionRequest(model, prompts, params, stream, _stream_options(body, stream))
+    params = _sampling(
+        body, context_length, lp, max_tokens, allow_zero=echo, prompt_logprobs=lp if echo else None, several=True
+    )
+    score_only = echo and body.get("max_tokens") == 0
+    return CompletionRequest(model, prompts, params, stream, _stream_options(body, stream), n, echo, score_only)
 
 
 def _token_ids(ids: list[Any]) -> bool:

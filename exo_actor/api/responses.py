@@ -79,6 +79,29 @@ def completion_logprobs(tok: TextTokenizer, lps: list[TokenLogprob], start_offse
     }
 
 
+def prompt_logprobs(tok: TextTokenizer, prompt_ids: list[int], lps: list[TokenLogprob | None] | None) -> dict[str, Any]:
+    """An echoed prompt's logprobs in the completions shape: null for the first token (nothing predicts
+    it), and for every token when they were not computed."""
+    lps = lps if lps is not None and len(lps) == len(prompt_ids) else [None] * len(prompt_ids)
+    tokens, offsets, offset = [], [], 0
+    for t in prompt_ids:
+        text = _token_text(tok, t)[0]
+        tokens.append(text)
+        offsets.append(offset)
+        offset += len(text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [lp.logprob if lp else None for lp in lps],
+        "top_logprobs": [{_token_text(tok, i)[0]: v for i, v in lp.top} if lp else None for lp in lps],
+        "text_offset": offsets,
+    }
+
+
+def joined_logprobs(first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
+    """Two completions-shaped logprobs one after the other (an echoed prompt, then its completion)."""
+    return {k: first[k] + then[k] for k in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}
+
+
 def chat_completion(
     cid: str,
     model: str,

@@ -92,6 +92,12 @@ class ShardRunner(Protocol):
         prefix cache); returns the positions the new request starts with (0 if `source` is unknown)."""
         ...
 
+    def fork(self, source: str, request_id: str, length: int) -> int:
+        """Copy a running request's first `length` cached positions to a new request (the other choices of
+        an n > 1 request share the prompt's prefill); `source` keeps its cache. Returns the positions the
+        new request starts with (0 if `source` is unknown)."""
+        ...
+
     @property
     def weight_bytes(self) -> int: ...
 
@@ -148,6 +154,15 @@ class RequestCaches:
         cache.length = min(cache.length, max(0, length))
         self.caches[request_id] = cache
         return cache.length
+
+    def fork(self, source: str, request_id: str, length: int) -> int:
+        cache = self.caches.get(source)
+        if cache is None:
+            return 0
+        copy = cache.clone()  # every engine's cache class has clone(): an independent copy
+        copy.length = min(cache.length, max(0, length))
+        self.caches[request_id] = copy
+        return int(copy.length)
 
 
 def layer_tensors(weights: ShardWeights, convert: Callable[[np.ndarray | None], Any]) -> list[dict[str, Any]]:

@@ -83,6 +83,13 @@ class _Cache:
         self.v: list[Any] = []
         self.length = self.capacity = 0
 
+    def clone(self) -> _Cache:
+        other = _Cache(self.mx, self.n_layers, self.n_kv, self.hd, self.max_positions)
+        other.k = [self.mx.array(k) for k in self.k]  # copies: writes go through slice assignment
+        other.v = [self.mx.array(v) for v in self.v]
+        other.length, other.capacity = self.length, self.capacity
+        return other
+
     def reserve(self, end: int) -> None:
         if end <= self.capacity:
             return

@@ -31,6 +31,13 @@ class _Cache:
         self.v: list[Any] = []
         self.length = self.capacity = 0
 
+    def clone(self) -> _Cache:
+        other = _Cache()
+        other.k = [k.clone().realize() for k in self.k]  # own buffers: the layers assign() into them
+        other.v = [v.clone().realize() for v in self.v]
+        other.length, other.capacity = self.length, self.capacity
+        return other
+
 
 class TinygradShardRunner(RequestCaches):
     """Layers [start, end) on tinygrad, with one fixed-capacity KV cache per request."""
@@ -81,6 +88,9 @@ class TinygradShardRunner(RequestCaches):
 
     def forward(self, request_id: str, x: np.ndarray, start_pos: int, num_logits: int = 1) -> np.ndarray:
         return on_tinygrad_thread(self._forward, request_id, x, start_pos, num_logits)
+
+    def fork(self, source: str, request_id: str, length: int) -> int:
+        return on_tinygrad_thread(super().fork, source, request_id, length)  # tinygrad's buffers live there
 
     def _forward(self, request_id: str, x: np.ndarray, start_pos: int, num_logits: int) -> np.ndarray:
         Tensor = self.T_

@@ -115,6 +115,13 @@ class _Cache:
         self.v: Any = None
         self.length = self.capacity = 0
 
+    def clone(self) -> _Cache:
+        other = _Cache()
+        other.k = None if self.k is None else self.k.clone()
+        other.v = None if self.v is None else self.v.clone()
+        other.length, other.capacity = self.length, self.capacity
+        return other
+
 
 class TorchShardRunner(RequestCaches):
     """Layers [start, end) on torch with quantized weights, one KV cache per request."""

@@ -54,6 +54,14 @@ class KVCache:
         """Forget every position >= length (no memory is released)."""
         self.length = min(self.length, max(0, length))
 
+    def clone(self) -> KVCache:
+        """An independent copy of the valid positions (n choices of one prompt share its prefill)."""
+        other = KVCache(self.n_layers, self.n_kv_heads, self.head_dim, self.max_positions)
+        other.k = [a.copy() for a in self.k]
+        other.v = [a.copy() for a in self.v]
+        other.length, other.capacity = self.length, self.capacity
+        return other
+
     def _grow(self, needed: int) -> None:
         wanted = max(needed, 2 * self.capacity)
         new_cap = min(self.max_positions, -(-wanted // _GROW) * _GROW)

@@ -63,6 +63,11 @@ class Pipeline(Protocol):
         every shard (the prefix cache); returns the positions it starts with."""
         ...
 
+    def fork(self, source: str, request_id: str, length: int) -> int:
+        """Give request_id a copy of running request `source`'s first `length` cached positions on every
+        shard (another choice of the same prompt); returns the positions it starts with."""
+        ...
+
 
 class LocalPipeline:
     """Shards chained in one process: the output of each is the input of the next."""
@@ -104,6 +109,14 @@ class LocalPipeline:
 
     def adopt(self, source: str, request_id: str, length: int) -> int:
         return min(shard.adopt(source, request_id, length) for shard in self.shards)
+
+    def fork(self, source: str, request_id: str, length: int) -> int:
+        got = min(shard.fork(source, request_id, length) for shard in self.shards)
+        if got < length:  # a shard lacks it: start from nothing everywhere
+            for shard in self.shards:
+                shard.free(request_id)
+            return 0
+        return got
 
 
 @dataclass
@@ -184,13 +197,15 @@ def generation(
     request_id: str | None = None,
     speculation: Speculation | None = None,
     prefix: PrefixCache | None = None,
+    fork: str | None = None,
 ) -> Steps:
     """The generation of one request as a coroutine: yields a Pass when it needs a forward pass (send
     it the logits) and a Delta for each piece of text (send None, or call next()).
 
     With a PrefixCache the prompt continues the longest cached prefix (prefilling only the rest), and
     a request that completes keeps its KV caches there for the next turn instead of freeing them.
-    Closing it early frees the request's caches on the pipeline."""
+    `fork` names a running request with the same prompt (another choice of it): this one starts from a
+    copy of its prompt's caches. Closing it early frees the request's caches on the pipeline."""
     if not prompt_ids:
         raise ContextLengthError("the prompt is empty")
     if len(prompt_ids) >= context_length:
@@ -206,7 +221,9 @@ def generation(
     t0 = time.perf_counter()
     context = list(prompt_ids)  # grows with every token handed out
     cached = 0
-    if prefix is not None and params.prompt_logprobs is None:  # cached positions would have no logits
+    if fork is not None and params.prompt_logprobs is None:  # the last prompt token runs again: its logits
+        cached = pipeline.fork(fork, rid, len(prompt_ids) - 1)
+    elif prefix is not None and params.prompt_logprobs is None:  # cached positions would have no logits
         source, length = prefix.take(context)
         if source is not None:
             cached = pipeline.adopt(source, rid, length)

@@ -253,8 +253,11 @@ class Forward(Message):
     adopt: str = ""  # prefix cache: first take over this finished request's KV cache ("": none) ...
     adopt_len: int = 0  # ... cut to this many positions
     sample: list[SampleSpec] = field(default_factory=list)  # [one]: the last shard answers with Sampled
+    adopt_copy: int = 0  # 1: copy `adopt`'s cache instead of taking it over (the source keeps running)
 
     def check(self) -> None:
+        if self.adopt_copy not in (0, 1):
+            raise ProtocolError("fwd: adopt_copy is 0 or 1")
         if len(self.sample) > 1:
             raise ProtocolError("fwd: at most one sample")
         if self.sample and len(self.sample[0].drafts) + 1 != self.num_logits:
@@ -298,9 +301,14 @@ class ForwardBatch(Message):
     adopt_len: list[int]
     data: np.ndarray
     samples: list[SampleSpec] = field(default_factory=list)  # one per row (the answer is Sampled), or none
+    adopt_copy: list[int] = field(default_factory=list)  # per row, as Forward.adopt_copy; [] when none copies
 
     def check(self) -> None:
         _check_rows(self, (self.positions, self.adopt, self.adopt_len))
+        if self.adopt_copy and (
+            len(self.adopt_copy) != len(self.rids) or any(c not in (0, 1) for c in self.adopt_copy)
+        ):
+            raise ProtocolError("bfwd: adopt_copy is one 0 or 1 per row, or empty")
         if self.data.ndim > 2:
             raise ProtocolError("bfwd: the tensor is token ids [B] or hidden states [B, D]")
         if self.samples and (len(self.samples) != len(self.rids) or any(s.drafts for s in self.samples)):

@@ -109,6 +109,8 @@ messages = st.one_of(
             st.lists(text, min_size=n, max_size=n),
             st.lists(count, min_size=n, max_size=n),
             st.one_of(hnp.arrays(np.int64, (n,)), hnp.arrays(np.float32, (n, 3))),
+            st.just([]),
+            st.one_of(st.just([]), st.lists(st.integers(0, 1), min_size=n, max_size=n)),
         )
     ),
     st.integers(1, 8).flatmap(
@@ -205,6 +207,15 @@ def _batch(rids=("a", "b"), positions=(3, 4), adopt=("", ""), adopt_len=(0, 0), 
         (_batch(rids=("a", "a")), "appears twice"),
         (_batch(data=np.zeros((2, 3, 1), np.float32)), "token ids"),
         (_batch(rids=("a", 5)), "list of at most 64 strings"),
+        (
+            ForwardBatch("n0", "n0", 1, ["a"], [3], ["s"], [2], np.zeros(1, np.int64), [], [2]).encode(),
+            "adopt_copy",
+        ),
+        (
+            ForwardBatch("n0", "n0", 1, ["a", "b"], [3, 4], ["", ""], [0, 0], np.zeros(2, np.int64), [], [1]).encode(),
+            "adopt_copy",
+        ),
+        (Forward("r", "n0", "n0", 1, 0, 1, np.zeros(1, np.int64), "s", 3, [], 2).encode(), "adopt_copy"),
         (LogitsBatch("n0", ["a"], [1], np.zeros(4, np.float32)).encode(), "logits"),
         (LogitsBatch("n0", ["a", "b"], [1, 2], np.zeros((1, 4), np.float32)).encode(), "must agree"),
     ],
