@@ -299,9 +299,7 @@ def parse_chat(body: dict[str, Any], context_length: int, max_tokens: int | None
     if top is not None and not 0 <= top <= 20:
         raise invalid("'top_logprobs' must be between 0 and 20", "top_logprobs")
     params = _sampling(body, context_length, (top or 0) if logprobs else None, max_tokens)
-    return ChatRequest(
-        model, parsed, params, stream, _stream_options(body, stream), logprobs, tools, choice, parallel
-    )
+    return ChatRequest(model, parsed, params, stream, _stream_options(body, stream), logprobs, tools, choice, parallel)
 
 
 def parse_completion(body: dict[str, Any], context_length: int, max_tokens: int | None = None) -> CompletionRequest:
