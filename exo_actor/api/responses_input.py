@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..sampling.grammar import GrammarError, response_format_grammar
-from .errors import invalid
+from ..tools import Tool, ToolChoice, ToolSpecError, parse_openai_tool_choice, parse_openai_tools
+from .errors import ApiError, invalid
 from .requests import _get, _range
 
 ROLES = ("user", "system", "developer", "assistant")
@@ -33,8 +34,9 @@ class ResponsesRequest:
     top_p: float
     text_format: dict[str, Any]  # as echoed in the response's `text.format`
     grammar: str | None
-    tools: list[dict[str, Any]] = field(default_factory=list)  # function tools as the request gave them
-    tool_choice: str | dict[str, Any] = "auto"
+    tools: list[Tool] = field(default_factory=list)
+    tool_choice: ToolChoice = field(default_factory=lambda: ToolChoice("none"))
+    tool_choice_echo: str | dict[str, Any] = "auto"
     parallel_tool_calls: bool = True
     metadata: dict[str, str] = field(default_factory=dict)
 
@@ -72,9 +74,13 @@ def _required_str(item: dict[str, Any], key: str, param: str) -> str:
 
 
 def _function_call(item: dict[str, Any], param: str) -> dict[str, Any]:
-    arguments = item.get("arguments")
-    if not isinstance(arguments, str):
-        raise invalid(f"'{param}.arguments' must be a JSON string", f"{param}.arguments")
+    raw = item.get("arguments")
+    try:
+        arguments = (json.loads(raw) if raw.strip() else {}) if isinstance(raw, str) else None
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise invalid(f"'{param}.arguments' must be a JSON object as a string", f"{param}.arguments")
     call_id, name = _required_str(item, "call_id", param), _required_str(item, "name", param)
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
@@ -86,8 +92,8 @@ def _function_output(item: dict[str, Any], param: str) -> dict[str, Any]:
 
 
 def parse_input(value: Any) -> list[dict[str, Any]]:
-    """`input` (a string or a list of items) -> chat messages; consecutive function calls share one assistant
-    message (parallel calls)."""
+    """`input` (a string or a list of items) -> chat messages; function calls join the assistant message before
+    them (its text, then its parallel calls), as chat's `tool_calls` do."""
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     if not isinstance(value, list) or not value:
@@ -103,7 +109,7 @@ def parse_input(value: Any) -> list[dict[str, Any]]:
         elif kind == "function_call":
             call = _function_call(item, param)
             last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant" and ("tool_calls" in last or not last["content"]):
+            if last is not None and last["role"] == "assistant":  # its text, then its calls: one chat message
                 last.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
@@ -146,46 +152,56 @@ def _text_format(body: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     return echo, grammar
 
 
-def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
-    tools = _get(body, "tools", list, [])
-    out = []
-    for i, t in enumerate(tools):
-        param = f"tools[{i}]"
-        if not isinstance(t, dict) or t.get("type") != "function":
-            kind = t.get("type") if isinstance(t, dict) else type(t).__name__
-            raise invalid(f"{param}: only function tools are supported, got {kind!r}", f"{param}.type")
-        name = _required_str(t, "name", param)
-        parameters = t.get("parameters")
-        if parameters is not None and not isinstance(parameters, dict):
-            raise invalid(f"'{param}.parameters' must be a JSON schema object", f"{param}.parameters")
-        description = t.get("description")
-        if description is not None and not isinstance(description, str):
-            raise invalid(f"'{param}.description' must be a string", f"{param}.description")
-        strict = t.get("strict")
-        if strict is not None and not isinstance(strict, bool):
-            raise invalid(f"'{param}.strict' must be a boolean", f"{param}.strict")
-        out.append(
-            {"type": "function", "name": name, "description": description, "parameters": parameters, "strict": strict}
-        )
-    names = [t["name"] for t in out]
-    if len(set(names)) != len(names):
-        raise invalid("'tools' names must be unique", "tools")
-    return out
+def _chat_shaped_tools(raw: Any) -> Any:
+    """Responses' flat function tools in chat's shape, to reuse chat's validation (other types pass through
+    unchanged, so its error names them)."""
+    if not isinstance(raw, list):
+        return raw
+    return [
+        {"type": "function", "function": {k: v for k, v in t.items() if k != "type"}}
+        if isinstance(t, dict) and t.get("type") == "function"
+        else t
+        for t in raw
+    ]
 
 
-def _tool_choice(body: dict[str, Any], tools: list[dict[str, Any]]) -> str | dict[str, Any]:
-    choice = body.get("tool_choice")
-    if choice is None:
-        return "auto"
-    if choice in ("none", "auto", "required"):
-        if choice == "required" and not tools:
-            raise invalid("'tool_choice' is required but no 'tools' were given", "tool_choice")
-        return str(choice)
-    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
-        if choice["name"] not in {t["name"] for t in tools}:
-            raise invalid(f"'tool_choice' names {choice['name']!r}, which is not in 'tools'", "tool_choice")
-        return {"type": "function", "name": choice["name"]}
-    raise invalid("'tool_choice' must be none, auto, required or {'type': 'function', 'name': ...}", "tool_choice")
+def _tools(body: dict[str, Any]) -> tuple[list[Tool], ToolChoice]:
+    """`tools` and `tool_choice` through exo_actor.tools' parsers; the error's param in Responses' names."""
+    raw_choice = body.get("tool_choice")
+    if isinstance(raw_choice, dict) and raw_choice.get("type") == "function" and "function" not in raw_choice:
+        raw_choice = {"type": "function", "function": {"name": raw_choice.get("name")}}
+    try:
+        tools = parse_openai_tools(_chat_shaped_tools(body.get("tools")))
+        return tools, parse_openai_tool_choice(raw_choice, tools)
+    except ToolSpecError as exc:
+        raise tool_error(exc) from None
+
+
+def tool_error(exc: ToolSpecError) -> ApiError:
+    """exo_actor.tools' error (named in chat's shape, `tools[0].function.name`) in Responses' flat names."""
+
+    def flat(text: str) -> str:
+        return text.replace(".function.", ".").replace(".function", "")
+
+    return invalid(flat(str(exc)), flat(exc.param))
+
+
+def tool_dict(tool: Tool) -> dict[str, Any]:
+    """A tool as Responses echoes it."""
+    return {
+        "type": "function",
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": tool.parameters,
+        "strict": tool.strict,
+    }
+
+
+def choice_echo(choice: ToolChoice, given: bool) -> str | dict[str, Any]:
+    """`tool_choice` as Responses echoes it ("auto", OpenAI's default, when the request gave none)."""
+    if choice.mode == "function":
+        return {"type": "function", "name": choice.name}
+    return choice.mode if given else "auto"
 
 
 def _metadata(body: dict[str, Any]) -> dict[str, str]:
@@ -221,7 +237,7 @@ def parse_responses(body: dict[str, Any]) -> ResponsesRequest:
         raise invalid(f"'max_output_tokens' must be a positive integer, got {max_output}", "max_output_tokens")
     _unsupported(body)
     text_format, grammar = _text_format(body)
-    tools = _tools(body)
+    tools, choice = _tools(body)
     return ResponsesRequest(
         model=model,
         input=messages,
@@ -235,12 +251,8 @@ def parse_responses(body: dict[str, Any]) -> ResponsesRequest:
         text_format=text_format,
         grammar=grammar,
         tools=tools,
-        tool_choice=_tool_choice(body, tools),
+        tool_choice=choice,
+        tool_choice_echo=choice_echo(choice, body.get("tool_choice") is not None),
         parallel_tool_calls=bool(_get(body, "parallel_tool_calls", bool, True)),
         metadata=_metadata(body),
     )
-
-
-def arguments_json(arguments: Any) -> str:
-    """A function call's arguments as the JSON string Responses carries."""
-    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)

@@ -3,10 +3,12 @@
 A request (responses_input.py) becomes a chat conversation: the stored conversation of `previous_response_id`
 (response_store.py), then `instructions` as a system message, then this turn's input items. It runs on the
 router like a chat completion (OpenAIRoutes' helpers: readiness, collection with disconnect and timeout
-handling, metrics). The answer is a `response` object with `message` output items; `stream` sends the
+handling, metrics); function tools go through exo_actor.tools (ToolUse: prompt, grammar, parse, streamer).
+The answer is a `response` object with `message` and `function_call` output items; `stream` sends the
 semantic events (`event:` + `data:` with `type` and `sequence_number`): response.created, .in_progress,
 .output_item.added, .content_part.added, .output_text.delta..., .output_text.done, .content_part.done,
-.output_item.done, then response.completed (or response.incomplete when max_output_tokens ran out). A
+.output_item.done (a call: .output_item.added, .function_call_arguments.delta/.done, .output_item.done),
+then response.completed (or response.incomplete when max_output_tokens ran out). A
 failure mid-stream is an `error` event followed by response.failed.
 """
 
@@ -14,9 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -27,40 +27,15 @@ from ..actors.router import GenerationStream
 from ..errors import ExoError
 from ..runtime.generation import Delta, GenerationStats
 from ..sampling import SamplingParams
-from ..tokenizer import TextTokenizer, chat_prompt_ids
+from ..tokenizer import TextTokenizer
+from ..tools import ToolCallStreamer, ToolSpecError, ToolUse
 from .errors import ApiError, invalid
 from .requests import parse_json
 from .response_store import ResponseStore
-from .responses_input import ResponsesRequest, parse_responses
+from .responses_input import ResponsesRequest, parse_responses, tool_dict, tool_error
+from .responses_output import OutputEvents, assistant_messages, new_id, output_items, usage
 
 FAILED_CODES = {429: "rate_limit_exceeded", 400: "invalid_prompt"}
-
-
-def _id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
-
-
-def usage(prompt_tokens: int, stats: GenerationStats | None) -> dict[str, Any]:
-    """Responses' usage object (prompt tokens from the stats when generation reported them)."""
-    given = stats.prompt_tokens if stats and stats.prompt_tokens else prompt_tokens
-    out = stats.completion_tokens if stats else 0
-    return {
-        "input_tokens": given,
-        "input_tokens_details": {"cached_tokens": stats.cached_tokens if stats else 0, "cache_write_tokens": 0},
-        "output_tokens": out,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": given + out,
-    }
-
-
-def text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-
-
-def message_item(item_id: str, text: str | None, status: str) -> dict[str, Any]:
-    """An assistant `message` output item (no content parts yet when text is None)."""
-    content = [] if text is None else [text_part(text)]
-    return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": content}
 
 
 @dataclasses.dataclass
@@ -98,8 +73,8 @@ class _Turn:
             "temperature": req.temperature,
             "top_p": req.top_p,
             "text": {"format": req.text_format},
-            "tool_choice": req.tool_choice,
-            "tools": req.tools,
+            "tool_choice": req.tool_choice_echo,
+            "tools": [tool_dict(t) for t in req.tools],
             "truncation": "disabled",
             "metadata": req.metadata,
             "usage": usage(self.prompt_tokens, stats) if done else None,
@@ -126,14 +101,16 @@ class ResponsesRoutes:
             )
         return [dict(m) for m in stored.messages]
 
-    def _prompt(self, tok: TextTokenizer, req: ResponsesRequest, history: list[dict[str, Any]]) -> list[int]:
+    def _prompt(
+        self, tok: TextTokenizer, use: ToolUse, req: ResponsesRequest, history: list[dict[str, Any]]
+    ) -> list[int]:
         system = [{"role": "system", "content": req.instructions}] if req.instructions is not None else []
         try:
-            return chat_prompt_ids(tok, system + history + req.input)
+            return use.prompt_ids(tok, system + history + req.input)
         except ExoError as exc:
             raise invalid(str(exc), "input") from None
 
-    def _params(self, req: ResponsesRequest, prompt: int, ctx: int) -> SamplingParams:
+    def _params(self, req: ResponsesRequest, use: ToolUse, prompt: int, ctx: int) -> SamplingParams:
         limit = min(ctx, self.gw.config.max_tokens or ctx)
         if req.max_output_tokens is not None and req.max_output_tokens > limit:
             what = "the context length" if limit == ctx else "this server's limit (--max-tokens)"
@@ -148,11 +125,15 @@ class ResponsesRoutes:
                 "context_length_exceeded",
             )
         wanted = req.max_output_tokens or limit
+        try:
+            grammar = use.grammar() or req.grammar  # a required call's grammar, else text.format's
+        except ToolSpecError as exc:
+            raise tool_error(exc) from None
         return SamplingParams(
             temperature=req.temperature,
             top_p=req.top_p or 1e-9,
             max_tokens=min(wanted, ctx - prompt),
-            grammar=req.grammar,
+            grammar=grammar,
         )
 
     async def create(self, request: Request) -> Response:
@@ -161,15 +142,16 @@ class ResponsesRoutes:
         req = parse_responses(body)
         self.gw.check_model(req.model)
         history = self._history(req)
-        ids = self._prompt(tok, req, history)
-        generation = router.submit(ids, self._params(req, len(ids), ctx))
-        turn = _Turn(_id("resp"), req, history, len(ids))
+        use = ToolUse.for_model(tok, req.tools, req.tool_choice, req.parallel_tool_calls)
+        ids = self._prompt(tok, use, req, history)
+        generation = router.submit(ids, self._params(req, use, len(ids), ctx))
+        turn = _Turn(new_id("resp"), req, history, len(ids))
         if req.stream:
-            events = self._events(turn, generation)
+            events = self._events(turn, use, generation)
             return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         text, finish, stats, _ = await self.openai._collect(request, generation)
         status = "incomplete" if finish == "length" else "completed"
-        output = [message_item(_id("msg"), text, status)]
+        output = output_items(*use.parse(text), status)
         self._keep(turn, output, stats)
         return JSONResponse(turn.response(status, output, stats))
 
@@ -177,9 +159,8 @@ class ResponsesRoutes:
         """Store a finished turn's conversation (unless store=false) for a later previous_response_id."""
         if not turn.req.store:
             return
-        said = [{"role": "assistant", "content": "".join(p["text"] for p in item["content"])} for item in output]
         tokens = usage(turn.prompt_tokens, stats)["total_tokens"]
-        self.store.put(turn.rid, turn.history + turn.req.input + said, tokens)
+        self.store.put(turn.rid, turn.history + turn.req.input + assistant_messages(output), tokens)
 
     async def _deltas(self, generation: GenerationStream) -> AsyncIterator[Delta]:
         """The generation's deltas, ending with a 504 ApiError after the gateway's request timeout."""
@@ -195,44 +176,44 @@ class ResponsesRoutes:
                 message = f"the request did not finish within {limit:g} s"
                 raise ApiError(504, message, "timeout_error", code="timeout") from None
 
-    async def _events(self, turn: _Turn, generation: GenerationStream) -> AsyncGenerator[bytes, None]:
-        seq = -1
-
-        def event(kind: str, **data: Any) -> bytes:
-            nonlocal seq
-            seq += 1
-            payload = {"type": kind, "sequence_number": seq, **data}
-            return f"event: {kind}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
-
-        yield event("response.created", response=turn.response("in_progress", []))
-        yield event("response.in_progress", response=turn.response("in_progress", []))
-        mid = _id("msg")
-        where = {"item_id": mid, "output_index": 0}
-        yield event("response.output_item.added", output_index=0, item=message_item(mid, None, "in_progress"))
-        yield event("response.content_part.added", **where, content_index=0, part=text_part(""))
-        text, last = [], None
+    async def _events(self, turn: _Turn, use: ToolUse, generation: GenerationStream) -> AsyncGenerator[bytes, None]:
+        out = OutputEvents()
+        yield out.event("response.created", response=turn.response("in_progress", []))
+        yield out.event("response.in_progress", response=turn.response("in_progress", []))
+        streamer = use.streamer()  # None without tools: every delta is text
+        for chunk in [] if streamer else out.open_message():
+            yield chunk
+        last = None
         try:
             async for d in self._deltas(generation):
                 last = d
-                if d.text:
-                    text.append(d.text)
-                    yield event("response.output_text.delta", **where, content_index=0, delta=d.text, logprobs=[])
+                for chunk in self._pieces(out, streamer, d.text):
+                    yield chunk
+            for chunk in self._pieces(out, streamer, None):
+                yield chunk
         except (ExoError, ApiError) as exc:
             err = self.gw.to_api_error(exc)
             self.gw.metrics.errors.labels(err.type).inc()
-            yield event("error", code=err.code or err.type, message=err.message, param=err.param)
+            yield out.event("error", code=err.code or err.type, message=err.message, param=err.param)
             failed = {"code": FAILED_CODES.get(err.status, "server_error"), "message": err.message}
-            yield event("response.failed", response=turn.response("failed", [], error=failed))
+            yield out.event("response.failed", response=turn.response("failed", out.output, error=failed))
             return
         finally:
             generation.cancel()  # a client that went away stops generation now
         stats = last.stats if last is not None else None
         self.openai._record(stats)
-        full = "".join(text)
         status = "incomplete" if last is not None and last.finish_reason == "length" else "completed"
-        yield event("response.output_text.done", **where, content_index=0, text=full, logprobs=[])
-        yield event("response.content_part.done", **where, content_index=0, part=text_part(full))
-        output = [message_item(mid, full, status)]
-        yield event("response.output_item.done", output_index=0, item=output[0])
-        self._keep(turn, output, stats)
-        yield event(f"response.{status}", response=turn.response(status, output, stats))
+        for chunk in out.finish(status):
+            yield chunk
+        self._keep(turn, out.output, stats)
+        yield out.event(f"response.{status}", response=turn.response(status, out.output, stats))
+
+    @staticmethod
+    def _pieces(out: OutputEvents, streamer: ToolCallStreamer | None, text: str | None) -> list[bytes]:
+        """The events of a delta's text (None: the end of the output), through the tool-call parser if any."""
+        if streamer is None:
+            return out.content(text) if text else []
+        chunks: list[bytes] = []
+        for e in streamer.feed(text) if text is not None else streamer.finish():
+            chunks += out.call(e.call) if e.call is not None else out.content(e.content)
+        return chunks

@@ -1,7 +1,8 @@
 """OpenAI's Responses API (POST /v1/responses) through the official `openai` SDK against a real uvicorn gateway:
 text and item input, instructions, previous_response_id chaining and the bounded store, streaming semantic
-events, max_output_tokens, structured output, and one 400 naming the param for every bad field. Response
-objects and stream events are validated strictly against the SDK's own pydantic types."""
+events, max_output_tokens, structured output, function tools (function_call items, streamed, and a
+function_call_output round trip), and one 400 naming the param for every bad field. Response objects and
+stream events are validated strictly against the SDK's own pydantic types."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from exo_actor.api.response_store import ResponseStore
 from exo_actor.api.responses_input import parse_input
 from tests.api.servers import thread_server
 from tests.conftest import require
+from tests.tiny import TinySpec, write_gguf
 
 openai = require("openai")
 from openai.types.responses import Response, ResponseStreamEvent  # noqa: E402
@@ -45,6 +47,21 @@ SCHEMA = {
 }
 
 
+WEATHER = {
+    "type": "function",
+    "name": "weather",
+    "description": "the weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"enum": ["Paris", "Oslo"]}, "days": {"type": "integer", "minimum": 1, "maximum": 3}},
+        "required": ["city", "days"],
+        "additionalProperties": False,
+    },
+    "strict": True,
+}
+CLOCK = {"type": "function", "name": "clock", "parameters": {"type": "object", "properties": {}}}
+
+
 def strict(model: BaseModel, where: str = "") -> None:
     """No field anywhere in the parsed object that the SDK's types do not declare (they allow extras)."""
     assert not model.model_extra, f"unexpected fields at {where or 'top'}: {sorted(model.model_extra)}"
@@ -69,6 +86,17 @@ def client(tiny_server):
 @pytest.fixture(scope="module")
 def name(tiny_server) -> str:
     return str(httpx.get(tiny_server.url + "/v1/models", timeout=30).json()["data"][0]["id"])
+
+
+@pytest.fixture(scope="module")
+def tools_server(tmp_path_factory):
+    """A tiny model with room for a tools block in its prompt (the tiny_server's context is 256)."""
+    path = tmp_path_factory.mktemp("responses") / "tiny-2k.gguf"
+    write_gguf(path, TinySpec(context=2048))
+    with thread_server(path, max_concurrent=4) as srv:
+        srv.name = str(httpx.get(srv.url + "/v1/models", timeout=30).json()["data"][0]["id"])
+        srv.client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
+        yield srv
 
 
 def post(srv: Any, body: dict[str, Any]) -> httpx.Response:
@@ -238,6 +266,10 @@ def test_json_schema_output_validates(client, name, tiny_server):
         ({"tools": [{"type": "function"}]}, "tools[0].name"),
         ({"tool_choice": "sometimes"}, "tool_choice"),
         ({"tool_choice": "required"}, "tool_choice"),
+        ({"tool_choice": {"type": "function", "name": "nope"}, "tools": [CLOCK]}, "tool_choice.name"),
+        ({"tools": [CLOCK, CLOCK]}, "tools[1].name"),
+        ({"tools": [{**CLOCK, "parameters": "x"}]}, "tools[0].parameters"),
+        ({"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{x"}]}, "input[0].arguments"),
         ({"metadata": {"k": 1}}, "metadata"),
         ({"background": True}, "background"),
         ({"truncation": "middle"}, "truncation"),
@@ -269,6 +301,64 @@ def test_function_items_render_as_a_tool_round_trip(client, name):
     assert r.usage.input_tokens > alone.usage.input_tokens  # the call and its result are in the prompt
 
 
+def test_a_named_tool_choice_is_a_function_call_item(tools_server):
+    client, name = tools_server.client, tools_server.name
+    choice = {"type": "function", "name": "weather"}
+    r = client.responses.create(
+        model=name, input="weather in Paris?", tools=[CLOCK, WEATHER], tool_choice=choice, max_output_tokens=300
+    )
+    calls = [o for o in r.output if o.type == "function_call"]
+    assert calls and all(c.name == "weather" and c.call_id and c.status == "completed" for c in calls), r.output
+    for c in calls:  # sampled from a random model: only the grammar makes the arguments valid
+        jsonschema.validate(json.loads(c.arguments), WEATHER["parameters"])
+    assert r.tools[1].name == "weather" and r.tool_choice.name == "weather"
+    raw = post(tools_server, {"model": name, "input": "hi", "tools": [WEATHER], "tool_choice": choice})
+    valid_response(raw.json())
+    # the call's result goes back as a function_call_output item, continuing the stored conversation
+    answer = {"type": "function_call_output", "call_id": calls[0].call_id, "output": '{"sky": "clear"}'}
+    after = client.responses.create(
+        model=name, input=[answer], previous_response_id=r.id, tools=[CLOCK, WEATHER], max_output_tokens=4
+    )
+    assert after.usage.input_tokens > r.usage.input_tokens + r.usage.output_tokens - 2
+
+
+def test_a_required_call_streams_as_function_call_events(tools_server):
+    client, name = tools_server.client, tools_server.name
+    body = {"model": name, "input": "weather?", "tools": [WEATHER], "tool_choice": "required", "max_output_tokens": 300}
+    body["parallel_tool_calls"] = False
+    events = sse(tools_server, body)
+    for kind, data in events:
+        strict(EVENTS.validate_python(data), kind)
+    assert [d["sequence_number"] for _, d in events] == list(range(len(events)))
+    kinds = [k for k, _ in events]
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ], kinds
+    done = events[-2][1]["item"]
+    assert done["type"] == "function_call" and done["id"] == events[2][1]["item"]["id"]
+    assert done["arguments"] == events[3][1]["delta"] == events[4][1]["arguments"]
+    jsonschema.validate(json.loads(done["arguments"]), WEATHER["parameters"])
+    assert valid_response(events[-1][1]["response"]).output[0].call_id == done["call_id"]
+    with client.responses.stream(**{k: v for k, v in body.items() if k != "stream"}) as s:
+        final = s.get_final_response()
+    assert final.output[0].type == "function_call" and final.output[0].name == "weather"
+
+
+def test_tool_choice_none_leaves_the_tools_out(tools_server):
+    client, name = tools_server.client, tools_server.name
+    plain = client.responses.create(model=name, input="hi", max_output_tokens=2)
+    offered = client.responses.create(model=name, input="hi", tools=[WEATHER], max_output_tokens=2)
+    hidden = client.responses.create(model=name, input="hi", tools=[WEATHER], tool_choice="none", max_output_tokens=2)
+    assert offered.usage.input_tokens > plain.usage.input_tokens == hidden.usage.input_tokens
+    assert hidden.tool_choice == "none" and plain.tool_choice == "auto" and offered.tool_choice == "auto"
+
+
 def test_input_items_become_chat_messages():
     items = [
         {"role": "developer", "content": "d"},
@@ -288,8 +378,8 @@ def test_input_items_become_chat_messages():
             "role": "assistant",
             "content": "",
             "tool_calls": [
-                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}},
-                {"id": "c2", "type": "function", "function": {"name": "g", "arguments": '{"x": 1}'}},
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {}}},
+                {"id": "c2", "type": "function", "function": {"name": "g", "arguments": {"x": 1}}},
             ],
         },
         {"role": "tool", "tool_call_id": "c1", "content": "ok"},
@@ -345,3 +435,26 @@ def test_smollm2_answers_through_responses(smollm2_server):
     ) as s:
         final = s.get_final_response()
     assert final.output_text == r.output_text
+
+
+@pytest.mark.slow
+@pytest.mark.ring
+def test_smollm2_calls_a_function_and_reads_its_result(smollm2_server):
+    client = openai.OpenAI(base_url=f"{smollm2_server.url}/v1", api_key="unused", max_retries=0)
+    ask = "What is the weather in Paris for the next 2 days?"
+    r = client.responses.create(
+        model="smollm2-135m", input=ask, tools=[WEATHER], tool_choice="required", temperature=0, max_output_tokens=80
+    )
+    call = next(o for o in r.output if o.type == "function_call")
+    assert call.name == "weather" and json.loads(call.arguments)["city"] in ("Paris", "Oslo")
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": '{"forecast": "sunny, 21 C"}'}
+    answer = client.responses.create(
+        model="smollm2-135m",
+        input=[result],
+        previous_response_id=r.id,
+        tools=[WEATHER],
+        tool_choice="none",
+        temperature=0,
+        max_output_tokens=60,
+    )
+    assert answer.output[0].type == "message" and answer.output_text.strip(), answer.output
