@@ -15,6 +15,7 @@ from exo_actor.engines import get_engine
 from exo_actor.runtime.embedding import embed
 from exo_actor.runtime.generation import LocalPipeline
 from exo_actor.weights import open_model
+from tests.api.schemas import validate
 from tests.api.test_errors import assert_error, post
 from tests.conftest import require
 
@@ -99,6 +100,7 @@ def test_last_token_pooling(tiny_server, tiny_gguf, local):
     _, expect = local
     r = post(tiny_server, {"model": str(tiny_gguf), "input": [5, 6, 7, 8], "pooling": "last"}, path="/v1/embeddings")
     assert r.status_code == 200, r.text
+    validate(r.json(), "CreateEmbeddingResponse")  # OpenAI's published schema (floats, the default encoding)
     v = np.array(r.json()["data"][0]["embedding"])
     np.testing.assert_allclose(v, expect([5, 6, 7, 8], "last"), atol=1e-6)
     assert np.abs(v - expect([5, 6, 7, 8])).max() > 1e-3  # not the mean
