@@ -1,11 +1,13 @@
 """Anthropic's Messages API (POST /v1/messages) on the same gateway, for the tools built on Anthropic's SDKs.
 
 Requests: `model`, `max_tokens` (required, as Anthropic's), `messages` (user/assistant, content a string or
-text blocks), `system` (a string or text blocks), `stop_sequences`, `temperature` (0-1), `top_p`, `top_k`,
-`stream`, `metadata` (ignored). Responses and streams (message_start, content_block_start/delta/stop,
-message_delta, message_stop; `ping` first) follow Anthropic's shapes; errors are
-{"type": "error", "error": {"type", "message"}} with the OpenAI side's statuses. Not supported yet: tools,
-images and documents (one clear 400 each).
+blocks: text, assistant `tool_use`, user `tool_result`), `system` (a string or text blocks), `tools`,
+`tool_choice`, `stop_sequences`, `temperature` (0-1), `top_p`, `top_k`, `stream`, `metadata` (ignored).
+Responses and streams (message_start, content_block_start/delta/stop, message_delta, message_stop; `ping`
+first) follow Anthropic's shapes, calls as `tool_use` blocks with stop_reason "tool_use"; errors are
+{"type": "error", "error": {"type", "message"}} with the OpenAI side's statuses. Request shapes:
+anthropic_input.py; content blocks: anthropic_output.py; tool calling itself: exo_actor/tools. Not supported:
+images, documents and server tools (one clear 400 each).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ..errors import ExoError
 from ..runtime.generation import Delta
 from ..sampling import SamplingParams
-from ..tokenizer import chat_prompt_ids
+from ..tools import StreamEvent, ToolSpecError, ToolUse
 from . import responses as R
+from .anthropic_input import chat_messages, parse_tools, tool_error
+from .anthropic_output import Event, StreamedBlocks, content_blocks
 from .errors import ApiError, invalid
 from .requests import _range, parse_json
 
@@ -37,20 +41,6 @@ ERROR_TYPES = {
 }
 
 
-def _text(content: Any, where: str) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for j, block in enumerate(content):
-            if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
-                kind = block.get("type") if isinstance(block, dict) else type(block).__name__
-                raise invalid(f"{where}[{j}]: only text blocks are supported, got {kind!r}", where)
-            parts.append(block["text"])
-        return "".join(parts)
-    raise invalid(f"{where} must be a string or a list of text blocks", where)
-
-
 class AnthropicRoutes:
     def __init__(self, gw: Any, openai: Any) -> None:
         self.gw, self.openai = gw, openai
@@ -60,26 +50,17 @@ class AnthropicRoutes:
         kind = ERROR_TYPES.get(err.status, "api_error")
         return JSONResponse({"type": "error", "error": {"type": kind, "message": err.message}}, status_code=err.status)
 
-    def _parse(self, body: dict[str, Any], ctx: int, tok: Any) -> tuple[str, list[int], SamplingParams, bool]:
+    def _parse(self, body: dict[str, Any], ctx: int, tok: Any) -> tuple[str, list[int], SamplingParams, bool, ToolUse]:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise invalid("'model' is required", "model")
         self.gw.check_model(model)
-        if body.get("tools"):
-            raise invalid("'tools' are not supported by this server yet", "tools")
         max_tokens = body.get("max_tokens")
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise invalid("'max_tokens' is required: a positive integer", "max_tokens")
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise invalid("'messages' must be a non-empty list", "messages")
-        chat = []
-        if body.get("system") is not None:
-            chat.append({"role": "system", "content": _text(body["system"], "system")})
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
-                raise invalid(f"messages[{i}].role must be user or assistant", f"messages[{i}].role")
-            chat.append({"role": m["role"], "content": _text(m.get("content"), f"messages[{i}].content")})
+        chat = chat_messages(body)
+        tools, choice, parallel = parse_tools(body)
+        use = ToolUse.for_model(tok, tools, choice, parallel) if tools else ToolUse()
         stops = body.get("stop_sequences") or []
         if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > 16:
             raise invalid("'stop_sequences' must be a list of at most 16 non-empty strings", "stop_sequences")
@@ -89,8 +70,11 @@ class AnthropicRoutes:
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise invalid("'stream' must be true or false", "stream")
-        try:
-            ids = chat_prompt_ids(tok, chat)
+        try:  # the chat template renders the tools, earlier calls and their results; any/tool: a grammar
+            ids = use.prompt_ids(tok, chat)
+            grammar = use.grammar()
+        except ToolSpecError as exc:
+            raise tool_error(exc) from None
         except ExoError as exc:
             raise invalid(str(exc), "messages") from None
         if len(ids) >= ctx:
@@ -101,25 +85,28 @@ class AnthropicRoutes:
             top_k=top_k,
             max_tokens=min(max_tokens, ctx - len(ids)),
             stop=tuple(stops),
+            grammar=grammar,
         )
-        return model, ids, params, stream
+        return model, ids, params, stream, use
 
     async def messages(self, request: Request) -> Response:
         try:
             body = parse_json(await request.body())
             tok, ctx, router = self.openai._ready()
-            model, ids, params, stream = self._parse(body, ctx, tok)
+            model, ids, params, stream, use = self._parse(body, ctx, tok)
             generation = router.submit(ids, params)
         except Exception as exc:  # noqa: BLE001 - Anthropic's error shape
             return self.error(exc)
         mid = R.new_id("msg")
         if stream:
-            events = self._events(mid, model, len(ids), generation)
+            events = self._events(mid, model, len(ids), generation, use)
             return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
             text, finish, stats, _ = await self.openai._collect(request, generation)
         except Exception as exc:  # noqa: BLE001 - Anthropic's error shape
             return self.error(exc)
+        content, calls = use.parse(text)
+        calls = calls if use.parallel else calls[:1]
         usage = {"input_tokens": len(ids), "output_tokens": stats.completion_tokens if stats else 0}
         return JSONResponse(
             {
@@ -127,16 +114,24 @@ class AnthropicRoutes:
                 "type": "message",
                 "role": "assistant",
                 "model": model,
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": STOP_REASONS.get(finish, "end_turn"),
+                "content": content_blocks(content, calls),
+                "stop_reason": "tool_use" if calls else STOP_REASONS.get(finish, "end_turn"),
                 "stop_sequence": None,
                 "usage": usage,
             }
         )
 
-    async def _events(self, mid: str, model: str, prompt: int, generation: Any) -> AsyncGenerator[bytes, None]:
+    async def _events(
+        self, mid: str, model: str, prompt: int, generation: Any, use: ToolUse
+    ) -> AsyncGenerator[bytes, None]:
+        """The message's events; with tools offered, text that may be a call is held back (ToolCallStreamer)
+        and each call goes out as a whole tool_use block."""
+
         def event(name: str, data: dict[str, Any]) -> bytes:
             return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+        def events(pairs: list[Event]) -> bytes:
+            return b"".join(event(name, data) for name, data in pairs)
 
         start: dict[str, Any] = {
             "id": mid,
@@ -149,18 +144,22 @@ class AnthropicRoutes:
             "usage": {"input_tokens": prompt, "output_tokens": 0},
         }
         yield event("message_start", {"type": "message_start", "message": start})
-        yield event(
-            "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-        )
+        streamer, blocks = use.streamer(), StreamedBlocks(use.parallel)
+        if streamer is None:  # plain text: its block opens at once, as Anthropic's does
+            yield events(blocks.open_text())
         yield event("ping", {"type": "ping"})
         last: Delta | None = None
         try:
             async for d in generation:
                 last = d
-                if d.text:
-                    delta = {"type": "text_delta", "text": d.text}
-                    yield event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+                if streamer is None:
+                    found = [StreamEvent(content=d.text)] if d.text else []
+                else:
+                    found = streamer.feed(d.text) + (streamer.finish() if d.finish_reason else [])
+                for e in found:
+                    out = blocks.text(e.content) if e.call is None else blocks.call(e.call)
+                    if out:
+                        yield events(out)
         except (ExoError, ApiError) as exc:
             err = self.gw.to_api_error(exc)
             kind = ERROR_TYPES.get(err.status, "api_error")
@@ -171,11 +170,15 @@ class AnthropicRoutes:
         stats = last.stats if last is not None else None
         if stats is not None:
             self.gw.metrics.record(stats)
-        yield event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        yield events(blocks.finish())
         reason = STOP_REASONS.get(last.finish_reason or "stop", "end_turn") if last else "end_turn"
         usage = {"output_tokens": stats.completion_tokens if stats else 0}
         yield event(
             "message_delta",
-            {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": None}, "usage": usage},
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "tool_use" if blocks.calls else reason, "stop_sequence": None},
+                "usage": usage,
+            },
         )
         yield event("message_stop", {"type": "message_stop"})
