@@ -7,12 +7,12 @@ stream events are validated strictly against the SDK's own pydantic types."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import jsonschema
 import pytest
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
 from exo_actor.api import GatewayConfig
 from exo_actor.api.response_store import ResponseStore
@@ -45,6 +45,11 @@ SCHEMA = {
     "required": ["name", "age", "pet"],
     "additionalProperties": False,
 }
+
+
+class Pet(BaseModel):
+    kind: Literal["cat", "dog"]
+    age: int = Field(ge=0, le=30)
 
 
 WEATHER = {
@@ -227,6 +232,8 @@ def test_json_schema_output_validates(client, name, tiny_server):
         assert r.status == "completed", r.output_text
         jsonschema.validate(json.loads(r.output_text), SCHEMA)
         assert r.text.format.type == "json_schema" and r.text.format.name == "person"
+    parsed = client.responses.parse(model=name, input="a pet", text_format=Pet, max_output_tokens=100)
+    assert isinstance(parsed.output_parsed, Pet)  # the SDK's own schema from a pydantic model, parsed back
     events = sse(tiny_server, {"model": name, "input": "x", "text": {"format": fmt}, "max_output_tokens": 150})
     done = valid_response(events[-1][1]["response"])
     assert done.status == "completed" and done.text.format.schema_ == SCHEMA
