@@ -127,7 +127,7 @@ class OutputEvents:
         out += [
             self.event("response.output_item.added", output_index=index, item=item),
             self.event("response.function_call_arguments.delta", **where, delta=call.arguments_json),
-            self.event("response.function_call_arguments.done", **where, arguments=call.arguments_json),
+            self.event("response.function_call_arguments.done", **where, name=call.name, arguments=call.arguments_json),
             self.event("response.output_item.done", output_index=index, item=done),
         ]
         self.output.append(done)

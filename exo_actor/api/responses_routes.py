@@ -55,8 +55,8 @@ class _Turn:
         stats: GenerationStats | None = None,
         error: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        req, done = self.req, status in ("completed", "incomplete", "failed")
-        return {
+        req = self.req
+        response = {
             "id": self.rid,
             "object": "response",
             "created_at": self.created_at,
@@ -77,8 +77,10 @@ class _Turn:
             "tools": [tool_dict(t) for t in req.tools],
             "truncation": "disabled",
             "metadata": req.metadata,
-            "usage": usage(self.prompt_tokens, stats) if done else None,
         }
+        if status != "in_progress":  # the published schema has usage optional but not nullable
+            response["usage"] = usage(self.prompt_tokens, stats)
+        return response
 
 
 class ResponsesRoutes:
