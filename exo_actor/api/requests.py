@@ -266,6 +266,9 @@ def _message(m: Any, i: int) -> dict[str, Any]:
 
 def _tools(body: dict[str, Any]) -> tuple[tuple[Tool, ...], ToolChoice, bool]:
     """`tools`, `tool_choice` and `parallel_tool_calls`, validated (one 400 naming the field)."""
+    for old, new in (("functions", "tools"), ("function_call", "tool_choice")):
+        if body.get(old) is not None:  # refused, not ignored: the client would wait for a call that never comes
+            raise invalid(f"'{old}' is deprecated and not supported; send '{new}' instead", old)
     try:
         tools = parse_openai_tools(body.get("tools"))
         choice = parse_openai_tool_choice(body.get("tool_choice"), tools)

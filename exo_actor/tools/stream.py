@@ -31,7 +31,8 @@ def _held_suffix(text: str, marker: str) -> int:
 class ToolCallStreamer:
     """feed(delta) and finish() return StreamEvents. Hermes blocks are released as each one closes; a
     Llama 3 `<|python_tag|>` or an output that starts with `{` or `[` is held to the end and parsed whole.
-    Content is stripped like the non-streamed content (no leading or trailing whitespace)."""
+    The streamed content has no leading or trailing whitespace (like the parsed content of an answer with
+    calls; a non-streamed answer without calls keeps its text as it is)."""
 
     def __init__(self, family: Family, tools: Sequence[Tool]) -> None:
         self.family, self.tools = family, list(tools)

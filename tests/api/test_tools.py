@@ -92,6 +92,8 @@ BAD = [
     ({"tools": TOOLS, "tool_choice": {"type": "file"}}, "tool_choice.type"),
     ({"tools": TOOLS, "tool_choice": {"type": "function"}}, "tool_choice.function"),
     ({"tools": TOOLS, "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+    ({"functions": [{"name": "f"}]}, "functions"),
+    ({"function_call": "auto"}, "function_call"),
     ({"tools": TOOLS, "response_format": {"type": "json_object"}}, "response_format"),
     (
         {
