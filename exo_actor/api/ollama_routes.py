@@ -2,6 +2,9 @@
 /api/chat, /api/generate (NDJSON streams by default, as Ollama), /api/tags, /api/show, /api/ps and
 /api/version. Errors are Ollama's shape, {"error": "..."}, with the HTTP status of the OpenAI side.
 
+`/api/chat` takes `tools` (OpenAI's function shape), assistant `tool_calls` and `tool` messages, and answers
+`message.tool_calls` (arguments as objects; streamed in one chunk once complete): ollama_chat.py.
+
 Options map to the same sampling as the OpenAI endpoints (temperature, top_k, top_p, min_p, seed,
 num_predict, stop, presence/frequency penalties); `format` ("json" or a JSON schema) is enforced by
 constrained decoding (sampling/grammar.py). Ollama's defaults apply: temperature 0.8, streaming on.
@@ -24,11 +27,12 @@ from ..runtime.generation import Delta, GenerationStats
 from ..sampling import SamplingParams
 from ..sampling.grammar import GrammarError, json_grammar
 from ..tokenizer import chat_prompt_ids
+from ..tools import ToolChoice, ToolSpecError, ToolUse
 from .errors import invalid
+from .ollama_chat import chat_messages, parse_tools, stream_messages, tool_calls_json
 from .requests import parse_json
 
 OLLAMA_VERSION = "0.6.0"  # the Ollama API version whose shapes these follow
-ROLES = ("system", "user", "assistant")
 FLOAT_OPTIONS = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0)}
 PENALTIES = ("presence_penalty", "frequency_penalty")
 
@@ -164,7 +168,7 @@ class OllamaRoutes:
                 "template": files.tokenizer.chat_template or "",
                 "details": m["details"],
                 "model_info": info,
-                "capabilities": ["completion"],
+                "capabilities": ["completion", "tools"],  # tools: the template's, or our block (tools/render.py)
                 "modified_at": m["modified_at"],
             }
         )
@@ -192,16 +196,8 @@ class OllamaRoutes:
     async def chat(self, request: Request) -> Response:
         try:
             body, model, tok, ctx, router = await self._request(request)
-            messages = body.get("messages")
-            if not isinstance(messages, list):
-                raise invalid("'messages' must be a list", "messages")
-            parsed = []
-            for i, m in enumerate(messages):
-                if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content", ""), str):
-                    raise invalid(f"messages[{i}] must have a role ({', '.join(ROLES)}) and text content", "messages")
-                if m.get("images"):
-                    raise invalid(f"messages[{i}] has images; this model reads text only", "messages")
-                parsed.append({"role": m["role"], "content": m.get("content", "")})
+            parsed = chat_messages(body.get("messages"))
+            tools = parse_tools(body.get("tools"))
             if not parsed:  # Ollama loads the model on an empty chat and answers done
                 return JSONResponse(
                     {
@@ -212,14 +208,17 @@ class OllamaRoutes:
                         "done_reason": "load",
                     }
                 )
+            use = ToolUse.for_model(tok, tools, ToolChoice("auto")) if tools else ToolUse()  # no tool_choice
             try:
-                ids = chat_prompt_ids(tok, parsed)
+                ids = use.prompt_ids(tok, parsed)
+            except ToolSpecError as exc:
+                raise invalid(str(exc), exc.param) from None
             except ExoError as exc:
                 raise invalid(str(exc), "messages") from None
             generation, stream = self._submit(body, ids, ctx, router, "messages")
         except Exception as exc:  # noqa: BLE001 - Ollama's error shape
             return self.error(exc)
-        return await self._answer(request, generation, model, stream, "chat")
+        return await self._answer(request, generation, model, stream, "chat", use)
 
     async def generate(self, request: Request) -> Response:
         try:
@@ -246,8 +245,12 @@ class OllamaRoutes:
             return self.error(exc)
         return await self._answer(request, generation, model, stream, "generate")
 
-    async def _answer(self, request: Request, generation: Any, model: str, stream: bool, kind: str) -> Response:
+    async def _answer(
+        self, request: Request, generation: Any, model: str, stream: bool, kind: str, use: ToolUse | None = None
+    ) -> Response:
+        """The answer, whole or as NDJSON lines; with `use`, tool calls are parsed out of a chat's text."""
         started = time.perf_counter_ns()
+        use = use or ToolUse()
 
         def piece(text: str) -> dict[str, Any]:
             if kind == "chat":
@@ -276,20 +279,29 @@ class OllamaRoutes:
                 text, reason, stats, _ = await self.openai._collect(request, generation)
             except Exception as exc:  # noqa: BLE001 - Ollama's error shape
                 return self.error(exc)
-            return JSONResponse(
-                {
-                    **final(reason, stats),
-                    **({"message": {"role": "assistant", "content": text}} if kind == "chat" else {"response": text}),
-                }
-            )
+            if kind == "generate":
+                return JSONResponse({**final(reason, stats), "response": text})
+            content, calls = use.parse(text)
+            message: dict[str, Any] = {"role": "assistant", "content": content or ""}
+            if calls:
+                message["tool_calls"] = tool_calls_json(calls)
+            return JSONResponse({**final(reason, stats), "message": message})
+
+        streamer = use.streamer()
+
+        def chunks(d: Delta) -> list[dict[str, Any]]:
+            if streamer is None:
+                return [piece(d.text)] if d.text else []
+            found = streamer.feed(d.text) + (streamer.finish() if d.finish_reason else [])
+            return [{**piece(""), "message": m} for m in stream_messages(found)]
 
         async def lines() -> AsyncGenerator[bytes, None]:
             last: Delta | None = None
             try:
                 async for d in generation:
                     last = d
-                    if d.text:
-                        yield (json.dumps(piece(d.text), ensure_ascii=False) + "\n").encode()
+                    for chunk in chunks(d):
+                        yield (json.dumps(chunk, ensure_ascii=False) + "\n").encode()
             except Exception as exc:  # noqa: BLE001 - the stream has begun: the error is its last line
                 err = self.gw.to_api_error(exc)
                 yield (json.dumps({"error": err.message}) + "\n").encode()
