@@ -45,13 +45,15 @@ def _frame(family: Family, parallel: bool) -> str:
 
 def call_grammar(tools: Sequence[Tool], choice: ToolChoice, parallel: bool, family: Family) -> str:
     """An llguidance grammar (for SamplingParams.grammar) whose every sentence is a valid call of one of
-    `tools` (only `choice.name` for a named function); ToolSpecError naming the schema llguidance refuses."""
+    `tools` (or one to MAX_PARALLEL_CALLS calls with `parallel` and `required`; exactly one call of
+    `choice.name` for a named function); ToolSpecError naming the schema llguidance refuses."""
     llg = _llguidance()
     chosen = [(i, t) for i, t in enumerate(tools) if choice.mode != "function" or t.name == choice.name]
     if not chosen:
         raise ToolSpecError("no tool can be called with this 'tool_choice'", "tool_choice")
     rules = [f"call_{i}: %json {json.dumps(_call_schema(t, family))}" for i, t in chosen]
-    lark = "\n".join([_frame(family, parallel), "call: " + " | ".join(f"call_{i}" for i, _ in chosen), *rules])
+    several = parallel and choice.mode == "required"  # a named function is called once (as vLLM does)
+    lark = "\n".join([_frame(family, several), "call: " + " | ".join(f"call_{i}" for i, _ in chosen), *rules])
     try:
         grammar: str = llg.LLMatcher.grammar_from_lark(lark)
     except (ValueError, TypeError) as exc:

@@ -52,9 +52,11 @@ def test_valid_calls_are_accepted_and_others_refused(family):
     assert not accepts(required, compact([ToolCall("launch", {})], family))
     assert not accepts(required, "Sure! " + compact(one, family))
     assert accepts(call_grammar(TOOLS, ToolChoice("required"), True, family), compact(two, family))
-    named = call_grammar(TOOLS, ToolChoice("function", "get_time"), False, family)
-    assert accepts(named, compact([ToolCall("get_time", {})], family))
-    assert not accepts(named, compact(one, family))
+    for parallel in (False, True):  # a named function: exactly one call
+        named = call_grammar(TOOLS, ToolChoice("function", "get_time"), parallel, family)
+        assert accepts(named, compact([ToolCall("get_time", {})], family))
+        assert not accepts(named, compact([ToolCall("get_time", {})] * 2, family))
+        assert not accepts(named, compact(one, family))
 
 
 def test_a_schema_llguidance_refuses_is_named():
