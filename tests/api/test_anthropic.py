@@ -311,11 +311,7 @@ def test_every_bad_tool_field_is_one_400_naming_it(tools_server, body, needle):
 
 # --- SmolLM2 (slow): a full round trip with the official SDK ----------------------------------------------
 
-CITY = {
-    "type": "object",
-    "properties": {"city": {"type": "string", "description": "The city's name"}},
-    "required": ["city"],
-}
+CITY = chat_tools.CITY  # closed (additionalProperties false): else SmolLM2 invents arguments until max_tokens
 GET_WEATHER = [{"name": "get_weather", "description": "Get the current weather in a city", "input_schema": CITY}]
 PARIS = [{"role": "user", "content": "What is the weather like in Paris today?"}]
 
