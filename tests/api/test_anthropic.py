@@ -150,6 +150,10 @@ def sse(url: str, body: dict) -> list[tuple[str, dict]]:  # type: ignore[type-ar
     names = [line[7:] for line in lines if line.startswith("event: ")]
     datas = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
     assert len(names) == len(datas) and all(n == d["type"] for n, d in zip(names, datas))
+    events = require("pydantic").TypeAdapter(require("anthropic").types.RawMessageStreamEvent)
+    for name, data in zip(names, datas):  # the SDK's own typed models, validated (they raise on a bad shape)
+        if name != "ping":
+            events.validate_python(data)
     return list(zip(names, datas))
 
 
@@ -167,6 +171,9 @@ def test_streamed_tool_use_follows_anthropics_events(tools_server):
     require("jsonschema").validate(json.loads("".join(d["partial_json"] for d in deltas)), WEATHER)
     assert ("content_block_stop", {"type": "content_block_stop", "index": 0}) in events
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+    whole = httpx.post(f"{tools_server.url}/v1/messages", json=body | {"tool_choice": {"type": "any"}}, timeout=120)
+    message = require("anthropic").types.Message.model_validate(whole.json())
+    check_tool_uses(message, set(SCHEMAS), True)
 
 
 def test_a_round_trip_with_tool_results(tool_client):
@@ -350,3 +357,69 @@ def test_a_full_tool_round_trip_on_smollm2(smol):
         final = s.get_final_message()
     assert final.stop_reason == "end_turn", final
     assert [b.type for b in final.content] == ["text"] and final.content[0].text.strip(), final
+
+
+# --- the request and response shapes, without a server -----------------------------------------------------
+
+
+def test_tool_use_and_tool_result_blocks_become_the_conversations_calls_and_results():
+    from exo_actor.api.anthropic_input import chat_messages
+
+    body = {
+        "system": [{"type": "text", "text": "be brief"}],
+        "messages": [
+            *ASK,
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": "hmm", "signature": "x"},
+                    {"type": "text", "text": "Looking."},
+                    USE,
+                    {**USE, "id": "toolu_2", "name": "get_time", "input": {"zone": 1}},
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_2", "content": [{"type": "text", "text": "13:00"}]},
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "no data", "is_error": True},
+                    {"type": "text", "text": "thanks"},
+                ],
+            },
+        ],
+    }
+    assert chat_messages(body) == [
+        {"role": "system", "content": "be brief"},
+        *ASK,
+        {
+            "role": "assistant",
+            "content": "Looking.",
+            "tool_calls": [
+                {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": USE["input"]}},
+                {"id": "toolu_2", "type": "function", "function": {"name": "get_time", "arguments": {"zone": 1}}},
+            ],
+        },
+        {"role": "tool", "tool_call_id": "toolu_2", "name": "get_time", "content": "13:00"},
+        {"role": "tool", "tool_call_id": "toolu_1", "name": "get_weather", "content": "Error: no data"},
+        {"role": "user", "content": "thanks"},
+    ]
+
+
+def test_streamed_blocks_are_numbered_and_one_call_at_most_without_parallel():
+    from exo_actor.api.anthropic_output import StreamedBlocks, content_blocks
+    from exo_actor.tools import ToolCall
+
+    calls = [ToolCall("get_time", {"zone": 1}), ToolCall("get_time", {"zone": 2})]
+    for parallel in (True, False):
+        blocks = StreamedBlocks(parallel)
+        events = blocks.text("Sure.") + blocks.call(calls[0]) + blocks.call(calls[1]) + blocks.finish()
+        starts = [d for n, d in events if n == "content_block_start"]
+        stops = [d["index"] for n, d in events if n == "content_block_stop"]
+        assert [s["index"] for s in starts] == stops == list(range(3 if parallel else 2))
+        assert [s["content_block"]["type"] for s in starts] == ["text", "tool_use", "tool_use"][: len(starts)]
+        jsons = [d["delta"]["partial_json"] for n, d in events if d.get("delta", {}).get("type") == "input_json_delta"]
+        assert [json.loads(j) for j in jsons] == [c.arguments for c in calls][: blocks.calls]
+    empty = StreamedBlocks()
+    assert [n for n, _ in empty.finish()] == ["content_block_start", "content_block_stop"]  # an empty text block
+    assert content_blocks(None, []) == [{"type": "text", "text": ""}]
+    assert [b["type"] for b in content_blocks("Sure.", calls)] == ["text", "tool_use", "tool_use"]
