@@ -231,3 +231,32 @@ BAD_TOOLS = [
 def test_every_bad_tool_field_is_one_400_naming_it(tools_server, body, needle):
     r = httpx.post(tools_server.url + "/api/chat", json={"model": TOOL_MODEL, "messages": ASK, **body}, timeout=30)
     assert r.status_code == 400 and needle in r.json()["error"], (body, r.text)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_comes_back_as_message_tool_calls(tool_client, stream):
+    """Ollama has no tool_choice; `format` holding the output to a call object ({"name", "arguments"}, which
+    the parser takes as a call) makes the tiny model write one, to see it come back through the client."""
+    jsonschema = require("jsonschema")
+    call_schema = {
+        "type": "object",
+        "properties": {"name": {"const": "get_time"}, "arguments": chat_tools.CLOCK},
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
+    for seed in range(3):
+        args = dict(model=TOOL_MODEL, messages=ASK, tools=TOOLS, format=call_schema)
+        opts = {"temperature": 1, "seed": seed, "num_predict": 400}
+        if stream:
+            parts = list(tool_client.chat(**args, options=opts, stream=True))
+            with_calls = [p for p in parts if p.message.tool_calls]
+            assert len(with_calls) == 1 and not with_calls[0].done, parts  # one chunk, once complete
+            calls, done = with_calls[0].message.tool_calls, parts[-1]
+            assert "".join(p.message.content for p in parts) == ""
+        else:
+            done = tool_client.chat(**args, options=opts, stream=False)
+            calls = done.message.tool_calls
+            assert done.message.content == ""
+        assert done.done and done.done_reason == "stop"
+        assert [c.function.name for c in calls] == ["get_time"]
+        jsonschema.validate(dict(calls[0].function.arguments), chat_tools.CLOCK)
