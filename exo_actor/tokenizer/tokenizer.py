@@ -1,4 +1,5 @@
-"""TextTokenizer: a `tokenizers.Tokenizer` plus the model's special tokens and chat template."""
+"""TextTokenizer: a `tokenizers.Tokenizer` plus the model's special tokens and chat template, from a GGUF's
+metadata or a Hugging Face folder."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from ..errors import UnsupportedModelError, WeightsError
+from .gguf_vocab import GGUFVocab, TokenType, read_vocab
+from .sentencepiece import sentencepiece_tokenizer
 
 # Texts of control tokens that end an assistant turn in common chat formats. GGUF files often name
 # only one EOS id (SmolLM2's even names <|im_start|>), so, like llama.cpp, every control token with
@@ -40,18 +43,25 @@ class TextTokenizer:
     stop_ids: frozenset[int]
     chat_template: str | None
     add_bos: bool = False  # prepend BOS to raw (non-chat) prompts
+    add_eos: bool = False  # append EOS to raw prompts when BOS is left to the model (add_bos=None)
+    unk_token: str | None = None
+    pad_token: str | None = None
 
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
-        """Token ids of text; special-token texts in it map to their ids."""
+        """Token ids of text; special-token texts in it map to their ids. add_bos=None: BOS (and EOS)
+        as the model asks; an explicit add_bos is the caller's choice and then no EOS is added."""
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         bos_id = self.token_id(self.bos_token) if self.bos_token else None
         if (self.add_bos if add_bos is None else add_bos) and bos_id is not None:
             if not ids or ids[0] != bos_id:
                 ids = [bos_id, *ids]
+        eos_id = self.token_id(self.eos_token) if self.eos_token else None
+        if add_bos is None and self.add_eos and eos_id is not None:
+            ids = [*ids, eos_id]
         return ids
 
     def decode(self, ids: list[int]) -> str:
@@ -68,19 +78,41 @@ def _stop_ids(tok: Tokenizer, explicit: list[int]) -> frozenset[int]:
 
 
 def tokenizer_from_gguf(fields: dict[str, Any]) -> TextTokenizer:
-    """Build a byte-level BPE tokenizer from GGUF `tokenizer.ggml.*` metadata."""
+    """Build the tokenizer a GGUF's `tokenizer.ggml.*` metadata describes: byte-level BPE (`gpt2`)
+    or SentencePiece (`llama`: Llama 1/2, Mistral, Gemma 1-3, Phi-3)."""
     kind = fields.get("tokenizer.ggml.model")
-    if kind != "gpt2":
+    if kind == "gpt2":
+        vocab = read_vocab(fields)
+        tok = _byte_level_bpe(vocab, fields.get("tokenizer.ggml.pre", "default"))
+        add_bos_default = False
+    elif kind == "llama":
+        vocab = read_vocab(fields, need_scores=True)
+        tok = sentencepiece_tokenizer(vocab, add_space_prefix=bool(fields.get("tokenizer.ggml.add_space_prefix", True)))
+        add_bos_default = True  # llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise
+    else:
         raise UnsupportedModelError(
-            f"GGUF tokenizer type {kind!r} is not supported (byte-level BPE 'gpt2' is); "
+            f"GGUF tokenizer type {kind!r} is not supported (byte-level BPE 'gpt2' and SentencePiece 'llama' are); "
             "use the model's Hugging Face folder with tokenizer.json instead"
         )
-    tokens: list[str] = fields["tokenizer.ggml.tokens"]
-    types: list[int] = fields.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    merges = [tuple(m.split(" ", 1)) for m in fields.get("tokenizer.ggml.merges") or []]
-    pre = fields.get("tokenizer.ggml.pre", "default")
-    vocab = {t: i for i, t in enumerate(tokens)}
-    tok = Tokenizer(models.BPE(vocab, merges, ignore_merges=pre == "llama-bpe"))
+    ends = [vocab.special_ids.get(k) for k in ("eos", "eot", "eom")]
+    return TextTokenizer(
+        tokenizer=tok,
+        bos_token=vocab.special_text("bos"),
+        eos_token=vocab.special_text("eos"),
+        stop_ids=_stop_ids(tok, [i for i in ends if i is not None]),
+        chat_template=fields.get("tokenizer.chat_template"),
+        add_bos=bool(fields.get("tokenizer.ggml.add_bos_token", add_bos_default)),
+        add_eos=bool(fields.get("tokenizer.ggml.add_eos_token", False)),
+        unk_token=vocab.special_text("unknown"),
+        pad_token=vocab.special_text("padding"),
+    )
+
+
+def _byte_level_bpe(vocab: GGUFVocab, pre: str) -> Tokenizer:
+    """A byte-level BPE tokenizer (GPT-2 style) with the pre-tokenizer llama.cpp's `pre` name stands for."""
+    tokens, types = vocab.tokens, vocab.types
+    ids = {t: i for i, t in enumerate(tokens)}
+    tok = Tokenizer(models.BPE(ids, vocab.merges or [], ignore_merges=pre == "llama-bpe"))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre not in ("llama-bpe", "qwen2"))
     if pre == "llama-bpe":
         tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -95,23 +127,14 @@ def tokenizer_from_gguf(fields: dict[str, Any]) -> TextTokenizer:
     else:
         tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel()
-    # 3 = control, 4 = user-defined (llama.cpp's token types): matched whole, before BPE.
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == 3])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == 4])
-
-    def tok_text(key: str) -> str | None:
-        i = fields.get(key)
-        return tokens[i] if isinstance(i, int) and 0 <= i < len(tokens) else None
-
-    ends = [fields.get("tokenizer.ggml.eos_token_id"), fields.get("tokenizer.ggml.eot_token_id")]
-    return TextTokenizer(
-        tokenizer=tok,
-        bos_token=tok_text("tokenizer.ggml.bos_token_id"),
-        eos_token=tok_text("tokenizer.ggml.eos_token_id"),
-        stop_ids=_stop_ids(tok, [i for i in ends if isinstance(i, int)]),
-        chat_template=fields.get("tokenizer.chat_template"),
-        add_bos=bool(fields.get("tokenizer.ggml.add_bos_token", False)),
+    # control tokens and user-defined ones (llama.cpp's token types): matched whole, before BPE.
+    tok.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == TokenType.CONTROL]
     )
+    tok.add_tokens(
+        [AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == TokenType.USER_DEFINED]
+    )
+    return tok
 
 
 def _read_json(path: Path) -> dict[str, Any]:
