@@ -1,4 +1,5 @@
-"""Tiny random-weight Llama-family models, written as Hugging Face folders or GGUF files."""
+"""Tiny random-weight Llama-family models (llama, qwen2, qwen3), written as Hugging Face folders or GGUF
+files."""
 
 from __future__ import annotations
 
@@ -57,10 +58,11 @@ class TinySpec:
     context: int = 128
     seed: int = 0
     extra_config: dict[str, Any] = field(default_factory=dict)
+    explicit_head_dim: int | None = None  # written as config.json head_dim / GGUF attention.key_length
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.heads
+        return self.explicit_head_dim or self.hidden_size // self.heads
 
 
 def make_weights(spec: TinySpec, vocab: int) -> dict[str, np.ndarray]:
@@ -88,12 +90,18 @@ def make_weights(spec: TinySpec, vocab: int) -> dict[str, np.ndarray]:
         if spec.architecture == "qwen2":
             for n, m in (("q", spec.heads), ("k", spec.kv_heads), ("v", spec.kv_heads)):
                 t[p + f"self_attn.{n}_proj.bias"] = w(m * hd, scale=0.2)
+        if spec.architecture == "qwen3":  # per-head q/k norms, far enough from 1 to matter
+            t[p + "self_attn.q_norm.weight"] = 1 + w(hd, scale=0.3)
+            t[p + "self_attn.k_norm.weight"] = 1 + w(hd, scale=0.3)
     return t
+
+
+_HF_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
 def hf_config(spec: TinySpec, vocab: int) -> dict[str, Any]:
     cfg: dict[str, Any] = {
-        "architectures": ["LlamaForCausalLM" if spec.architecture == "llama" else "Qwen2ForCausalLM"],
+        "architectures": [_HF_CLASSES[spec.architecture]],
         "model_type": spec.architecture,
         "hidden_size": spec.hidden_size,
         "intermediate_size": spec.intermediate,
@@ -112,6 +120,10 @@ def hf_config(spec: TinySpec, vocab: int) -> dict[str, Any]:
     }
     if spec.rope_scaling:
         cfg["rope_scaling"] = spec.rope_scaling
+    if spec.explicit_head_dim or spec.architecture == "qwen3":  # Qwen3 configs always state it
+        cfg["head_dim"] = spec.head_dim
+    if spec.architecture == "qwen3":
+        cfg.update(attention_bias=False, use_sliding_window=False)
     cfg.update(spec.extra_config)
     return cfg
 
@@ -189,6 +201,8 @@ _GGUF_LAYER = {
     "self_attn.k_proj.bias": "attn_k.bias",
     "self_attn.v_proj.bias": "attn_v.bias",
     "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
     "post_attention_layernorm.weight": "ffn_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
@@ -225,6 +239,9 @@ def write_gguf(
     w.add_feed_forward_length(spec.intermediate)
     w.add_head_count(spec.heads)
     w.add_head_count_kv(spec.kv_heads)
+    if spec.explicit_head_dim or arch == "qwen3":  # the converter writes these whenever config has head_dim
+        w.add_key_length(spec.head_dim)
+        w.add_value_length(spec.head_dim)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(spec.rope_theta)
     w.add_vocab_size(vocab)

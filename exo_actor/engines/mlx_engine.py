@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models.config import ModelArgs
+from ..models.config import ModelArgs, check_engine_family
 from ..models.rope import inv_frequencies, rope_tables
 from ..weights import ModelFiles
 from ..weights.base import ShardTensors, Weight
@@ -72,6 +72,7 @@ def _apply(mx: Any, parts: list[_Linear], x: Any) -> Any:
 
 
 _GROW = 256
+FAMILIES = ("llama", "qwen2")  # not yet the q/k norms of qwen3: refused at load
 
 
 class _Cache:
@@ -210,4 +211,5 @@ class MlxEngine:
         self.quantize = quantize
 
     def load_shard(self, model: ModelFiles, start: int, end: int) -> MlxShardRunner:
+        check_engine_family(model.args, "mlx", FAMILIES)
         return MlxShardRunner(model.args, start, end, model.shard_tensors(start, end, self.quantize))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models.config import ModelArgs
+from ..models.config import ModelArgs, check_engine_family
 from ..models.llama import ShardWeights
 from ..models.rope import inv_frequencies, rope_tables
 from ..weights import ModelFiles
@@ -23,6 +23,7 @@ from .base import HIDDEN_STATES, RequestCaches, check_pass, layer_tensors, requi
 from .tinygrad_thread import on_tinygrad_thread
 
 _GROW = 256
+FAMILIES = ("llama", "qwen2")  # not yet the q/k norms of qwen3: refused at load
 
 
 class _Cache:
@@ -181,5 +182,6 @@ class TinygradEngine:
         check_tinygrad_compiler()
 
     def load_shard(self, model: ModelFiles, start: int, end: int) -> TinygradShardRunner:
+        check_engine_family(model.args, "tinygrad", FAMILIES)
         weights = model.shard_weights(start, end, self.quantize)  # float32: dequantized at load
         return on_tinygrad_thread(TinygradShardRunner, model.args, start, end, weights)

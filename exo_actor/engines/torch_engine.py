@@ -51,13 +51,18 @@ def _interleave(w: Any, n_heads: int, scale: float = 1.0) -> Any:
 
 class _Layer:
     """One decoder layer's torch tensors. q/k rows are interleaved for a complex-product RoPE (the
-    attention scores are unchanged: q and k are permuted alike) and q carries the 1/sqrt(hd) scale."""
+    attention scores are unchanged: q and k are permuted alike) and q carries the 1/sqrt(hd) scale (in
+    its q_norm weight when the layer normalizes q heads, Qwen3: a norm would undo a scaled projection)."""
 
     def __init__(self, t: Any, lt: Any, args: ModelArgs, device: str) -> None:
         f32 = lambda a: t.from_numpy(np.array(a, dtype=np.float32)).to(device)  # noqa: E731
         H, KV, hd = args.num_attention_heads, args.num_key_value_heads, args.dim_head
         scale = 1.0 / float(np.sqrt(hd))
         self.attn_norm, self.ffn_norm = f32(lt.attn_norm), f32(lt.ffn_norm)
+        self.qk_norm: tuple[Any, Any] | None = None
+        if lt.q_norm is not None:  # the heads' norm weights, interleaved like their rows; q's scaled
+            self.qk_norm = (f32(_interleave(lt.q_norm, 1, scale)), f32(_interleave(lt.k_norm, 1)))
+            scale = 1.0
         self.bqkv = None
         if lt.bqkv is not None:
             bq, bk, bv = np.split(lt.bqkv, [H * hd, (H + KV) * hd])
@@ -72,6 +77,7 @@ class _Layer:
         """A layer rebuilt from state() (the packed-weights cache) without packing."""
         self = cls.__new__(cls)
         self.attn_norm, self.ffn_norm, self.bqkv = state["attn_norm"], state["ffn_norm"], state["bqkv"]
+        self.qk_norm = state.get("qk_norm")
         self.qkv = [QLinear.from_state(s, device) for s in state["qkv"]]
         self.gate_up = [QLinear.from_state(s, device) for s in state["gate_up"]]
         self.o, self.down = QLinear.from_state(state["o"], device), QLinear.from_state(state["down"], device)
@@ -83,6 +89,7 @@ class _Layer:
             "attn_norm": self.attn_norm,
             "ffn_norm": self.ffn_norm,
             "bqkv": self.bqkv,
+            "qk_norm": self.qk_norm,
             "qkv": [p.state() for p in self.qkv],
             "o": self.o.state(),
             "gate_up": [p.state() for p in self.gate_up],
@@ -93,7 +100,8 @@ class _Layer:
         from . import torch_model  # imports torch: only once the engine is chosen
 
         linears = [*self.qkv, self.o, *self.gate_up, self.down]
-        vectors = [self.attn_norm, self.ffn_norm] + ([] if self.bqkv is None else [self.bqkv])
+        vectors = [self.attn_norm, self.ffn_norm, *(self.qk_norm or ())]
+        vectors += [] if self.bqkv is None else [self.bqkv]
         self.nbytes = sum(l.nbytes for l in linears) + sum(v.numel() * 4 for v in vectors)
         shape = (args.num_attention_heads, args.num_key_value_heads, args.dim_head, float(args.rms_norm_eps))
         self.module = torch_model.Layer(
@@ -104,6 +112,7 @@ class _Layer:
             torch_model.Fused([p.module() for p in self.gate_up]),
             self.down.module(),
             shape,
+            self.qk_norm,
         )
 
 

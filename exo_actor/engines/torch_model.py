@@ -81,10 +81,14 @@ class Layer(nn.Module):
         gate_up: Fused,
         down: QLinear,
         shape: tuple[int, int, int, float],
+        qk_norm: tuple[Tensor, Tensor] | None = None,
     ):
         super().__init__()
         self.attn_norm, self.ffn_norm = norms
         self.bqkv = bqkv
+        # q and k heads' norm weights [hd] (Qwen3; q's pre-scaled), or None
+        self.q_norm: Tensor | None = None if qk_norm is None else qk_norm[0]
+        self.k_norm: Tensor | None = None if qk_norm is None else qk_norm[1]
         self.qkv, self.o, self.gate_up, self.down = qkv, o, gate_up, down
         self.H, self.KV, self.hd, self.eps = shape
         self.row_attention = ROW_ATTENTION
@@ -102,7 +106,13 @@ class Layer(nn.Module):
         if bias is not None:
             qkv = qkv + bias
         n = (H + KV) * hd
-        pairs = torch.view_as_complex(qkv[:, :n].reshape(T, H + KV, hd // 2, 2))
+        qk = qkv[:, :n].reshape(T, H + KV, hd)
+        q_norm, k_norm = self.q_norm, self.k_norm
+        if q_norm is not None and k_norm is not None:  # RMSNorm of every q and k head over hd, before RoPE
+            qk = qk * qk.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()
+            qk[:, :H].mul_(q_norm)
+            qk[:, H:].mul_(k_norm)
+        pairs = torch.view_as_complex(qk.reshape(T, H + KV, hd // 2, 2))
         qk = torch.view_as_real(pairs * freqs).reshape(T, H + KV, hd)
         return qk[:, :H], qk[:, H:], qkv[:, n:].reshape(T, KV, hd)
 

@@ -8,7 +8,11 @@ from typing import Any
 
 from ..errors import UnsupportedModelError
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+# families whose attention RMS-normalizes each q and k head (weights of size head_dim) before RoPE
+QK_NORM_ARCHITECTURES = ("qwen3",)
+# config.json model_type -> architecture (Mistral without a sliding window is a Llama)
+_HF_MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "llama"}
 _POSITIVE_INTS = (
     "hidden_size",
     "num_hidden_layers",
@@ -23,7 +27,7 @@ _POSITIVE_INTS = (
 
 @dataclass(frozen=True)
 class ModelArgs:
-    """Hyper-parameters of a Llama-family decoder (Llama 2/3.x, SmolLM, Qwen2)."""
+    """Hyper-parameters of a Llama-family decoder (Llama 2/3.x, SmolLM, Qwen2, Qwen3)."""
 
     architecture: str
     hidden_size: int
@@ -73,11 +77,17 @@ class ModelArgs:
         return self.head_dim
 
     @property
+    def qk_norm(self) -> bool:
+        """Whether each layer normalizes its q and k heads (q_norm, k_norm weights of size head_dim)."""
+        return self.architecture in QK_NORM_ARCHITECTURES
+
+    @property
     def layer_bytes(self) -> int:
         """float32 bytes of one decoder layer's weights."""
         d, f, kv, h = self.hidden_size, self.intermediate_size, self.num_key_value_heads, self.num_attention_heads
         hd = self.dim_head
-        return 4 * (d * (h + 2 * kv) * hd + h * hd * d + 3 * d * f + 2 * d)
+        norms = 2 * d + (2 * hd if self.qk_norm else 0)
+        return 4 * (d * (h + 2 * kv) * hd + h * hd * d + 3 * d * f + norms)
 
     def shard_bytes(self, start: int, end: int) -> int:
         """float32 bytes a shard of layers [start, end) holds, embedding / head included."""
@@ -90,10 +100,10 @@ class ModelArgs:
     def from_hf_dict(cls, cfg: dict[str, Any]) -> ModelArgs:
         """Build from a Hugging Face config.json dict; unknown keys are kept in `extra`."""
         model_type = cfg.get("model_type", "")
-        arch = {"llama": "llama", "qwen2": "qwen2", "mistral": "llama"}.get(model_type)
+        arch = _HF_MODEL_TYPES.get(model_type)
         if arch is None:
             raise UnsupportedModelError(
-                f"config.json model_type {model_type!r} is not supported (supported: llama, qwen2)"
+                f"config.json model_type {model_type!r} is not supported (supported: {', '.join(_HF_MODEL_TYPES)})"
             )
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in cfg.items() if k in names and k != "extra"}
@@ -106,7 +116,20 @@ class ModelArgs:
         kwargs.setdefault("num_key_value_heads", cfg.get("num_attention_heads"))
         if arch == "qwen2":
             kwargs["attention_bias"] = True
+        elif arch == "qwen3" and cfg.get("attention_bias"):  # Qwen3's flag also adds an o_proj bias
+            raise UnsupportedModelError("a qwen3 model with attention_bias (q/k/v/o biases) is not supported")
+        if cfg.get("use_sliding_window"):
+            raise UnsupportedModelError(f"sliding-window attention ({model_type}) is not supported yet")
         try:
             return cls(**kwargs, extra={k: v for k, v in cfg.items() if k not in names})
         except TypeError as exc:  # a required key is missing
             raise UnsupportedModelError(f"config.json is incomplete: {exc}") from None
+
+
+def check_engine_family(args: ModelArgs, engine: str, families: tuple[str, ...]) -> None:
+    """Refuse, in one line, a model whose family an engine does not implement."""
+    if args.architecture not in families:
+        raise UnsupportedModelError(
+            f"the {engine} engine does not run {args.architecture} models (it runs {', '.join(families)}): "
+            "use --engine numpy or --engine torch"
+        )

@@ -1,4 +1,4 @@
-"""Llama-family decoder shard in numpy (Llama 2/3.x, SmolLM, Qwen2 with q/k/v bias).
+"""Llama-family decoder shard in numpy (Llama 2/3.x, SmolLM, Qwen2 with q/k/v bias, Qwen3 with q/k norms).
 
 A shard is the contiguous layer range [start, end) of a model. The first shard owns the token
 embedding and takes token ids; the last owns the final norm and LM head and returns logits; any
@@ -39,11 +39,13 @@ class LayerWeights:
     ffn_norm: np.ndarray  # [D]
     w_gate_up: np.ndarray  # [D, 2F]
     w_down: np.ndarray  # [F, D]
+    q_norm: np.ndarray | None = None  # [hd] (Qwen3): RMSNorm of each q head before RoPE
+    k_norm: np.ndarray | None = None  # [hd]
 
     @property
     def nbytes(self) -> int:
         arrays = (self.attn_norm, self.wqkv, self.bqkv, self.wo, self.ffn_norm, self.w_gate_up, self.w_down)
-        return sum(a.nbytes for a in arrays if a is not None)
+        return sum(a.nbytes for a in arrays + (self.q_norm, self.k_norm) if a is not None)
 
 
 @dataclass
@@ -83,6 +85,20 @@ def rms_norm_rows(x: np.ndarray, weight: np.ndarray, eps: np.float32) -> np.ndar
     (so a request's numbers do not depend on what it is batched with)."""
     scales = np.array([_row_scale(v, eps) for v in x], dtype=F32)
     return x * (weight[None, :] * scales[:, None])
+
+
+def head_norm(heads: np.ndarray, w: LayerWeights, n_q: int, eps: np.float32) -> np.ndarray:
+    """q and k heads [n_q + KV, T, hd] RMS-normalized each over hd, times q_norm / k_norm (Qwen3); a new
+    array. Each (head, position) is reduced on its own, so a row's numbers do not depend on its batch."""
+    assert w.q_norm is not None and w.k_norm is not None
+    ms = np.einsum("ntd,ntd->nt", heads, heads)[..., None]
+    ms *= F32(1.0 / heads.shape[-1])
+    ms += eps
+    np.sqrt(ms, out=ms)
+    out = heads / ms
+    out[:n_q] *= w.q_norm
+    out[n_q:] *= w.k_norm
+    return out
 
 
 def swiglu(gate_up: np.ndarray) -> np.ndarray:
@@ -206,7 +222,7 @@ class LlamaShard:
             if w.bqkv is not None:
                 qkv += w.bqkv
             heads = qkv.reshape(B, H + 2 * KV, hd).transpose(1, 0, 2)  # [H + 2KV, B, hd]
-            qk = apply_rope(heads[: H + KV], cos, sin)
+            qk = apply_rope(self._qk(heads, w), cos, sin)
             qk[:H] *= self.scale
             attn = np.empty((B, H * hd), dtype=F32)
             for b, (cache, pos) in enumerate(zip(caches, positions)):
@@ -222,6 +238,11 @@ class LlamaShard:
         assert self.w.final_norm is not None and self.w.lm_head_t is not None
         return matmul(rms_norm_rows(h, self.w.final_norm, self.eps), self.w.lm_head_t, _HEAD_ROW_LOOP)
 
+    def _qk(self, heads: np.ndarray, w: LayerWeights) -> np.ndarray:
+        """The q and k heads of [H + 2KV, T, hd], normalized when the layer has q/k norms (Qwen3)."""
+        qk = heads[: self.n_heads + self.n_kv]
+        return qk if w.q_norm is None else head_norm(qk, w, self.n_heads, self.eps)
+
     def _layer(
         self, h: np.ndarray, w: LayerWeights, cache: KVCache, i: int, start: int, cos: np.ndarray, sin: np.ndarray
     ) -> np.ndarray:
@@ -230,7 +251,7 @@ class LlamaShard:
         if w.bqkv is not None:
             qkv += w.bqkv
         heads = qkv.reshape(T, H + 2 * KV, hd).transpose(1, 0, 2)  # [H + 2KV, T, hd]
-        qk = apply_rope(heads[: H + KV], cos, sin)  # q and k rotate together: one pass
+        qk = apply_rope(self._qk(heads, w), cos, sin)  # q and k rotate together: one pass
         qk[:H] *= self.scale
         keys, values = cache.write(i, start, qk[H:], heads[H + KV :])  # [KV, L, hd]
         attn = _attention(qk[:H], keys, values, start)  # [T, H * hd]

@@ -43,6 +43,14 @@ def as_in_out(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w).T
 
 
+def _qk_norms(args: ModelArgs, src: TensorSource, p: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """A layer's q_norm and k_norm weights [hd] (Qwen3), or (None, None) for families without them."""
+    if not args.qk_norm:
+        return None, None
+    hd = args.dim_head
+    return _get(src, p + "self_attn.q_norm.weight", (hd,)), _get(src, p + "self_attn.k_norm.weight", (hd,))
+
+
 def load_shard_weights(args: ModelArgs, src: TensorSource, start: int, end: int) -> ShardWeights:
     """Read only the tensors of layers [start, end) (plus embedding / head at the ends)."""
     D, F, V, hd = args.hidden_size, args.intermediate_size, args.vocab_size, args.dim_head
@@ -60,6 +68,7 @@ def load_shard_weights(args: ModelArgs, src: TensorSource, start: int, end: int)
             )
         gate = _get(src, p + "mlp.gate_proj.weight", (F, D))
         up = _get(src, p + "mlp.up_proj.weight", (F, D))
+        q_norm, k_norm = _qk_norms(args, src, p)
         layers.append(
             LayerWeights(
                 attn_norm=_get(src, p + "input_layernorm.weight", (D,)),
@@ -69,6 +78,8 @@ def load_shard_weights(args: ModelArgs, src: TensorSource, start: int, end: int)
                 ffn_norm=_get(src, p + "post_attention_layernorm.weight", (D,)),
                 w_gate_up=as_in_out(np.concatenate([gate, up])),
                 w_down=as_in_out(_get(src, p + "mlp.down_proj.weight", (D, F))),
+                q_norm=q_norm,
+                k_norm=k_norm,
             )
         )
     weights = ShardWeights(layers=layers)
@@ -105,6 +116,8 @@ class LayerTensors:
     gate: Weight
     up: Weight
     down: Weight
+    q_norm: np.ndarray | None = None  # [hd] (Qwen3)
+    k_norm: np.ndarray | None = None
 
 
 @dataclass
@@ -165,6 +178,7 @@ def load_shard_tensors(
             bias = np.concatenate(
                 [_get(src, p + f"self_attn.{n}_proj.bias", (m * hd,)) for n, m in (("q", H), ("k", KV), ("v", KV))]
             )
+        q_norm, k_norm = _qk_norms(args, src, p)
         out_layers.append(
             LayerTensors(
                 attn_norm=_get(src, p + "input_layernorm.weight", (D,)),
@@ -177,6 +191,8 @@ def load_shard_tensors(
                 gate=get("mlp.gate_proj.weight", (F, D)),
                 up=get("mlp.up_proj.weight", (F, D)),
                 down=get("mlp.down_proj.weight", (D, F)),
+                q_norm=q_norm,
+                k_norm=k_norm,
             )
         )
     out = ShardTensors(layers=out_layers)
@@ -234,6 +250,8 @@ def float_weights(args: ModelArgs, t: ShardTensors) -> ShardWeights:
             ffn_norm=l.ffn_norm,
             w_gate_up=as_in_out(np.concatenate([f(l.gate), f(l.up)])),
             w_down=as_in_out(f(l.down)),
+            q_norm=l.q_norm,
+            k_norm=l.k_norm,
         )
         for l in t.layers
     ]

@@ -14,7 +14,7 @@ from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
 from ..errors import UnsupportedModelError, WeightsError
-from ..models.config import ModelArgs
+from ..models.config import SUPPORTED_ARCHITECTURES, ModelArgs
 from .quant import CONVERTED_TYPES, FLOAT_TYPES, KEPT_TYPES, QuantizedTensor, convert_unkept, from_gguf_blocks
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ _LAYER_NAMES = {
     "attn_k.bias": "self_attn.k_proj.bias",
     "attn_v.bias": "self_attn.v_proj.bias",
     "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
@@ -73,8 +75,10 @@ def field(reader: GGUFReader, key: str, default: Any = None) -> Any:
 def args_from_gguf(reader: GGUFReader) -> ModelArgs:
     """ModelArgs from GGUF metadata (`{arch}.block_count`, `{arch}.embedding_length`, ...)."""
     arch = field(reader, "general.architecture")
-    if arch not in ("llama", "qwen2"):
-        raise UnsupportedModelError(f"GGUF architecture {arch!r} is not supported (llama, qwen2)")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"GGUF architecture {arch!r} is not supported ({', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
 
     def req(key: str) -> Any:
         v = field(reader, f"{arch}.{key}")
@@ -109,6 +113,7 @@ def args_from_gguf(reader: GGUFReader) -> ModelArgs:
         max_position_embeddings=int(req("context_length")),
         head_dim=int(field(reader, f"{arch}.attention.key_length", dim // n_heads)),
         tie_word_embeddings="output.weight" not in tensor_names,
+        # llama.cpp writes q/k/v biases for Qwen2 always, for Qwen3 never (its o_proj would need one too)
         attention_bias=arch == "qwen2",
         rope_freq_factors=freq_factors,
     )
@@ -262,7 +267,7 @@ class GGUFSource:
         expected = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dims innermost first
         if w.shape != expected:
             raise WeightsError(f"{self.path.name}: tensor {t.name} decodes to {w.shape}, header says {expected}")
-        if self.args.architecture == "llama":  # qwen2 GGUFs keep HF's layout
+        if self.args.architecture == "llama":  # qwen2 and qwen3 GGUFs keep HF's layout (no permutation)
             if name.endswith("q_proj.weight") or name.endswith("q_proj.bias"):
                 w = _unpermute(w, self.args.num_attention_heads)
             elif name.endswith("k_proj.weight") or name.endswith("k_proj.bias"):

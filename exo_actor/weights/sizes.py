@@ -13,7 +13,7 @@ Bytes per value held, by engine:
 | groups of 16 (Q6_K, Q2_K, Q3_K) | 2 (bf16) | 4 | 4 |
 | float (F32/F16/BF16, Hugging Face folders) | 2 (bf16) | 4 | 4 |
 
-Vectors (norms, biases) are float32 everywhere.
+Vectors (norms, q/k head norms, biases) are float32 everywhere.
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ def _layer_shapes(args: ModelArgs, i: int) -> list[tuple[str, int, bool]]:
     ]
     if args.attention_bias:
         out.append((p + "self_attn.qkv_proj.bias", (H + 2 * KV) * hd, False))
+    if args.qk_norm:
+        out += [(p + "self_attn.q_norm.weight", hd, False), (p + "self_attn.k_norm.weight", hd, False)]
     return out
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exo_actor.engines.numpy_engine import NumpyEngine
-from exo_actor.partition import even_ranges
-from exo_actor.runtime.generation import LocalPipeline
-from exo_actor.weights import open_model
 from tests.conftest import require
+from tests.models.helpers import ATOL
+from tests.models.helpers import all_logits as _all_logits
+from tests.models.helpers import pipeline as _pipeline
 from tests.tiny import TinySpec, write_hf_folder
 
 LLAMA3 = {
@@ -29,24 +28,6 @@ VARIANTS = {
     "qwen2-bias": TinySpec(architecture="qwen2", tied=False, rope_theta=1e6),
     "qwen2-tied": TinySpec(architecture="qwen2", tied=True, kv_heads=1),
 }
-# Float32 everywhere; the two implementations sum in different orders.
-ATOL = 2e-4
-
-
-def _pipeline(path, shards=1):
-    files = open_model(path)
-    eng = NumpyEngine()
-    return files, LocalPipeline(
-        [eng.load_shard(files, a, b) for a, b in even_ranges(files.args.num_hidden_layers, shards)]
-    )
-
-
-def _all_logits(pipe, ids, prefill):
-    """Prefill `prefill` tokens, then decode the rest one by one; logits for every position."""
-    out = [pipe.forward("r", np.array(ids[:prefill]), 0, num_logits=prefill)]
-    for pos in range(prefill, len(ids)):
-        out.append(pipe.forward("r", np.array([ids[pos]]), pos))
-    return np.concatenate(out)
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
