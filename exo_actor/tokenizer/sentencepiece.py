@@ -52,7 +52,8 @@ def sentencepiece_tokenizer(vocab: GGUFVocab, *, add_space_prefix: bool) -> Toke
     unk_id = vocab.special_ids.get("unknown")
     if unk_id is None:
         unk_id = next((i for i, ty in enumerate(types) if ty == TokenType.UNKNOWN), None)
-    byte_fallback = any(ty == TokenType.BYTE for ty in types)
+    # looked up by text, as llama.cpp does: old files without token types still fall back to bytes
+    byte_fallback = any(f"<0x{b:02X}>" in ids for b in range(256))
     tok = Tokenizer(
         models.BPE(
             ids,

@@ -225,3 +225,29 @@ def test_unknown_tokenizer_model_is_refused() -> None:
 def test_out_of_range_special_id_is_ignored_like_llama_cpp() -> None:
     vocab = read_vocab({"tokenizer.ggml.tokens": ["a", "b"], "tokenizer.ggml.eos_token_id": 7})
     assert vocab.special_text("eos") is None
+
+
+def test_structured_output_sees_the_text_bytes_of_every_piece(spm_case: dict[str, Any]) -> None:
+    """The grammar engine (llguidance) reads the tokenizer as serialized: U+2581 is a space, `<0xNN>`
+    is one byte, a user-defined piece its raw text."""
+    from exo_actor.sampling.grammar import _llg_tokenizer
+
+    ours: TextTokenizer = spm_case["ours"]
+    llt = _llg_tokenizer(ours)
+    sp = spm_case["sp"]
+    for i in range(sp.get_piece_size()):
+        if sp.is_control(i) or sp.is_unknown(i) or sp.id_to_piece(i) == "<0xFF>":
+            continue  # llguidance marks special tokens with 0xFF, a byte no UTF-8 text holds
+        piece = ours.tokenizer.id_to_token(i)
+        expected = bytes([int(piece[3:5], 16)]) if sp.is_byte(i) else piece.replace("\u2581", " ").encode()
+        assert llt.decode_bytes([i]) == expected, piece
+
+
+def test_file_without_token_types_still_falls_back_to_bytes(tmp_path: Path) -> None:
+    """Old GGUFs carry no token types: byte pieces are found by their `<0xNN>` text, as llama.cpp does."""
+    model = train(LLAMA)
+    fields = tokenizer_fields(write_gguf(tmp_path / "v.gguf", model, LLAMA, types=None))
+    ours = tokenizer_from_gguf(fields)
+    text = "Grüße 🙂 日本語\n"
+    assert ours.encode(text, add_bos=False) == processor(model).encode(text)
+    assert ours.decode(ours.encode(text, add_bos=False)) == text
