@@ -106,9 +106,10 @@ class Layer(nn.Module):
         if bias is not None:
             qkv = qkv + bias
         n = (H + KV) * hd
-        qk = qkv[:, :n].reshape(T, H + KV, hd)
+        qk = qkv[:, :n]
         q_norm, k_norm = self.q_norm, self.k_norm
         if q_norm is not None and k_norm is not None:  # RMSNorm of every q and k head over hd, before RoPE
+            qk = qk.reshape(T, H + KV, hd)
             qk = qk * qk.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()
             qk[:, :H].mul_(q_norm)
             qk[:, H:].mul_(k_norm)
