@@ -11,6 +11,7 @@ import gguf
 import sentencepiece as spm
 
 from exo_actor.weights.gguf_source import field, open_reader
+from tests.tiny import TinySpec, _permute, gguf_name, make_weights
 
 # Multilingual on purpose: characters the tiny vocabulary keeps, and rarer ones (Chinese, Arabic, emoji)
 # that only byte fallback can spell.
@@ -134,17 +135,33 @@ def vocab_arrays(model: bytes, user_defined: tuple[str, ...]) -> tuple[list[str]
     return tokens, scores, types
 
 
-def write_gguf(path: Path, model: bytes, flavour: Flavour, **overrides: Any) -> Path:
-    """A vocabulary-only GGUF; `overrides` replace tokens/scores/types (None leaves one out)."""
+def write_gguf(path: Path, model: bytes, flavour: Flavour, spec: TinySpec | None = None, **overrides: Any) -> Path:
+    """A vocabulary-only GGUF, or with `spec` a whole tiny random-weight model (float32 tensors, Llama
+    q/k rows permuted as llama.cpp's converter does); `overrides` replace tokens/scores/types (None
+    leaves one out)."""
     tokens, scores, types = vocab_arrays(model, flavour.user_defined)
     arrays: dict[str, Any] = {"tokens": tokens, "scores": scores, "types": types, **overrides}
     sp = processor(model)
     w = gguf.GGUFWriter(str(path), flavour.architecture)
-    arch = flavour.architecture
-    # the few hyper-parameters transformers' GGUF reader wants before it builds a tokenizer
-    for key, value in (("context_length", 128), ("embedding_length", 64), ("block_count", 1)):
-        w.add_uint32(f"{arch}.{key}", value)
-    w.add_uint32(f"{arch}.attention.head_count", 4)
+    shape = spec or TinySpec(hidden_size=64, layers=1, heads=4, kv_heads=4)
+    # the hyper-parameters transformers' GGUF reader wants before it builds a tokenizer, and a model needs
+    sizes = {
+        "context_length": shape.context,
+        "embedding_length": shape.hidden_size,
+        "block_count": shape.layers,
+        "feed_forward_length": shape.intermediate,
+        "attention.head_count": shape.heads,
+        "attention.head_count_kv": shape.kv_heads,
+    }
+    for key, size in sizes.items():
+        w.add_uint32(f"{flavour.architecture}.{key}", size)
+    w.add_float32(f"{flavour.architecture}.attention.layer_norm_rms_epsilon", 1e-5)
+    w.add_float32(f"{flavour.architecture}.rope.freq_base", shape.rope_theta)
+    if spec is not None:
+        for name, t in make_weights(spec, len(tokens)).items():
+            if ".q_proj." in name or ".k_proj." in name:
+                t = _permute(t, spec.heads if ".q_proj." in name else spec.kv_heads)
+            w.add_tensor(gguf_name(name), t)
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     if arrays["tokens"] is not None:

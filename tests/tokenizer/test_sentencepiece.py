@@ -3,11 +3,14 @@ transformers, and decode back exactly."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from exo_actor.errors import UnsupportedModelError, WeightsError
 from exo_actor.tokenizer import IncrementalDetokenizer, TextTokenizer, chat_prompt_ids, tokenizer_from_gguf
@@ -251,3 +254,77 @@ def test_file_without_token_types_still_falls_back_to_bytes(tmp_path: Path) -> N
     text = "Grüße 🙂 日本語\n"
     assert ours.encode(text, add_bos=False) == processor(model).encode(text)
     assert ours.decode(ours.encode(text, add_bos=False)) == text
+
+
+def test_a_model_gguf_with_a_sentencepiece_vocabulary_opens(tmp_path: Path) -> None:
+    """The loader's entry point (open_model) takes such a file: its tokenizer, and a vocabulary-sized
+    embedding."""
+    from exo_actor.weights import open_model
+    from tests.tiny import TinySpec
+
+    model = train(LLAMA)
+    sp = processor(model)
+    spec = TinySpec(layers=2)
+    files = open_model(write_gguf(tmp_path / "tiny-spm.gguf", model, LLAMA, spec))
+    assert files.args.vocab_size == sp.get_piece_size()
+    weights = files.shard_weights(0, spec.layers)
+    table = weights.embed if weights.embed is not None else weights.lm_head_t.T  # tied: the head serves lookups
+    assert table.shape == (sp.get_piece_size(), spec.hidden_size)
+    text = "  Grüße aus Paris 🙂\n"
+    assert files.tokenizer.encode(text) == [sp.bos_id(), *sp.encode(text)]
+    assert files.tokenizer.decode(files.tokenizer.encode(text)) == text
+
+
+def _fields(model: bytes, flavour: Flavour) -> dict[str, Any]:
+    tokens, scores, types = vocab_arrays(model, flavour.user_defined)
+    sp = processor(model)
+    return {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": scores,
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.bos_token_id": sp.bos_id(),
+        "tokenizer.ggml.eos_token_id": sp.eos_id(),
+        "tokenizer.ggml.add_space_prefix": flavour.add_dummy_prefix,
+    }
+
+
+_STREAM_MODELS = {name: train(f) for name, f in FLAVOURS.items()}
+_STREAM_TOKS = {name: tokenizer_from_gguf(_fields(m, FLAVOURS[name])) for name, m in _STREAM_MODELS.items()}
+
+
+def _stream(tok: TextTokenizer, ids: list[int]) -> list[str]:
+    d = IncrementalDetokenizer(tok)
+    return [*(d.add(i) for i in ids), d.flush()]
+
+
+@pytest.mark.parametrize("name", sorted(FLAVOURS))
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(max_size=40))
+def test_any_text_matches_sentencepiece_and_streams_back(name: str, text: str) -> None:
+    assume("<tag>" not in text and not text.endswith("\ufffd"))
+    assume("\u2581" not in text)  # SentencePiece's space mark decodes as a space, in SentencePiece too
+    tok = _STREAM_TOKS[name]
+    ids = tok.encode(text, add_bos=False)
+    assert ids == processor(_STREAM_MODELS[name]).encode(text)
+    assert "".join(_stream(tok, ids)) == tok.decode(ids) == text
+
+
+@pytest.mark.parametrize("name", sorted(FLAVOURS))
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_any_pieces_and_byte_spelled_characters_stream_to_the_full_decode(name: str, data: st.DataObject) -> None:
+    """Pieces in any order, mixed with characters spelled as byte pieces (what a model emits for text
+    outside the vocabulary), stream to the full decode; a character cut off at the end is held back."""
+    tok = _STREAM_TOKS[name]
+    sp = processor(_STREAM_MODELS[name])
+    pieces = [i for i in range(sp.get_piece_size()) if not (sp.is_byte(i) or sp.is_control(i) or sp.is_unknown(i))]
+    chars = st.characters(codec="utf-8", exclude_characters="\ufffd")
+    spelled = chars.map(lambda c: [sp.piece_to_id(f"<0x{b:02X}>") for b in c.encode()])
+    chunks = data.draw(st.lists(st.one_of(st.sampled_from(pieces).map(lambda i: [i]), spelled), max_size=20))
+    ids = [i for chunk in chunks for i in chunk]
+    cut = data.draw(st.integers(min_value=0, max_value=len(ids)))  # maybe mid-character
+    whole = max(n for n in itertools.accumulate((len(c) for c in chunks), initial=0) if n <= cut)
+    assert "".join(_stream(tok, ids[:cut])) == tok.decode(ids[:whole])  # the cut-off character held back
+    assert "".join(_stream(tok, ids)) == tok.decode(ids)
+    assert "\ufffd" not in tok.decode(ids)
