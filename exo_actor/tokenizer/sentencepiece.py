@@ -25,7 +25,9 @@ _MERGEABLE = frozenset({TokenType.NORMAL, TokenType.UNDEFINED})
 
 def merges_from_scores(tokens: list[str], types: list[TokenType], scores: list[float]) -> list[tuple[str, str]]:
     """Every (left, right) split of a normal piece into two pieces, best piece score first."""
-    ids = {t: i for i, t in enumerate(tokens)}
+    ids: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        ids.setdefault(t, i)  # a piece listed twice: its first id (and score) counts
     ranked: list[tuple[float, int, int, str, str]] = []
     for i, piece in enumerate(tokens):
         if types[i] not in _MERGEABLE or ids[piece] != i:
@@ -41,9 +43,7 @@ def merges_from_scores(tokens: list[str], types: list[TokenType], scores: list[f
 def sentencepiece_tokenizer(vocab: GGUFVocab, *, add_space_prefix: bool) -> Tokenizer:
     """A `tokenizers.Tokenizer` that tokenizes like llama.cpp's SPM tokenizer on this vocabulary."""
     tokens, types = vocab.tokens, vocab.types
-    ids: dict[str, int] = {}
-    for i, t in enumerate(tokens):
-        ids.setdefault(t, i)
+    ids = {t: i for i, t in reversed(list(enumerate(tokens)))}  # a piece listed twice: its first id
     if vocab.merges is not None:
         merges = [(a, b) for a, b in vocab.merges if a in ids and b in ids and a + b in ids]
     else:
