@@ -72,7 +72,7 @@ class TokenizerRoutes:
                 "tokenizer_class": "PreTrainedTokenizerFast",
                 "bos_token": tok.bos_token,
                 "eos_token": tok.eos_token,
-                "pad_token": None,
+                "pad_token": tok.pad_token,
                 "add_bos_token": tok.add_bos,
                 "chat_template": tok.chat_template,
                 "model_max_length": context,
