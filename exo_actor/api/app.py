@@ -196,10 +196,10 @@ def create_app(node: Node, config: GatewayConfig | None = None) -> Starlette:
         Route("/v1/plan", counted(plan.post, "plan"), methods=["POST"]),
         Route("/v1/chat/completions", counted(oa.chat, "chat"), methods=["POST"]),
         Route("/v1/completions", counted(oa.completions, "completions"), methods=["POST"]),
+        Route("/v1/embeddings", counted(EmbeddingsRoutes(gw).embeddings, "embeddings"), methods=["POST"]),
         Route("/tokenize", counted(tokenizer.tokenize, "tokenize"), methods=["POST"]),
         Route("/detokenize", counted(tokenizer.detokenize, "detokenize"), methods=["POST"]),
         Route("/tokenizer_info", counted(tokenizer.info, "tokenizer_info")),
-        Route("/v1/embeddings", counted(EmbeddingsRoutes(gw).embeddings, "embeddings"), methods=["POST"]),
         Route("/v1/responses", counted(responses.create, "responses"), methods=["POST"]),
     ]
 
