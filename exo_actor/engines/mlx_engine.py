@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models.config import ModelArgs, check_engine_family
+from ..models.config import ModelArgs
 from ..models.rope import inv_frequencies, rope_tables
 from ..weights import ModelFiles
 from ..weights.base import ShardTensors, Weight
@@ -72,7 +72,6 @@ def _apply(mx: Any, parts: list[_Linear], x: Any) -> Any:
 
 
 _GROW = 256
-FAMILIES = ("llama", "qwen2")  # not yet the q/k norms of qwen3: refused at load
 
 
 class _Cache:
@@ -120,6 +119,8 @@ class MlxShardRunner(RequestCaches):
             {
                 "attn_norm": arr(l.attn_norm),
                 "bqkv": arr(l.bqkv),
+                "q_norm": arr(l.q_norm),  # q/k head norms (Qwen3), None elsewhere
+                "k_norm": arr(l.k_norm),
                 "wqkv": _fused(mx, [l.q, l.k, l.v]),
                 "wo": _Linear(mx, l.o),
                 "ffn_norm": arr(l.ffn_norm),
@@ -187,8 +188,10 @@ class MlxShardRunner(RequestCaches):
         if w["bqkv"] is not None:
             qkv = qkv + w["bqkv"]
         heads = qkv.reshape(T, H + 2 * KV, hd).transpose(1, 0, 2)  # [H + 2KV, T, hd]
-        q = self._rope(heads[:H], cos, sin)
-        k = self._rope(heads[H : H + KV], cos, sin)
+        q, k = heads[:H], heads[H : H + KV]
+        if w["q_norm"] is not None:  # each q and k head RMS-normalized over hd before RoPE (Qwen3)
+            q, k = mx.fast.rms_norm(q, w["q_norm"], self.eps), mx.fast.rms_norm(k, w["k_norm"], self.eps)
+        q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
         v = heads[H + KV :]
         cache.k[i][:, start:end, :] = k
         cache.v[i][:, start:end, :] = v
@@ -211,5 +214,4 @@ class MlxEngine:
         self.quantize = quantize
 
     def load_shard(self, model: ModelFiles, start: int, end: int) -> MlxShardRunner:
-        check_engine_family(model.args, "mlx", FAMILIES)
         return MlxShardRunner(model.args, start, end, model.shard_tensors(start, end, self.quantize))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..models.config import ModelArgs, check_engine_family
+from ..models.config import ModelArgs
 from ..models.llama import ShardWeights
 from ..models.rope import inv_frequencies, rope_tables
 from ..weights import ModelFiles
@@ -23,7 +23,6 @@ from .base import HIDDEN_STATES, RequestCaches, check_pass, layer_tensors, requi
 from .tinygrad_thread import on_tinygrad_thread
 
 _GROW = 256
-FAMILIES = ("llama", "qwen2")  # not yet the q/k norms of qwen3: refused at load
 
 
 class _Cache:
@@ -54,6 +53,8 @@ class TinygradShardRunner(RequestCaches):
             return None if a is None else Tensor(np.ascontiguousarray(a, dtype=np.float32)).realize()
 
         self.layers = layer_tensors(weights, arr)
+        for d, lw in zip(self.layers, weights.layers):  # q/k head norms (Qwen3), None elsewhere
+            d["q_norm"], d["k_norm"] = arr(lw.q_norm), arr(lw.k_norm)
         embed = weights.embed
         if self.is_first and embed is None:  # tied: the head's columns are the embedding
             if weights.lm_head_t is None:
@@ -149,8 +150,10 @@ class TinygradShardRunner(RequestCaches):
         if w["bqkv"] is not None:
             qkv = qkv + w["bqkv"]
         heads = qkv.reshape(T, H + 2 * KV, hd).permute(1, 0, 2)  # [H + 2KV, T, hd]
-        q = self._rope(heads[:H], cos, sin)
-        k = self._rope(heads[H : H + KV], cos, sin)
+        q, k = heads[:H], heads[H : H + KV]
+        if w["q_norm"] is not None:  # each q and k head RMS-normalized over hd before RoPE (Qwen3)
+            q, k = _rms_norm(q, w["q_norm"], self.eps), _rms_norm(k, w["k_norm"], self.eps)
+        q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
         v = heads[H + KV :]
         k_cache.assign(k_cache * keep + place @ k).realize()  # [KV, C, hd]: old positions kept, new placed
         v_cache.assign(v_cache * keep + place @ v).realize()
@@ -182,6 +185,5 @@ class TinygradEngine:
         check_tinygrad_compiler()
 
     def load_shard(self, model: ModelFiles, start: int, end: int) -> TinygradShardRunner:
-        check_engine_family(model.args, "tinygrad", FAMILIES)
         weights = model.shard_weights(start, end, self.quantize)  # float32: dequantized at load
         return on_tinygrad_thread(TinygradShardRunner, model.args, start, end, weights)

@@ -124,12 +124,3 @@ class ModelArgs:
             return cls(**kwargs, extra={k: v for k, v in cfg.items() if k not in names})
         except TypeError as exc:  # a required key is missing
             raise UnsupportedModelError(f"config.json is incomplete: {exc}") from None
-
-
-def check_engine_family(args: ModelArgs, engine: str, families: tuple[str, ...]) -> None:
-    """Refuse, in one line, a model whose family an engine does not implement."""
-    if args.architecture not in families:
-        raise UnsupportedModelError(
-            f"the {engine} engine does not run {args.architecture} models (it runs {', '.join(families)}): "
-            "use --engine numpy or --engine torch"
-        )

@@ -5,7 +5,8 @@ llama.cpp's converter writes them (`blk.N.attn_q_norm` / `attn_k_norm`, q/k rows
 
 Tolerances: numpy logits within ATOL (2e-4, float32 summed in another order) of transformers' and greedy
 tokens identical; the torch engine within its stated tolerance of numpy (tests/engines/test_quantized.py:
-3e-2 of the logits' range, batched rows within 1e-2 of lone rows)."""
+3e-2 of the logits' range, batched rows within 1e-2 of lone rows); MLX and tinygrad within 1e-4 of numpy
+(tests/engines/test_engines.py)."""
 
 from __future__ import annotations
 
@@ -140,13 +141,21 @@ def test_torch_engine_within_its_tolerance_of_numpy(tmp_path, name, source):
 
 
 @pytest.mark.parametrize("engine", ["mlx", "tinygrad"])
-def test_engines_without_head_norms_refuse_qwen3_in_one_line(tmp_path, engine):
+def test_mlx_and_tinygrad_match_numpy(tmp_path, engine):
+    """Both float32 engines normalize the heads too: within 1e-4 of numpy (tests/engines/test_engines.py's
+    tolerance), prompt and cached decode steps (tinygrad's compiled decode step included)."""
     require({"mlx": "mlx.core", "tinygrad": "tinygrad"}[engine])
-    files = open_model(_write(tmp_path, VARIANTS["tied-gqa2"], "gguf"))
-    with pytest.raises(UnsupportedModelError) as err:
-        get_engine(engine).load_shard(files, 0, 4)
-    message = str(err.value)
-    assert "\n" not in message and engine in message and "qwen3" in message and "--engine" in message
+    files = open_model(_write(tmp_path, VARIANTS["untied-head-dim-32"], "gguf"))
+    ref = get_engine("numpy").load_shard(files, 0, 4)
+    eng = get_engine(engine)
+    first, last = eng.load_shard(files, 0, 1), eng.load_shard(files, 1, 4)
+    prompt = np.array(IDS[:20])
+    np.testing.assert_allclose(
+        last.forward("r", first.forward("r", prompt, 0), 0, 20), ref.forward("r", prompt, 0, 20), atol=1e-4
+    )
+    for pos, tok in enumerate(IDS[20:24], start=20):
+        got = last.forward("r", first.forward("r", np.array([tok]), pos), pos)
+        np.testing.assert_allclose(got, ref.forward("r", np.array([tok]), pos), atol=1e-4)
 
 
 def test_memory_accounting_counts_the_head_norms(tmp_path):
