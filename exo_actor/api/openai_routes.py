@@ -22,7 +22,7 @@ from ..tools import ToolCallStreamer, ToolSpecError, ToolUse
 from ..tools.openai import message_tool_calls, stream_deltas
 from . import responses as R
 from .errors import ApiError, invalid
-from .requests import CompletionRequest, parse_chat, parse_completion, parse_json
+from .requests import ChatRequest, CompletionRequest, parse_chat, parse_completion, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +158,10 @@ class OpenAIRoutes:
             raise invalid(str(exc), "messages") from None
         _check_context(ids, ctx)
         params = req.params if grammar is None else dataclasses.replace(req.params, grammar=grammar)
-        stream = router.submit(ids, _within(params, ids, ctx))
         cid = R.new_id("chatcmpl")
+        if req.n > 1:
+            return await self._chat_choices(request, router, tok, cid, req, use, ids, _within(params, ids, ctx))
+        stream = router.submit(ids, _within(params, ids, ctx))
         if req.stream:
             return self._stream_response(
                 self._chat_events(cid, req.model, tok, stream, req.include_usage, req.logprobs, use.streamer())
@@ -170,6 +172,34 @@ class OpenAIRoutes:
         finish = "tool_calls" if calls else finish
         calls_json = message_tool_calls(calls)
         return JSONResponse(R.chat_completion(cid, req.model, content, finish, stats, logprobs, calls_json))
+
+    async def _chat_choices(
+        self,
+        request: Request,
+        router: RouterActor,
+        tok: TextTokenizer,
+        cid: str,
+        req: ChatRequest,
+        use: ToolUse,
+        ids: list[int],
+        params: SamplingParams,
+    ) -> Response:
+        """n > 1 choices of a chat: they share the prompt's prefill (see _choices)."""
+        if req.n > router.max_concurrent:
+            raise OverloadedError(
+                f"n={req.n} choices exceed the {router.max_concurrent} requests this server runs at once "
+                "(--max-concurrent); ask for fewer"
+            )
+        results = await self._choices(request, router, ids, [_nth(params, j) for j in range(req.n)])
+        choices = []
+        for i, deltas in enumerate(results):
+            content, calls = use.parse("".join(d.text for d in deltas))
+            lps = [lp for d in deltas for lp in d.logprobs]
+            finish = "tool_calls" if calls else deltas[-1].finish_reason or "stop"
+            logprobs = R.chat_logprobs(tok, lps) if req.logprobs else None
+            choices.append(R.chat_choice(i, content, finish, logprobs, message_tool_calls(calls)))
+        use_total = R.total_usage([deltas[-1].stats for deltas in results], req.n)
+        return JSONResponse(R.chat_completion_of(cid, req.model, choices, use_total))
 
     async def _chat_events(
         self,
@@ -260,7 +290,9 @@ class OpenAIRoutes:
                     lp = R.joined_logprobs(R.prompt_logprobs(tok, prompt_ids[k], deltas[0].prompt_logprobs), lp)
             choices.append(R.completion_choice(i, echoes[k] + text, finish, lp))
             all_stats.append(stats)
-        return JSONResponse(R.text_completion(cid, int(time.time()), req.model, choices, R.total_usage(all_stats)))
+        return JSONResponse(
+            R.text_completion(cid, int(time.time()), req.model, choices, R.total_usage(all_stats, req.n))
+        )
 
     async def _choices(
         self, request: Request, router: RouterActor, ids: list[int], params: list[SamplingParams]

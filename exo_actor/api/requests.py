@@ -37,6 +37,7 @@ class ChatRequest:
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice = ToolChoice("none")
     parallel_tool_calls: bool = True
+    n: int = 1  # choices
 
 
 @dataclass(frozen=True)
@@ -301,8 +302,12 @@ def parse_chat(body: dict[str, Any], context_length: int, max_tokens: int | None
         raise invalid("'top_logprobs' requires 'logprobs': true", "top_logprobs")
     if top is not None and not 0 <= top <= 20:
         raise invalid("'top_logprobs' must be between 0 and 20", "top_logprobs")
-    params = _sampling(body, context_length, (top or 0) if logprobs else None, max_tokens)
-    return ChatRequest(model, parsed, params, stream, _stream_options(body, stream), logprobs, tools, choice, parallel)
+    n = choices_count(body)
+    if n > 1 and stream:
+        raise invalid("n > 1 is not supported with stream: true; send n requests, or stream: false", "n")
+    params = _sampling(body, context_length, (top or 0) if logprobs else None, max_tokens, several=True)
+    opts = _stream_options(body, stream)
+    return ChatRequest(model, parsed, params, stream, opts, logprobs, tools, choice, parallel, n)
 
 
 def parse_completion(body: dict[str, Any], context_length: int, max_tokens: int | None = None) -> CompletionRequest:

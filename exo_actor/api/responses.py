@@ -14,12 +14,21 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def total_usage(all_stats: list[GenerationStats | None]) -> dict[str, Any]:
-    """The usage of several choices (a completion request with a list of prompts): summed."""
+def total_usage(all_stats: list[GenerationStats | None], n: int = 1) -> dict[str, Any]:
+    """The usage of several choices, `n` per prompt in order (a completion request with a list of prompts,
+    or n > 1): each prompt counted once (as OpenAI bills it; its first choice's figures), every choice's
+    completion tokens."""
     parts = [usage(s) for s in all_stats]
-    total = {k: sum(p[k] for p in parts) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-    total["prompt_tokens_details"] = {"cached_tokens": sum(p["prompt_tokens_details"]["cached_tokens"] for p in parts)}
-    return total
+    firsts = parts[::n]
+    prompt = sum(p["prompt_tokens"] for p in firsts)
+    completion = sum(p["completion_tokens"] for p in parts)
+    cached = sum(p["prompt_tokens_details"]["cached_tokens"] for p in firsts)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
 def usage(stats: GenerationStats | None) -> dict[str, Any]:
@@ -112,23 +121,31 @@ def chat_completion(
     tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A chat.completion; with `tool_calls` (OpenAI's dicts) the message carries them (content may be None)."""
+    return chat_completion_of(cid, model, [chat_choice(0, text, finish, logprobs, tool_calls)], usage(stats))
+
+
+def chat_choice(
+    index: int,
+    text: str | None,
+    finish: str,
+    logprobs: dict[str, Any] | None,
+    tool_calls: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
     if tool_calls:
         message["tool_calls"] = tool_calls
+    return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
+
+
+def chat_completion_of(cid: str, model: str, choices: list[dict[str, Any]], use: dict[str, Any]) -> dict[str, Any]:
+    """A chat.completion of several choices (n > 1) and their summed usage."""
     return {
         "id": cid,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": logprobs,
-                "finish_reason": finish,
-            }
-        ],
-        "usage": usage(stats),
+        "choices": choices,
+        "usage": use,
     }
 
 

@@ -117,10 +117,14 @@ def test_n_choices_per_prompt(tiny_server):
     assert r["choices"][2]["text"] == alone["choices"][0]["text"]  # the first choice of a prompt is its own request
     assert r["choices"][0]["text"] != r["choices"][1]["text"]  # the others draw from other seeds
     first = httpx.post(tiny_server.url + "/v1/completions", json={**body, "prompt": "hello", "n": 1}, timeout=60).json()
-    assert r["usage"]["prompt_tokens"] == 2 * (first["usage"]["prompt_tokens"] + alone["usage"]["prompt_tokens"])
-    # each prompt's second choice copied the first one's prompt caches (all but the last token)
-    assert r["usage"]["prompt_tokens_details"]["cached_tokens"] >= (first["usage"]["prompt_tokens"] - 1) + (
-        alone["usage"]["prompt_tokens"] - 1
+    # each prompt counted once (as OpenAI bills n choices), every choice's completion tokens
+    assert r["usage"]["prompt_tokens"] == first["usage"]["prompt_tokens"] + alone["usage"]["prompt_tokens"]
+    assert r["usage"]["completion_tokens"] == sum(
+        httpx.post(
+            tiny_server.url + "/v1/completions", json={**body, "prompt": p, "n": 1, "seed": 3 + j, "logprobs": 0}
+        ).json()["usage"]["completion_tokens"]
+        for p in ("hello", "world")
+        for j in range(2)
     )
     assert_error(httpx.post(tiny_server.url + "/v1/completions", json={**body, "n": 0}, timeout=60), 400, param="n")
     assert_error(httpx.post(tiny_server.url + "/v1/completions", json={**body, "n": 17}, timeout=60), 400, param="n")
@@ -168,3 +172,20 @@ def test_logit_bias_ignore_eos_and_min_tokens(tiny_server):
         assert_error(
             httpx.post(tiny_server.url + "/v1/completions", json={**body, **bad}, timeout=60), 400, param=param
         )
+
+
+def test_chat_n_choices_through_the_openai_sdk(tiny_server):
+    client = openai.OpenAI(base_url=tiny_server.url + "/v1", api_key="none")
+    kw = {"model": _model(tiny_server), "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+    r = client.chat.completions.create(**kw, n=3, temperature=2.0, seed=5)
+    validate(r.model_dump(exclude_unset=True), "CreateChatCompletionResponse")
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    one = client.chat.completions.create(**kw, temperature=2.0, seed=5)
+    assert r.choices[0].message.content == one.choices[0].message.content
+    assert len({c.message.content for c in r.choices}) > 1
+    assert r.usage.prompt_tokens == one.usage.prompt_tokens  # the prompt counted once
+    greedy = client.chat.completions.create(**kw, n=2, temperature=0)
+    assert greedy.choices[0].message.content == greedy.choices[1].message.content
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(**kw, n=2, stream=True)
+    assert err.value.body["param"] == "n"  # type: ignore[index]

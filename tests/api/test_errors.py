@@ -70,7 +70,7 @@ def _chat(tiny_gguf, **extra):
         ({"max_tokens": 10**30}, "max_tokens"),
         ({"max_tokens": 1.5}, "max_tokens"),
         ({"max_completion_tokens": -1}, "max_completion_tokens"),
-        ({"n": 2}, "n"),
+        ({"n": 17}, "n"),
         ({"stop": 5}, "stop"),
         ({"stop": [f"s{i}" for i in range(17)]}, "stop"),  # up to 16 (OpenAI: 4; harnesses send more)
         ({"seed": -1}, "seed"),
