@@ -116,8 +116,8 @@ class ModelArgs:
         kwargs.setdefault("num_key_value_heads", cfg.get("num_attention_heads"))
         if arch == "qwen2":
             kwargs["attention_bias"] = True
-        elif arch == "qwen3" and cfg.get("attention_bias"):  # Qwen3's flag also adds an o_proj bias
-            raise UnsupportedModelError("a qwen3 model with attention_bias (q/k/v/o biases) is not supported")
+        elif cfg.get("attention_bias") or cfg.get("mlp_bias"):  # Llama's and Qwen3's flags also bias o_proj
+            raise UnsupportedModelError(f"a {model_type} model with attention_bias or mlp_bias is not supported")
         if cfg.get("use_sliding_window"):
             raise UnsupportedModelError(f"sliding-window attention ({model_type}) is not supported yet")
         try:

@@ -185,6 +185,9 @@ def test_config_and_registry():
     assert (args.architecture, args.dim_head, args.attention_bias, args.qk_norm) == ("qwen3", 128, False, True)
     with pytest.raises(UnsupportedModelError, match="model_type 'gemma3' is not supported.*qwen3"):
         ModelArgs.from_hf_dict({"model_type": "gemma3"})
+    for refused in ({"attention_bias": True}, {"use_sliding_window": True}):  # o_proj bias, sliding window
+        with pytest.raises(UnsupportedModelError, match="not supported"):
+            ModelArgs.from_hf_dict({**vars(args), "model_type": "qwen3", "rope_scaling": None, **refused})
     registry = load_registry()
     assert registry["qwen3-8b"].draft == "qwen3-0.6b"
     for name, layers in (("qwen3-0.6b", 28), ("qwen3-8b", 36)):
