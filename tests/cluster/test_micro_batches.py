@@ -70,6 +70,9 @@ def test_one_micro_batch_when_asked_and_the_same_tokens(tiny, expected):
 def test_a_node_lost_with_several_micro_batches_in_flight_fails_every_one_over(tiny, expected):
     with in_process_cluster(tiny, 3, heartbeat=0.2, timeout=1.5, wait_for_peers=2) as c:
         node0, _, node2 = c.nodes
+        # a short peer timeout: on a loaded machine a node may be re-planned around once at the start
+        c.wait(lambda: all(n.shard.role is not None for n in c.nodes), "every node to hold its layers")
+        c.wait_ready()
         for node in c.nodes:
             slowed(node, 0.01)
         running = [c.start(node0, p, 30, **params) for p, params in zip(PROMPTS, PARAMS)]
