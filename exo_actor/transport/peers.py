@@ -36,6 +36,8 @@ from .security import ClusterKey, start_authenticator
 
 log = logging.getLogger(__name__)
 
+HELLO_EVERY = 2.0  # seconds between repeated Hellos to every peer (see PeerNetwork._beat)
+
 M = TypeVar("M", bound=Message)
 # A handler returns None, or a coroutine the network runs as a task (see _dispatch).
 Handler = Callable[[M], Coroutine[Any, Any, None] | None]
@@ -308,9 +310,15 @@ class PeerNetwork:
 
     async def _beat(self) -> None:
         seq = 0
+        # Hellos go out on every change of state, and again every HELLO_EVERY seconds: a Hello dropped on a
+        # socket not yet connected would otherwise leave a peer's view of this node stale for good (say,
+        # waiting for it to load a plan it has long loaded).
+        hello_beats = max(1, round(HELLO_EVERY / self.heartbeat))
         while True:
             await asyncio.sleep(self.heartbeat)
             seq += 1
+            if seq % hello_beats == 0:
+                self.announce()
             now = time.monotonic()
             for peer in list(self.peers.values()):
                 if peer.node_id == self.node_id:

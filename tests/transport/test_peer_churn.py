@@ -135,3 +135,26 @@ def test_a_discovered_peer_loses_its_socket_when_down_and_gets_a_new_one_when_he
             await stay.close()
 
     asyncio.run(scenario())
+
+
+def test_a_dropped_hello_is_repaired_by_the_next_periodic_one(monkeypatch):
+    """A Hello announcing a new state can be dropped (a socket not yet connected); the periodic Hello
+    brings the peer's view up to date anyway."""
+    import exo_actor.transport.peers as peers_module
+
+    monkeypatch.setattr(peers_module, "HELLO_EVERY", 0.2)
+
+    async def scenario() -> None:
+        a, b = _net("a", free_port()), _net("b", free_port())
+        try:
+            a.connect(b.endpoint)
+            await _until(lambda: "a" in b.peers and "b" in a.peers, "the two nodes to meet")
+            loaded = {"v": 0}
+            a._hello = lambda: Hello("a", a.endpoint, 1 << 30, "numpy", "m", loaded["v"], 1)  # type: ignore[method-assign]
+            loaded["v"] = 7  # a's state changed, and its announce never reached b
+            await _until(lambda: b.peers["a"].hello is not None and b.peers["a"].hello.loaded == 7, "b to hear it")
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(scenario())
