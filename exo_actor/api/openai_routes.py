@@ -269,12 +269,15 @@ class OpenAIRoutes:
                 "runs at once (--max-concurrent); send fewer"
             )
         params = [_within(_nth(req.params, j), prompt_ids[k], ctx) for k, j in jobs]
-        per_prompt = await asyncio.gather(
-            *(
-                self._choices(request, router, ids, params[k * req.n : (k + 1) * req.n])
-                for k, ids in enumerate(prompt_ids)
-            )
-        )
+        tasks = [
+            asyncio.ensure_future(self._choices(request, router, ids, params[k * req.n : (k + 1) * req.n]))
+            for k, ids in enumerate(prompt_ids)
+        ]
+        try:
+            per_prompt = await asyncio.gather(*tasks)
+        finally:  # one prompt failed (or the client left): the others stop too, their caches freed
+            for t in tasks:
+                t.cancel()
         results = [deltas for choices_of in per_prompt for deltas in choices_of]
         choices, all_stats = [], []
         for i, ((k, _), deltas) in enumerate(zip(jobs, results)):
