@@ -159,19 +159,12 @@ class OpenAIRoutes:
         _check_context(ids, ctx)
         params = req.params if grammar is None else dataclasses.replace(req.params, grammar=grammar)
         cid = R.new_id("chatcmpl")
-        if req.n > 1:
+        if not req.stream:
             return await self._chat_choices(request, router, tok, cid, req, use, ids, _within(params, ids, ctx))
         stream = router.submit(ids, _within(params, ids, ctx))
-        if req.stream:
-            return self._stream_response(
-                self._chat_events(cid, req.model, tok, stream, req.include_usage, req.logprobs, use.streamer())
-            )
-        text, finish, stats, lps = await self._collect(request, stream)
-        logprobs = R.chat_logprobs(tok, lps) if req.logprobs else None
-        content, calls = use.parse(text)
-        finish = "tool_calls" if calls else finish
-        calls_json = message_tool_calls(calls)
-        return JSONResponse(R.chat_completion(cid, req.model, content, finish, stats, logprobs, calls_json))
+        return self._stream_response(
+            self._chat_events(cid, req.model, tok, stream, req.include_usage, req.logprobs, use.streamer())
+        )
 
     async def _chat_choices(
         self,
@@ -184,7 +177,7 @@ class OpenAIRoutes:
         ids: list[int],
         params: SamplingParams,
     ) -> Response:
-        """n > 1 choices of a chat: they share the prompt's prefill (see _choices)."""
+        """A chat's choices, not streamed (n > 1 of them share the prompt's prefill: see _choices)."""
         if req.n > router.max_concurrent:
             raise OverloadedError(
                 f"n={req.n} choices exceed the {router.max_concurrent} requests this server runs at once "

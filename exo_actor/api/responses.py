@@ -74,26 +74,24 @@ def chat_logprobs(tok: TextTokenizer, lps: list[TokenLogprob]) -> dict[str, Any]
 
 
 def completion_logprobs(tok: TextTokenizer, lps: list[TokenLogprob], start_offset: int = 0) -> dict[str, Any]:
-    tokens, offsets, offset = [], [], start_offset
-    for lp in lps:
-        text = _token_text(tok, lp.token_id)[0]
-        tokens.append(text)
-        offsets.append(offset)
-        offset += len(text)
-    return {
-        "tokens": tokens,
-        "token_logprobs": [lp.logprob for lp in lps],
-        "top_logprobs": [{_token_text(tok, i)[0]: v for i, v in lp.top} for lp in lps],
-        "text_offset": offsets,
-    }
+    return _logprob_rows(tok, [lp.token_id for lp in lps], list(lps), start_offset)
 
 
 def prompt_logprobs(tok: TextTokenizer, prompt_ids: list[int], lps: list[TokenLogprob | None] | None) -> dict[str, Any]:
     """An echoed prompt's logprobs in the completions shape: null for the first token (nothing predicts
     it), and for every token when they were not computed."""
-    lps = lps if lps is not None and len(lps) == len(prompt_ids) else [None] * len(prompt_ids)
-    tokens, offsets, offset = [], [], 0
-    for t in prompt_ids:
+    rows: list[TokenLogprob | None] = [None] * len(prompt_ids)
+    if lps is not None and len(lps) == len(prompt_ids):
+        rows = lps
+    return _logprob_rows(tok, prompt_ids, rows, 0)
+
+
+def _logprob_rows(
+    tok: TextTokenizer, ids: list[int], lps: list[TokenLogprob | None], start_offset: int
+) -> dict[str, Any]:
+    """The completions shape of tokens `ids` and their logprobs (None: null), text offsets from start_offset."""
+    tokens, offsets, offset = [], [], start_offset
+    for t in ids:
         text = _token_text(tok, t)[0]
         tokens.append(text)
         offsets.append(offset)
@@ -109,19 +107,6 @@ def prompt_logprobs(tok: TextTokenizer, prompt_ids: list[int], lps: list[TokenLo
 def joined_logprobs(first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
     """Two completions-shaped logprobs one after the other (an echoed prompt, then its completion)."""
     return {k: first[k] + then[k] for k in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}
-
-
-def chat_completion(
-    cid: str,
-    model: str,
-    text: str | None,
-    finish: str,
-    stats: GenerationStats | None,
-    logprobs: dict[str, Any] | None,
-    tool_calls: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """A chat.completion; with `tool_calls` (OpenAI's dicts) the message carries them (content may be None)."""
-    return chat_completion_of(cid, model, [chat_choice(0, text, finish, logprobs, tool_calls)], usage(stats))
 
 
 def chat_choice(
