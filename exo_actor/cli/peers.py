@@ -1,4 +1,5 @@
-"""`exo-actor peers`: the nodes whose UDP beacons this machine hears."""
+"""`exo-actor peers`: the nodes whose UDP beacons this machine hears (or, with --discovery tailscale, the
+tailnet's devices: chosen and answering, or skipped and why)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ExoError
 from .flags import cluster_key
+from .tailscale_flags import list_tailnet, tailscale_flags
 from .types import port, positive_float
 
 if TYPE_CHECKING:
@@ -24,6 +26,13 @@ def add_parser(sub: Subparsers) -> None:
     peers.add_argument(
         "--cluster-key", help="list only nodes signing beacons with this secret (or EXO_ACTOR_CLUSTER_KEY)"
     )
+    peers.add_argument(
+        "--discovery",
+        choices=["udp", "tailscale"],
+        default="udp",
+        help="udp: listen for beacons (default); tailscale: list the tailnet's devices and probe their actor ports",
+    )
+    tailscale_flags(peers)
     peers.set_defaults(func=command)
 
 
@@ -32,6 +41,8 @@ def command(args: argparse.Namespace) -> int:
     from ..transport.discovery import Discovery
     from ..transport.security import ClusterKey
 
+    if args.discovery == "tailscale":
+        return list_tailnet(args)
     secret = cluster_key(args)
     key = ClusterKey.from_secret(secret) if secret else None
 

@@ -6,8 +6,9 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from ..config import DISCOVERY_MODES, RAY_PLACEMENTS, RayConfig
+from ..config import RAY_PLACEMENTS, RayConfig
 from .flags import engine_flags, speculation_flags
+from .tailscale_flags import DiscoveryAction, speculation_switch_flag, tailscale_flags
 from .types import non_negative_int, port, positive_float, positive_int
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ def add_parser(sub: Subparsers) -> None:
     start.add_argument("--node-id", help="this node's id (default: random)")
     _cluster_flags(start)
     speculation_flags(start)
+    speculation_switch_flag(start)
+    tailscale_flags(start)
     _ray_flags(start)
     start.set_defaults(func=command)
 
@@ -109,10 +112,12 @@ def _cluster_flags(start: argparse.ArgumentParser) -> None:
     )
     start.add_argument(
         "--discovery",
-        choices=DISCOVERY_MODES,
+        action=DiscoveryAction,
+        metavar="MODE",
         help="how this node finds peers: udp (the default, or $EXO_ACTOR_DISCOVERY): UDP beacons on the LAN "
         "(signed with the cluster key), no configuration; manual: only the nodes in --peers FILE, or none "
-        "(a node on its own, sending nothing); --peers without --discovery means manual",
+        "(a node on its own, sending nothing); --peers without --discovery means manual; tailscale: the tagged "
+        "devices of this tailnet (needs the cluster key; udp,tailscale for both)",
     )
     start.add_argument("--rings", type=positive_int, default=1, help="whole copies of the model (1: one ring)")
     start.add_argument("--discovery-port", type=port, default=52417, help="UDP beacon port (52417)")

@@ -8,11 +8,15 @@ import importlib.util
 import os
 import socket
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ..cluster.link_speculation import THRESHOLD_MS
+from ..cluster.wide_area import WideAreaConfig, tailnet_of
 from ..config import DISCOVERY_MODES, ClusterConfig, NodeConfig, RayConfig
 from ..errors import ConfigError, ExoError
+from ..transport.tailscale import criteria
 from .flags import cluster_key, node_config
+from .tailscale_flags import parse_discovery, tailnet_address, tailscale_config
 from .types import port
 
 if TYPE_CHECKING:
@@ -81,11 +85,13 @@ def discovery_mode(args: argparse.Namespace) -> tuple[str, str]:
     if args.discovery:
         return args.discovery, f"--discovery {args.discovery}"
     env = os.environ.get("EXO_ACTOR_DISCOVERY")
-    if env:  # argparse checks only the flag's choices, so the variable is checked here
-        if env not in DISCOVERY_MODES:
+    if env:  # argparse checks only the flag, so the variable is checked here
+        try:
+            mode = parse_discovery(env)
+        except ValueError:
             choices = " or ".join(DISCOVERY_MODES)
-            raise ExoError(f"EXO_ACTOR_DISCOVERY={env!r} is not a discovery mode (choose {choices})")
-        return env, f"EXO_ACTOR_DISCOVERY={env}"
+            raise ExoError(f"EXO_ACTOR_DISCOVERY={env!r} is not a discovery mode (choose {choices})") from None
+        return mode, f"EXO_ACTOR_DISCOVERY={env}"
     if args.peers:
         return "manual", "--peers without --discovery"
     return "udp", "the default"
@@ -102,23 +108,35 @@ def cluster_config(args: argparse.Namespace) -> ClusterConfig | None:
     discovery, _ = discovery_mode(args)
     if discovery == "manual" and not args.peers:
         return None
+    tailscale = tailscale_config(args) if "tailscale" in discovery.split(",") else None
+    secret = cluster_key(args)
+    if tailscale is not None and not secret:
+        raise ExoError(
+            "--discovery tailscale needs a cluster key: across networks only nodes holding it may join; make one "
+            "with `exo-actor keygen` and start every node with EXO_ACTOR_CLUSTER_KEY=<key> (or --cluster-key)"
+        )
     host, advertise_port = advertise(args)
-    return ClusterConfig(
+    if tailscale is not None and not args.advertise and args.host in ("0.0.0.0", "::"):
+        host = tailnet_address(tailscale) or host  # peers reach this node at its tailnet address
+    settings: dict[str, Any] = dict(
         host=args.host,
         port=args.port,
         advertise=host,
         advertise_port=advertise_port,
         peers=read_peers(args.peers) if args.peers else [],
-        discovery=discovery,
+        discovery="udp" if "udp" in discovery.split(",") else "manual",  # beacons or not
         discovery_port=args.discovery_port,
         memory=int(args.memory * 2**30) if args.memory else None,
         wait_for_peers=args.wait_for_peers,
         rings=args.rings,
-        cluster_key=cluster_key(args),
+        cluster_key=secret,
         step_timeout=args.step_timeout,
         heartbeat=args.heartbeat,
         timeout=args.peer_timeout,
     )
+    if tailscale is None and args.auto_speculation_ms == THRESHOLD_MS:
+        return ClusterConfig(**settings)
+    return WideAreaConfig(**settings, tailscale=tailscale, auto_speculation_ms=args.auto_speculation_ms)
 
 
 def finding_peers(args: argparse.Namespace, cluster: ClusterConfig | None) -> str:
@@ -127,6 +145,12 @@ def finding_peers(args: argparse.Namespace, cluster: ClusterConfig | None) -> st
     if cluster is None:
         return f"serving alone: no actor socket, no beacons ({chosen_by}, no --peers)"
     listed = f"the {len(cluster.peers)} peer(s) in {args.peers}" if args.peers else ""
+    tailnet = tailnet_of(cluster)
+    if tailnet is not None:
+        via = f"the tailnet ({criteria(tailnet.tag, tailnet.hostname_prefix)}, listed by "
+        via += ("the Tailscale API" if tailnet.uses_api else f"`{tailnet.cli} status --json`") + ")"
+        also = f" and UDP beacons on port {cluster.discovery_port}" if cluster.discovery == "udp" else ""
+        return f"finding peers on {via}{also}" + (f" and from {listed}" if listed else "") + f" ({chosen_by})"
     if cluster.discovery == "manual":
         return f"finding peers only from {listed}, sending no beacons ({chosen_by})"
     beacons = f"UDP beacons on port {cluster.discovery_port}" + (f" and {listed}" if listed else "")

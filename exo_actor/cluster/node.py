@@ -40,8 +40,10 @@ from ..transport.discovery import Discovery
 from ..transport.messages import Beacon, Drafted, Free, Hello
 from ..transport.peers import Peer, PeerNetwork
 from ..transport.security import ClusterKey
+from ..transport.tailscale_discovery import TailnetDiscovery
 from ..weights import ModelFiles, open_model
 from .drafts import DraftService
+from .link_speculation import LinkSpeculation
 from .membership import Membership
 from .planner import (
     CUT_OFF,
@@ -54,6 +56,7 @@ from .planner import (
 )
 from .ringset import RingSet
 from .status import cluster_status
+from .wide_area import auto_speculation_ms, start_tailnet
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,8 @@ class ClusterNode(Node):
         self.shard: ShardActor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # the node's event loop, once started
         self.discovery: Discovery | None = None
+        self.tailnet: TailnetDiscovery | None = None  # --discovery tailscale
+        self.link: LinkSpeculation | None = None  # prompt lookup on slow ring links (link_speculation.py)
         self.drafts: DraftService | None = None
         self.layer_bytes = 0
         self.draft_bytes = 0
@@ -201,6 +206,16 @@ class ClusterNode(Node):
                 key=key,
             )
             self.discovery.start()
+        self.tailnet = start_tailnet(self.cluster, net)
+        self.link = LinkSpeculation(
+            net,
+            lambda: [a.node_id for ring in self.current.rings for a in ring if a.node_id != self.node_id],
+            lambda: [r for i in range(len(self.current.rings)) if (r := self.rings.router(i)) is not None],
+            auto_speculation_ms(self.cluster),
+            self.config.draft_tokens,
+            configured=bool(self.config.draft_model),
+        )
+        self.link.start()
         self.set_state(NodeState.WAITING_FOR_PEERS)
 
     # planning ------------------------------------------------------------------------------------
@@ -387,7 +402,9 @@ class ClusterNode(Node):
     def _speculation(self) -> Speculation | None:
         assert self.drafts is not None
         drafter = self.drafts.drafter()
-        return Speculation(drafter, self.config.draft_tokens, self.config.adaptive_draft) if drafter else None
+        if drafter is None:  # nothing configured: prompt lookup if the ring's links are slow
+            return self.link.speculation() if self.link is not None else None
+        return Speculation(drafter, self.config.draft_tokens, self.config.adaptive_draft)
 
     def _follow_draft(self, index: int) -> None:
         """A router that continues on a new plan's ring drafts from the draft host this plan placed (its
@@ -438,6 +455,9 @@ class ClusterNode(Node):
         self.stop()
         if self.discovery is not None:
             self.discovery.stop()
+        for part in (self.tailnet, self.link):
+            if part is not None:
+                part.stop()
         if self.net is not None:
             await self.net.close()
 

@@ -30,6 +30,8 @@ def cluster_status(node: ClusterNode, info: dict[str, Any]) -> dict[str, Any]:
     info["idle_nodes"] = [{"id": k, "why": why} for k, why in sorted(plan.idle.items())]
     info["draft"] = node.drafts.info() if node.drafts is not None else None
     info["failover_replays"] = node.rings.replays()
+    info["auto_speculation"] = node.link.info() if node.link is not None else None
+    info["tailscale"] = node.tailnet.info() if node.tailnet is not None else None
     return info
 
 
