@@ -1,5 +1,5 @@
-"""Tiny random-weight Llama-family models (llama, qwen2, qwen3), written as Hugging Face folders or GGUF
-files."""
+"""Tiny random-weight models of every supported family (llama, qwen2, qwen3, mistral, gemma2, gemma3,
+olmo2), written as Hugging Face folders or as GGUF files that follow llama.cpp's converter."""
 
 from __future__ import annotations
 
@@ -59,6 +59,10 @@ class TinySpec:
     seed: int = 0
     extra_config: dict[str, Any] = field(default_factory=dict)
     explicit_head_dim: int | None = None  # written as config.json head_dim / GGUF attention.key_length
+    sliding_window: int | None = None  # mistral, gemma2, gemma3
+    query_pre_attn_scalar: int | None = None  # gemma (default: head_dim)
+    attn_softcap: float | None = None  # gemma2
+    final_softcap: float | None = None  # gemma2
 
     @property
     def head_dim(self) -> int:
@@ -73,13 +77,15 @@ def make_weights(spec: TinySpec, vocab: int) -> dict[str, np.ndarray]:
     def w(*shape: int, scale: float = 0.08) -> np.ndarray:
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
-    t = {"model.embed_tokens.weight": w(vocab, D, scale=0.5), "model.norm.weight": 1 + w(D, scale=0.1)}
+    arch = spec.architecture
+    one = 0.0 if arch in _GEMMA else 1.0  # Gemma checkpoints store w of (1 + w)
+    t = {"model.embed_tokens.weight": w(vocab, D, scale=0.5), "model.norm.weight": one + w(D, scale=0.1)}
     if not spec.tied:
         t["lm_head.weight"] = w(vocab, D)
     for i in range(spec.layers):
         p = f"model.layers.{i}."
-        t[p + "input_layernorm.weight"] = 1 + w(D, scale=0.1)
-        t[p + "post_attention_layernorm.weight"] = 1 + w(D, scale=0.1)
+        for norm in _NORMS[_LAYOUT.get(arch, "pre")]:
+            t[p + norm + ".weight"] = one + w(D, scale=0.1)
         t[p + "self_attn.q_proj.weight"] = w(spec.heads * hd, D)
         t[p + "self_attn.k_proj.weight"] = w(spec.kv_heads * hd, D)
         t[p + "self_attn.v_proj.weight"] = w(spec.kv_heads * hd, D)
@@ -90,19 +96,43 @@ def make_weights(spec: TinySpec, vocab: int) -> dict[str, np.ndarray]:
         if spec.architecture == "qwen2":
             for n, m in (("q", spec.heads), ("k", spec.kv_heads), ("v", spec.kv_heads)):
                 t[p + f"self_attn.{n}_proj.bias"] = w(m * hd, scale=0.2)
-        if spec.architecture == "qwen3":  # per-head q/k norms, far enough from 1 to matter
-            t[p + "self_attn.q_norm.weight"] = 1 + w(hd, scale=0.3)
-            t[p + "self_attn.k_norm.weight"] = 1 + w(hd, scale=0.3)
+        if arch in ("qwen3", "gemma3"):  # per-head q/k norms, far enough from 1 to matter
+            t[p + "self_attn.q_norm.weight"] = one + w(hd, scale=0.3)
+            t[p + "self_attn.k_norm.weight"] = one + w(hd, scale=0.3)
+        if arch == "olmo2":  # norms of the whole q and k projections
+            t[p + "self_attn.q_norm.weight"] = 1 + w(spec.heads * hd, scale=0.3)
+            t[p + "self_attn.k_norm.weight"] = 1 + w(spec.kv_heads * hd, scale=0.3)
     return t
 
 
-_HF_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+_GEMMA = ("gemma2", "gemma3")
+_LAYOUT = {"gemma2": "sandwich", "gemma3": "sandwich", "olmo2": "post"}
+_NORMS = {
+    "pre": ("input_layernorm", "post_attention_layernorm"),
+    "sandwich": (
+        "input_layernorm",
+        "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+    ),
+    "post": ("post_attention_layernorm", "post_feedforward_layernorm"),
+}
+_HF_CLASSES = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
+}
+_MODEL_TYPES = {"gemma3": "gemma3_text"}
 
 
 def hf_config(spec: TinySpec, vocab: int) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "architectures": [_HF_CLASSES[spec.architecture]],
-        "model_type": spec.architecture,
+        "model_type": _MODEL_TYPES.get(spec.architecture, spec.architecture),
         "hidden_size": spec.hidden_size,
         "intermediate_size": spec.intermediate,
         "num_hidden_layers": spec.layers,
@@ -120,10 +150,26 @@ def hf_config(spec: TinySpec, vocab: int) -> dict[str, Any]:
     }
     if spec.rope_scaling:
         cfg["rope_scaling"] = spec.rope_scaling
-    if spec.explicit_head_dim or spec.architecture == "qwen3":  # Qwen3 configs always state it
+    if spec.explicit_head_dim or spec.architecture in ("qwen3", *_GEMMA):  # these configs always state it
         cfg["head_dim"] = spec.head_dim
     if spec.architecture == "qwen3":
         cfg.update(attention_bias=False, use_sliding_window=False)
+    if spec.architecture in ("mistral", *_GEMMA):
+        cfg["sliding_window"] = spec.sliding_window
+    if spec.architecture in _GEMMA:
+        cfg.update(
+            hidden_activation="gelu_pytorch_tanh",
+            hidden_act="gelu_pytorch_tanh",
+            query_pre_attn_scalar=spec.query_pre_attn_scalar or spec.head_dim,
+            attn_logit_softcapping=spec.attn_softcap,
+            final_logit_softcapping=spec.final_softcap,
+            rms_norm_eps=1e-6,
+            pad_token_id=0,
+        )
+    if spec.architecture == "gemma3":
+        cfg.update(rope_local_base_freq=10000.0, sliding_window_pattern=6)
+    if spec.architecture == "olmo2":
+        cfg.update(rms_norm_eps=1e-6, attention_bias=False, pad_token_id=0)
     cfg.update(spec.extra_config)
     return cfg
 
@@ -210,13 +256,25 @@ _GGUF_LAYER = {
 }
 
 
-def gguf_name(hf: str) -> str:
+# Gemma and OLMo 2: post_attention_layernorm is the attention output's norm; Gemma's MLP pre-norm is ffn_norm
+_GGUF_POST_NORMS = {
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+}
+# general.architecture llama.cpp's converter writes (Mistral as llama, its q/k permuted)
+_GGUF_ARCH = {"mistral": "llama"}
+
+
+def gguf_name(hf: str, architecture: str = "llama") -> str:
     glob = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
     if hf in glob:
         return glob[hf]
     if hf == "lm_head.weight":
         return "output.weight"
     _, _, i, rest = hf.split(".", 3)
+    if architecture in _LAYOUT and rest in _GGUF_POST_NORMS:
+        return f"blk.{i}.{_GGUF_POST_NORMS[rest]}"
     return f"blk.{i}.{_GGUF_LAYER[rest]}"
 
 
@@ -231,7 +289,7 @@ def write_gguf(
     tok = tiny_tokenizer()
     vocab = tok.get_vocab_size()
     weights = make_weights(spec, vocab)
-    arch = spec.architecture
+    arch = _GGUF_ARCH.get(spec.architecture, spec.architecture)
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(spec.layers)
     w.add_context_length(spec.context)
@@ -239,10 +297,18 @@ def write_gguf(
     w.add_feed_forward_length(spec.intermediate)
     w.add_head_count(spec.heads)
     w.add_head_count_kv(spec.kv_heads)
-    if spec.explicit_head_dim or arch == "qwen3":  # the converter writes these whenever config has head_dim
+    if spec.explicit_head_dim or arch in ("qwen3", *_GEMMA):  # the converter writes these whenever config has head_dim
         w.add_key_length(spec.head_dim)
         w.add_value_length(spec.head_dim)
-    w.add_layer_norm_rms_eps(1e-5)
+    if arch in _GEMMA:
+        assert (spec.query_pre_attn_scalar or spec.head_dim) == spec.head_dim, "GGUF cannot store another query scale"
+        if spec.sliding_window:
+            w.add_sliding_window(spec.sliding_window)
+        if spec.attn_softcap:
+            w.add_attn_logit_softcapping(spec.attn_softcap)
+        if spec.final_softcap:
+            w.add_final_logit_softcapping(spec.final_softcap)
+    w.add_layer_norm_rms_eps(1e-6 if arch in (*_GEMMA, "olmo2") else 1e-5)
     w.add_rope_freq_base(spec.rope_theta)
     w.add_vocab_size(vocab)
     model = json.loads(tok.to_str())["model"]
@@ -270,7 +336,9 @@ def write_gguf(
             t = _permute(t, spec.heads)
         elif arch == "llama" and ".k_proj." in name:
             t = _permute(t, spec.kv_heads)
-        gname = gguf_name(name)
+        if arch in _GEMMA and name.endswith("norm.weight"):  # the converter adds Gemma's 1 to every norm
+            t = t + np.float32(1.0)
+        gname = gguf_name(name, arch)
         if raw_override and gname in raw_override:
             raw, rq = raw_override[gname]
             w.add_tensor(gname, raw, raw_shape=raw.shape, raw_dtype=rq)

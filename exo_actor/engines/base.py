@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..errors import ContextLengthError, ExoError
+from ..errors import ContextLengthError, ExoError, UnsupportedModelError
+from ..models.config import FEATURE_NAMES, ModelArgs
 from ..models.llama import HIDDEN_STATES as HIDDEN_STATES  # re-exported: the engines' side of it
 from ..models.llama import ShardWeights
 from ..weights import ModelFiles
@@ -108,6 +109,16 @@ class Engine(Protocol):
     def load_shard(self, model: ModelFiles, start: int, end: int) -> ShardRunner:
         """Load layers [start, end) of a model (only those layers' weights are read)."""
         ...
+
+
+def check_features(engine: str, args: ModelArgs, supported: frozenset[str]) -> None:
+    """Refuse, in one line, a model that needs what `engine` does not run (ModelArgs.features)."""
+    missing = sorted(args.features - supported)
+    if missing:
+        lacks = ", ".join(FEATURE_NAMES[m] for m in missing)
+        raise UnsupportedModelError(
+            f"the {engine} engine does not run {args.architecture} models yet (it lacks {lacks}): use --engine numpy"
+        )
 
 
 def check_pass(request_id: str, cached: int, start_pos: int, end: int, max_positions: int) -> None:

@@ -22,8 +22,11 @@ from ..models.rope import inv_frequencies
 from ..weights import ModelFiles
 from ..weights.base import ShardTensors, Weight
 from ..weights.quant import QuantizedTensor, concat_rows, same_format
-from .base import HIDDEN_STATES, Pass, RequestCaches, check_pass, require_module
+from .base import HIDDEN_STATES, Pass, RequestCaches, check_features, check_pass, require_module
 from .torch_linear import QLinear
+
+# what this engine runs beyond the Llama decoder (ModelArgs.features); other models are refused in one line
+TORCH_FEATURES = frozenset({"qk_norm"})
 
 _GROW = 256
 _REFINE = 32  # leading logits per position recomputed in float32 (see TorchShardRunner._refine)
@@ -328,6 +331,7 @@ class TorchEngine:
             torch.set_num_threads(threads)
 
     def load_shard(self, model: ModelFiles, start: int, end: int) -> TorchShardRunner:
+        check_features(self.name, model.args, TORCH_FEATURES)
         from . import torch_cache
 
         where = torch_cache.cache_path(model.path, start, end, self.quantize, self.device)

@@ -1,18 +1,57 @@
-"""ModelArgs: the hyper-parameters of a Llama-family model, read from HF config.json or GGUF metadata."""
+"""ModelArgs: the hyper-parameters of a decoder model, read from HF config.json or GGUF metadata.
+
+Every family is the Llama decoder plus a few switches, so the engines ask ModelArgs about features
+(`norm_layout`, `qk_norm`, `layer_window(i)`, `layer_rope(i)`, `attn_scale`, softcaps, `embed_scale`,
+`hidden_act`) and never test the architecture's name. `features` names what a model needs beyond
+Llama, so an engine that lacks one refuses the model in one line (engines/base.check_features).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UnsupportedModelError
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "olmo2")
 # families whose attention RMS-normalizes each q and k head (weights of size head_dim) before RoPE
-QK_NORM_ARCHITECTURES = ("qwen3",)
-# config.json model_type -> architecture (Mistral without a sliding window is a Llama)
-_HF_MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "llama"}
+QK_NORM_ARCHITECTURES = ("qwen3", "gemma3")
+# OLMo 2 normalizes the whole q and k projections (weights of size heads * head_dim) instead
+QK_NORM_ALL_ARCHITECTURES = ("olmo2",)
+# Gemma: RMSNorm weights are used as (1 + w); llama.cpp's converter stores them with the 1 added
+NORM_PLUS_ONE_ARCHITECTURES = ("gemma2", "gemma3")
+# where a layer's RMSNorms sit: "pre" (before attention and MLP), "sandwich" (before and after each:
+# Gemma 2/3), "post" (only after each, on the sub-layer's output: OLMo 2)
+_NORM_LAYOUTS = {"gemma2": "sandwich", "gemma3": "sandwich", "olmo2": "post"}
+# config.json model_type -> architecture
+_HF_MODEL_TYPES = {
+    "llama": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "mistral": "mistral",
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3",
+    "olmo2": "olmo2",
+}
+ACTIVATIONS = ("silu", "gelu_tanh")
+_HF_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
+FULL, SLIDING = "full_attention", "sliding_attention"
+# (what a model needs beyond the Llama decoder, as `features` names it) -> words for error messages
+FEATURE_NAMES = {
+    "qk_norm": "q/k head norms",
+    "qk_norm_all": "q/k projection norms",
+    "sandwich_norms": "pre and post norms",
+    "post_norms": "post-norms",
+    "sliding_window": "sliding-window attention",
+    "local_rope": "a separate RoPE base for sliding layers",
+    "attn_softcap": "attention logit soft-capping",
+    "final_softcap": "final logit soft-capping",
+    "query_scale": "a query scale other than 1/sqrt(head_dim)",
+    "embed_scale": "scaled embeddings",
+    "gelu_tanh": "a GeLU-tanh MLP",
+}
 _POSITIVE_INTS = (
     "hidden_size",
     "num_hidden_layers",
@@ -27,7 +66,7 @@ _POSITIVE_INTS = (
 
 @dataclass(frozen=True)
 class ModelArgs:
-    """Hyper-parameters of a Llama-family decoder (Llama 2/3.x, SmolLM, Qwen2, Qwen3)."""
+    """Hyper-parameters of a decoder (Llama 2/3.x, SmolLM, Mistral, Qwen2, Qwen3, Gemma 2/3, OLMo 2)."""
 
     architecture: str
     hidden_size: int
@@ -44,6 +83,13 @@ class ModelArgs:
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # q/k/v projection bias (Qwen2)
     rope_freq_factors: tuple[float, ...] | None = None  # GGUF `rope_freqs` (Llama 3.x scaling)
+    hidden_act: str = "silu"  # the MLP's gate activation: silu (SwiGLU) or gelu_tanh (GeGLU: Gemma)
+    sliding_window: int | None = None  # keys a sliding layer's query sees, itself included (Mistral, Gemma)
+    layer_types: tuple[str, ...] | None = None  # per layer FULL or SLIDING; None: all SLIDING if a window is set
+    rope_local_theta: float | None = None  # RoPE base of the sliding layers (Gemma 3), unscaled
+    query_pre_attn_scalar: float | None = None  # attention scale 1/sqrt(this) instead of 1/sqrt(head_dim)
+    attn_logit_softcapping: float | None = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
+    final_logit_softcapping: float | None = None  # logits -> cap * tanh(logits / cap) (Gemma 2)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +116,30 @@ class ModelArgs:
             )
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        self._check_family_fields()
+
+    def _check_family_fields(self) -> None:
+        if self.hidden_act not in ACTIVATIONS:
+            raise UnsupportedModelError(
+                f"activation {self.hidden_act!r} is not supported (supported: {', '.join(_HF_ACTIVATIONS)})"
+            )
+        for name in ("rope_local_theta", "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+                raise UnsupportedModelError(f"the model's {name} must be a positive number, got {value!r}")
+        w = self.sliding_window
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w <= 0):
+            raise UnsupportedModelError(f"the model's sliding_window must be a positive integer, got {w!r}")
+        if self.layer_types is not None:
+            types = tuple(self.layer_types)
+            if len(types) != self.num_hidden_layers or any(t not in (FULL, SLIDING) for t in types):
+                raise UnsupportedModelError(
+                    f"the model's layer_types must list {FULL!r} or {SLIDING!r} for each of its "
+                    f"{self.num_hidden_layers} layers, got {list(types)!r}"
+                )
+            if SLIDING in types and w is None:
+                raise UnsupportedModelError("the model has sliding-attention layers but no sliding_window")
+            object.__setattr__(self, "layer_types", types)
 
     @property
     def dim_head(self) -> int:
@@ -78,15 +148,86 @@ class ModelArgs:
 
     @property
     def qk_norm(self) -> bool:
-        """Whether each layer normalizes its q and k heads (q_norm, k_norm weights of size head_dim)."""
-        return self.architecture in QK_NORM_ARCHITECTURES
+        """Whether each layer normalizes its q and k (q_norm / k_norm weights): per head, weights of size
+        head_dim (Qwen3, Gemma 3), or over the whole projection (OLMo 2: `qk_norm_all`)."""
+        return self.architecture in QK_NORM_ARCHITECTURES or self.qk_norm_all
+
+    @property
+    def qk_norm_all(self) -> bool:
+        """q and k are RMS-normalized over all heads at once, weights [H * hd] and [KV * hd] (OLMo 2)."""
+        return self.architecture in QK_NORM_ALL_ARCHITECTURES
+
+    @property
+    def qk_norm_sizes(self) -> tuple[int, int]:
+        """Sizes of the q_norm and k_norm weights."""
+        hd = self.dim_head
+        if self.qk_norm_all:
+            return self.num_attention_heads * hd, self.num_key_value_heads * hd
+        return hd, hd
+
+    @property
+    def norm_layout(self) -> str:
+        """ "pre", "sandwich" or "post" (see _NORM_LAYOUTS)."""
+        return _NORM_LAYOUTS.get(self.architecture, "pre")
+
+    @property
+    def norm_plus_one(self) -> bool:
+        """Whether the checkpoint's RMSNorm weights w act as (1 + w) (Gemma: loaders add the 1)."""
+        return self.architecture in NORM_PLUS_ONE_ARCHITECTURES
+
+    @property
+    def embed_scale(self) -> float | None:
+        """Factor on the token embeddings: sqrt(hidden_size) for Gemma, else None."""
+        return math.sqrt(self.hidden_size) if self.architecture in NORM_PLUS_ONE_ARCHITECTURES else None
+
+    @property
+    def attn_scale(self) -> float:
+        """The factor on q·k: 1/sqrt(query_pre_attn_scalar) (Gemma) or 1/sqrt(head_dim)."""
+        return 1.0 / math.sqrt(self.query_pre_attn_scalar or self.dim_head)
+
+    def layer_window(self, i: int) -> int | None:
+        """How many keys (itself included) a query of layer i sees, or None for full causal attention."""
+        if self.sliding_window is None:
+            return None
+        if self.layer_types is None or self.layer_types[i] == SLIDING:
+            return self.sliding_window
+        return None
+
+    def layer_rope(self, i: int) -> tuple[float, dict[str, Any] | None]:
+        """(RoPE base, scaling) of layer i: sliding layers of Gemma 3 use their own unscaled base."""
+        if self.rope_local_theta is not None and self.layer_window(i) is not None:
+            return self.rope_local_theta, None
+        return self.rope_theta, self.rope_scaling
+
+    @property
+    def features(self) -> frozenset[str]:
+        """What this model needs beyond the Llama decoder (keys of FEATURE_NAMES)."""
+        have = {
+            "qk_norm": self.qk_norm and not self.qk_norm_all,
+            "qk_norm_all": self.qk_norm_all,
+            "sandwich_norms": self.norm_layout == "sandwich",
+            "post_norms": self.norm_layout == "post",
+            "sliding_window": self.sliding_window is not None,
+            "local_rope": self.rope_local_theta is not None,
+            "attn_softcap": self.attn_logit_softcapping is not None,
+            "final_softcap": self.final_logit_softcapping is not None,
+            "query_scale": self.query_pre_attn_scalar is not None and self.query_pre_attn_scalar != self.dim_head,
+            "embed_scale": self.embed_scale is not None,
+            "gelu_tanh": self.hidden_act == "gelu_tanh",
+        }
+        return frozenset(k for k, on in have.items() if on)
+
+    @property
+    def norm_count(self) -> int:
+        """RMSNorm weight vectors of size hidden_size in each layer."""
+        return {"pre": 2, "sandwich": 4, "post": 2}[self.norm_layout]
 
     @property
     def layer_bytes(self) -> int:
         """float32 bytes of one decoder layer's weights."""
         d, f, kv, h = self.hidden_size, self.intermediate_size, self.num_key_value_heads, self.num_attention_heads
         hd = self.dim_head
-        norms = 2 * d + (2 * hd if self.qk_norm else 0)
+        norms = self.norm_count * d + (sum(self.qk_norm_sizes) if self.qk_norm else 0)
         return 4 * (d * (h + 2 * kv) * hd + h * hd * d + 3 * d * f + norms)
 
     def shard_bytes(self, start: int, end: int) -> int:
@@ -120,7 +261,56 @@ class ModelArgs:
             raise UnsupportedModelError(f"a {model_type} model with attention_bias or mlp_bias is not supported")
         if cfg.get("use_sliding_window"):
             raise UnsupportedModelError(f"sliding-window attention ({model_type}) is not supported yet")
+        act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "silu"
+        if act not in _HF_ACTIVATIONS:
+            supported = ", ".join(_HF_ACTIVATIONS)
+            raise UnsupportedModelError(f"a {model_type} model with activation {act!r} is not supported ({supported})")
+        kwargs["hidden_act"] = _HF_ACTIVATIONS[act]
+        kwargs.update(_window_fields(arch, cfg))
+        if arch == "gemma3":
+            kwargs.update(_gemma3_rope(cfg))
         try:
             return cls(**kwargs, extra={k: v for k, v in cfg.items() if k not in names})
         except TypeError as exc:  # a required key is missing
             raise UnsupportedModelError(f"config.json is incomplete: {exc}") from None
+
+
+# Gemma 2 alternates sliding and full layers (sliding first); Gemma 3 has five sliding layers per full one
+_SLIDING_PATTERNS = {"gemma2": 2, "gemma3": 6}
+
+
+def sliding_pattern(n_layers: int, every: int) -> tuple[str, ...]:
+    """Layer types where every `every`-th layer (1-based) is full and the others slide (Gemma's rule)."""
+    return tuple(SLIDING if (i + 1) % every else FULL for i in range(n_layers))
+
+
+def _window_fields(arch: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """sliding_window and layer_types of a config.json: Mistral slides in every layer, Gemma in a pattern;
+    other families ignore a window they do not use (Qwen's sliding_window without use_sliding_window)."""
+    window = cfg.get("sliding_window")
+    if arch not in ("mistral", "gemma2", "gemma3") or window is None:
+        return {"sliding_window": None, "layer_types": None}
+    types = cfg.get("layer_types")
+    if types is None and arch in _SLIDING_PATTERNS:
+        every = cfg.get("sliding_window_pattern") or _SLIDING_PATTERNS[arch]
+        if not isinstance(every, int) or isinstance(every, bool) or every <= 0:
+            raise UnsupportedModelError(f"the model's sliding_window_pattern must be a positive integer, got {every!r}")
+        types = sliding_pattern(int(cfg.get("num_hidden_layers") or 0), every)
+    if cfg.get("use_bidirectional_attention"):
+        raise UnsupportedModelError(f"a {arch} model with bidirectional attention (an encoder) is not supported")
+    return {"sliding_window": window, "layer_types": None if types is None else tuple(types)}
+
+
+def _gemma3_rope(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Gemma 3's two RoPE bases: full layers rope_theta (+ rope_scaling), sliding layers rope_local_base_freq;
+    transformers >= 5 nests both in rope_parameters by layer type."""
+    out: dict[str, Any] = {"rope_local_theta": cfg.get("rope_local_base_freq", 10000.0)}
+    nested = cfg.get("rope_parameters")
+    if isinstance(nested, dict) and isinstance(nested.get(FULL), dict):
+        full, local = nested[FULL], nested.get(SLIDING) or {}
+        out["rope_theta"] = full.get("rope_theta", 1_000_000.0)
+        out["rope_scaling"] = full if full.get("rope_type", "default") != "default" else None
+        out["rope_local_theta"] = local.get("rope_theta", out["rope_local_theta"])
+    else:
+        out["rope_theta"] = cfg.get("rope_theta", 1_000_000.0)
+    return out

@@ -1,4 +1,6 @@
-"""Llama-family decoder shard in numpy (Llama 2/3.x, SmolLM, Qwen2 with q/k/v bias, Qwen3 with q/k norms).
+"""Decoder shard in numpy: the Llama decoder and the families that vary it (Qwen2's q/k/v bias, q/k norms of
+Qwen3 and Gemma 3, OLMo 2's projection norms and post-norms, Gemma's sandwich norms, GeGLU, scaled
+embeddings, soft-capping and query scale, sliding-window layers of Mistral and Gemma with their own RoPE).
 
 A shard is the contiguous layer range [start, end) of a model. The first shard owns the token
 embedding and takes token ids; the last owns the final norm and LM head and returns logits; any
@@ -13,6 +15,7 @@ products.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -32,20 +35,23 @@ HIDDEN_STATES = 0
 class LayerWeights:
     """Weights of one decoder layer, fused, as [in, out] operands."""
 
-    attn_norm: np.ndarray  # [D]
+    attn_norm: np.ndarray | None  # [D]; None: no norm before attention (OLMo 2)
     wqkv: np.ndarray  # [D, (H + 2*KV) * hd]
     bqkv: np.ndarray | None  # [(H + 2*KV) * hd] (Qwen2)
     wo: np.ndarray  # [H * hd, D]
-    ffn_norm: np.ndarray  # [D]
+    ffn_norm: np.ndarray | None  # [D]; None: no norm before the MLP (OLMo 2)
     w_gate_up: np.ndarray  # [D, 2F]
     w_down: np.ndarray  # [F, D]
-    q_norm: np.ndarray | None = None  # [hd] (Qwen3): RMSNorm of each q head before RoPE
-    k_norm: np.ndarray | None = None  # [hd]
+    q_norm: np.ndarray | None = None  # [hd] RMSNorm of each q head before RoPE (Qwen3), or [H * hd] (OLMo 2)
+    k_norm: np.ndarray | None = None  # [hd], or [KV * hd]
+    post_attn_norm: np.ndarray | None = None  # [D] on the attention's output (Gemma, OLMo 2)
+    post_ffn_norm: np.ndarray | None = None  # [D] on the MLP's output
 
     @property
     def nbytes(self) -> int:
         arrays = (self.attn_norm, self.wqkv, self.bqkv, self.wo, self.ffn_norm, self.w_gate_up, self.w_down)
-        return sum(a.nbytes for a in arrays + (self.q_norm, self.k_norm) if a is not None)
+        optional = (self.q_norm, self.k_norm, self.post_attn_norm, self.post_ffn_norm)
+        return sum(a.nbytes for a in arrays + optional if a is not None)
 
 
 @dataclass
@@ -99,6 +105,46 @@ def head_norm(heads: np.ndarray, w: LayerWeights, n_q: int, eps: np.float32) -> 
     out[:n_q] *= w.q_norm
     out[n_q:] *= w.k_norm
     return out
+
+
+def proj_norm(x: np.ndarray, weight: np.ndarray, eps: np.float32) -> np.ndarray:
+    """RMSNorm of each row of x [T, n] over n, times weight (OLMo 2's norms of the whole q and k projections);
+    each row reduced on its own, so a row's numbers do not depend on its batch."""
+    ms = np.einsum("td,td->t", x, x)[:, None]
+    ms *= F32(1.0 / x.shape[-1])
+    ms += eps
+    np.sqrt(ms, out=ms)
+    out = x / ms
+    out *= weight
+    return out
+
+
+_GELU_C = F32(math.sqrt(2.0 / math.pi))
+
+
+def geglu(gate_up: np.ndarray) -> np.ndarray:
+    """gelu_tanh(gate) * up for the fused [T, 2F] projection (Gemma's MLP)."""
+    F = gate_up.shape[1] // 2
+    gate, up = gate_up[:, :F], gate_up[:, F:]
+    t = gate * gate
+    t *= F32(0.044715)
+    t += F32(1.0)
+    t *= gate
+    t *= _GELU_C
+    np.tanh(t, out=t)
+    t += F32(1.0)
+    t *= gate
+    t *= F32(0.5)
+    t *= up
+    return t
+
+
+def softcap(x: np.ndarray, cap: np.float32) -> np.ndarray:
+    """cap * tanh(x / cap), in place (Gemma 2's attention scores and logits)."""
+    x /= cap
+    np.tanh(x, out=x)
+    x *= cap
+    return x
 
 
 def swiglu(gate_up: np.ndarray) -> np.ndarray:
@@ -158,8 +204,23 @@ class LlamaShard:
         self.n_heads, self.n_kv = args.num_attention_heads, args.num_key_value_heads
         self.hd = args.dim_head
         self.eps = F32(args.rms_norm_eps)
-        self.scale = F32(1.0 / np.sqrt(self.hd))
+        self.scale = F32(1.0 / np.sqrt(self.hd)) if args.query_pre_attn_scalar is None else F32(args.attn_scale)
         self.inv_freq = inv_frequencies(self.hd, args.rope_theta, args.rope_scaling, args.rope_freq_factors)
+        # each layer's RoPE (Gemma 3's sliding layers have their own base) and attention window
+        self.windows = [args.layer_window(i) for i in range(start, end)]
+        self.ropes: dict[tuple[float, str], np.ndarray] = {}
+        self.rope_of: list[tuple[float, str]] = []
+        for i in range(start, end):
+            theta, scaling = args.layer_rope(i)
+            key = (theta, repr(scaling))
+            if key not in self.ropes:
+                same = (theta, scaling) == (args.rope_theta, args.rope_scaling)
+                self.ropes[key] = self.inv_freq if same else inv_frequencies(self.hd, theta, scaling)
+            self.rope_of.append(key)
+        self.act = geglu if args.hidden_act == "gelu_tanh" else swiglu
+        self.attn_cap = None if args.attn_logit_softcapping is None else F32(args.attn_logit_softcapping)
+        self.final_cap = None if args.final_logit_softcapping is None else F32(args.final_logit_softcapping)
+        self.embed_scale = None if args.embed_scale is None else F32(args.embed_scale)
 
     @property
     def n_layers(self) -> int:
@@ -170,11 +231,25 @@ class LlamaShard:
         return KVCache(self.n_layers, self.n_kv, self.hd, self.args.max_position_embeddings)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
-        """Token ids [T] -> embeddings [T, D]."""
+        """Token ids [T] -> embeddings [T, D] (times sqrt(D) for Gemma)."""
         if self.w.embed is not None:
-            return self.w.embed[tokens]
-        assert self.w.lm_head_t is not None  # tied embeddings: look up columns of the head
-        return np.ascontiguousarray(self.w.lm_head_t[:, tokens].T)
+            h = self.w.embed[tokens]
+        else:
+            assert self.w.lm_head_t is not None  # tied embeddings: look up columns of the head
+            h = np.ascontiguousarray(self.w.lm_head_t[:, tokens].T)
+        if self.embed_scale is not None:
+            h *= self.embed_scale
+        return h
+
+    def _rope_tables(self, positions: np.ndarray) -> dict[tuple[float, str], tuple[np.ndarray, np.ndarray]]:
+        return {key: rope_tables(inv, positions) for key, inv in self.ropes.items()}
+
+    def _logits(self, h: np.ndarray) -> np.ndarray:
+        """Final-normed rows [n, D] -> logits [n, V] (soft-capped for Gemma 2)."""
+        assert self.w.lm_head_t is not None
+        logits = matmul(h, self.w.lm_head_t, _HEAD_ROW_LOOP)
+        assert logits.dtype == F32, logits.dtype  # a float64 here means a silent 2x slowdown
+        return logits if self.final_cap is None else softcap(logits, self.final_cap)
 
     def forward(self, x: np.ndarray, cache: KVCache, start_pos: int, num_logits: int = 1) -> np.ndarray:
         """Run the shard over positions [start_pos, start_pos + T).
@@ -186,9 +261,14 @@ class LlamaShard:
         h = self.embed(np.asarray(x, dtype=np.int64)) if self.is_first else np.asarray(x, dtype=F32)
         T = h.shape[0]
         cache.begin(start_pos, T)
-        cos, sin = rope_tables(self.inv_freq, np.arange(start_pos, start_pos + T))
+        ropes = self._rope_tables(np.arange(start_pos, start_pos + T))
+
+        def attend(i: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+            keys, values = cache.write(i, start_pos, k, v)  # [KV, L, hd]
+            return _attention(q, keys, values, start_pos, self.windows[i], self.attn_cap)
+
         for i, layer in enumerate(self.w.layers):
-            h = self._layer(h, layer, cache, i, start_pos, cos, sin)
+            h = self._layer(h, layer, i, ropes[self.rope_of[i]], rms_norm, matmul, attend)
         cache.commit(start_pos + T)
         if not self.is_last:
             assert h.dtype == F32, h.dtype
@@ -196,10 +276,7 @@ class LlamaShard:
         assert self.w.final_norm is not None and self.w.lm_head_t is not None
         if num_logits == HIDDEN_STATES:
             return rms_norm(h, self.w.final_norm, self.eps)
-        h = rms_norm(h[T - num_logits :], self.w.final_norm, self.eps)
-        logits = matmul(h, self.w.lm_head_t, _HEAD_ROW_LOOP)
-        assert logits.dtype == F32, logits.dtype  # a float64 here means a silent 2x slowdown
-        return logits
+        return self._logits(rms_norm(h[T - num_logits :], self.w.final_norm, self.eps))
 
     def forward_rows(self, x: np.ndarray, caches: list[KVCache], positions: list[int]) -> np.ndarray:
         """One decode step for B requests at once (continuous batching).
@@ -215,49 +292,62 @@ class LlamaShard:
             raise ValueError(f"{B} rows for {len(caches)} caches and {len(positions)} positions")
         for cache, pos in zip(caches, positions):
             cache.begin(pos, 1)
-        cos, sin = rope_tables(self.inv_freq, np.asarray(positions))
-        H, KV, hd = self.n_heads, self.n_kv, self.hd
-        for i, w in enumerate(self.w.layers):
-            qkv = matmul_rows(rms_norm_rows(h, w.attn_norm, self.eps), w.wqkv)  # [B, (H + 2KV) * hd]
-            if w.bqkv is not None:
-                qkv += w.bqkv
-            heads = qkv.reshape(B, H + 2 * KV, hd).transpose(1, 0, 2)  # [H + 2KV, B, hd]
-            qk = apply_rope(self._qk(heads, w), cos, sin)
-            qk[:H] *= self.scale
-            attn = np.empty((B, H * hd), dtype=F32)
+        ropes = self._rope_tables(np.asarray(positions))
+
+        def attend(i: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+            attn = np.empty((B, q.shape[0] * q.shape[2]), dtype=F32)
             for b, (cache, pos) in enumerate(zip(caches, positions)):
-                keys, values = cache.write(i, pos, qk[H:, b : b + 1], heads[H + KV :, b : b + 1])
-                attn[b] = _attention(qk[:H, b : b + 1], keys, values, pos)[0]
-            h = h + matmul_rows(attn, w.wo)
-            gate_up = matmul_rows(rms_norm_rows(h, w.ffn_norm, self.eps), w.w_gate_up)
-            h += matmul_rows(swiglu(gate_up), w.w_down)
+                keys, values = cache.write(i, pos, k[:, b : b + 1], v[:, b : b + 1])
+                attn[b] = _attention(q[:, b : b + 1], keys, values, pos, self.windows[i], self.attn_cap)[0]
+            return attn
+
+        for i, w in enumerate(self.w.layers):
+            h = self._layer(h, w, i, ropes[self.rope_of[i]], rms_norm_rows, matmul_rows, attend)
         for cache, pos in zip(caches, positions):
             cache.commit(pos + 1)
         if not self.is_last:
             return h
         assert self.w.final_norm is not None and self.w.lm_head_t is not None
-        return matmul(rms_norm_rows(h, self.w.final_norm, self.eps), self.w.lm_head_t, _HEAD_ROW_LOOP)
+        return self._logits(rms_norm_rows(h, self.w.final_norm, self.eps))
 
     def _qk(self, heads: np.ndarray, w: LayerWeights) -> np.ndarray:
-        """The q and k heads of [H + 2KV, T, hd], normalized when the layer has q/k norms (Qwen3)."""
+        """The q and k heads of [H + 2KV, T, hd], normalized per head when the layer has head norms (Qwen3)."""
         qk = heads[: self.n_heads + self.n_kv]
-        return qk if w.q_norm is None else head_norm(qk, w, self.n_heads, self.eps)
+        if w.q_norm is None or self.args.qk_norm_all:
+            return qk
+        return head_norm(qk, w, self.n_heads, self.eps)
 
     def _layer(
-        self, h: np.ndarray, w: LayerWeights, cache: KVCache, i: int, start: int, cos: np.ndarray, sin: np.ndarray
+        self,
+        h: np.ndarray,
+        w: LayerWeights,
+        i: int,
+        rope: tuple[np.ndarray, np.ndarray],
+        norm: Callable[[np.ndarray, np.ndarray, np.float32], np.ndarray],
+        mm: Callable[[np.ndarray, np.ndarray], np.ndarray],
+        attend: Callable[[int, np.ndarray, np.ndarray, np.ndarray], np.ndarray],
     ) -> np.ndarray:
+        """One decoder layer over rows h [T, D]: `norm` and `mm` are the prompt's or the batched rows'
+        RMSNorm and product, `attend(i, q, k, v)` writes the cache and attends ([T, H * hd])."""
         T, H, KV, hd = h.shape[0], self.n_heads, self.n_kv, self.hd
-        qkv = matmul(rms_norm(h, w.attn_norm, self.eps), w.wqkv)  # [T, (H + 2KV) * hd]
+        qkv = mm(h if w.attn_norm is None else norm(h, w.attn_norm, self.eps), w.wqkv)  # [T, (H + 2KV) * hd]
         if w.bqkv is not None:
             qkv += w.bqkv
+        if self.args.qk_norm_all:  # OLMo 2: q and k normalized over all their heads at once
+            assert w.q_norm is not None and w.k_norm is not None
+            qkv[:, : H * hd] = proj_norm(qkv[:, : H * hd], w.q_norm, self.eps)
+            qkv[:, H * hd : (H + KV) * hd] = proj_norm(qkv[:, H * hd : (H + KV) * hd], w.k_norm, self.eps)
         heads = qkv.reshape(T, H + 2 * KV, hd).transpose(1, 0, 2)  # [H + 2KV, T, hd]
-        qk = apply_rope(self._qk(heads, w), cos, sin)  # q and k rotate together: one pass
+        qk = apply_rope(self._qk(heads, w), *rope)  # q and k rotate together: one pass
         qk[:H] *= self.scale
-        keys, values = cache.write(i, start, qk[H:], heads[H + KV :])  # [KV, L, hd]
-        attn = _attention(qk[:H], keys, values, start)  # [T, H * hd]
-        h = h + matmul(attn, w.wo)
-        gate_up = matmul(rms_norm(h, w.ffn_norm, self.eps), w.w_gate_up)  # [T, 2F]
-        h += matmul(swiglu(gate_up), w.w_down)
+        out = mm(attend(i, qk[:H], qk[H:], heads[H + KV :]), w.wo)
+        if w.post_attn_norm is not None:
+            out = norm(out, w.post_attn_norm, self.eps)
+        h = h + out
+        mlp = mm(self.act(mm(h if w.ffn_norm is None else norm(h, w.ffn_norm, self.eps), w.w_gate_up)), w.w_down)
+        if w.post_ffn_norm is not None:
+            mlp = norm(mlp, w.post_ffn_norm, self.eps)
+        h += mlp
         return h
 
 
@@ -270,35 +360,59 @@ def _triangle(b: int) -> np.ndarray:
     return np.triu(np.full((b, b), -np.inf, dtype=F32), 1)
 
 
-def _attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
+def _attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    start: int,
+    window: int | None = None,
+    cap: np.float32 | None = None,
+) -> np.ndarray:
     """Causal grouped-query attention -> [T, H * hd].
 
-    q [H, T, hd] (pre-scaled by 1/sqrt(hd)) for positions start + row; k, v [KV, start + T, hd].
-    Scores are kept transposed, [keys, queries], so the softmax reductions run across rows
-    (vectorized) rather than along many short rows. Each block of queries looks only at the keys it
-    may see, and only the block's own diagonal needs a mask.
+    q [H, T, hd] (pre-scaled) for positions start + row; k, v [KV, start + T, hd]. With a window, the
+    query at position p sees the keys (p - window, p]; with a cap, scores become cap * tanh(score / cap)
+    before the mask. Scores are kept transposed, [keys, queries], so the softmax reductions run across
+    rows (vectorized) rather than along many short rows. Each block of queries looks only at the keys
+    it may see, and only the block's own diagonal (and a window's far edge) needs a mask.
     """
     H, T, hd = q.shape
     KV = k.shape[0]
     G = H // KV
     if T == 1:  # decode: [KV, G, L] scores, reductions along the keys
-        scores = np.matmul(q.reshape(KV, G, hd), k.transpose(0, 2, 1))
+        lo = 0 if window is None else max(0, start + 1 - window)
+        scores = np.matmul(q.reshape(KV, G, hd), k[:, lo:].transpose(0, 2, 1))
+        if cap is not None:
+            softcap(scores, cap)
         scores -= np.maximum.reduce(scores, axis=-1, keepdims=True)
         np.exp(scores, out=scores)
         scores /= np.add.reduce(scores, axis=-1, keepdims=True)
-        return np.matmul(scores, v).reshape(1, H * hd)
+        return np.matmul(scores, v[:, lo:]).reshape(1, H * hd)
     qg = q.reshape(KV, G, T, hd)  # the G heads of a kv group share its keys
     out = np.empty((T, H * hd), dtype=F32)
     for t0 in range(0, T, _ATTN_BLOCK):
         t1 = min(T, t0 + _ATTN_BLOCK)
         b, n = t1 - t0, start + t1
+        lo = 0 if window is None else max(0, start + t0 + 1 - window)
         qb = qg[:, :, t0:t1].reshape(KV, G * b, hd)
-        scores = np.matmul(k[:, :n], qb.transpose(0, 2, 1))  # [KV, n, G*b]
-        if b > 1:
+        scores = np.matmul(k[:, lo:n], qb.transpose(0, 2, 1))  # [KV, n - lo, G*b]
+        if cap is not None:
+            softcap(scores, cap)
+        if window is not None:
+            scores.reshape(KV, n - lo, G, b)[:] += _window_mask(lo, n, start + t0, b, window)[:, None, :]
+        elif b > 1:
             scores.reshape(KV, n, G, b)[:, n - b :] += _triangle(b).T[:, None, :]
         scores -= np.maximum.reduce(scores, axis=1, keepdims=True)
         np.exp(scores, out=scores)
-        o = np.matmul(v[:, :n].transpose(0, 2, 1), scores)  # [KV, hd, G*b]
+        o = np.matmul(v[:, lo:n].transpose(0, 2, 1), scores)  # [KV, hd, G*b]
         o /= np.add.reduce(scores, axis=1, keepdims=True)
         out[t0:t1] = o.reshape(KV, hd, G, b).transpose(3, 0, 2, 1).reshape(b, H * hd)
     return out
+
+
+def _window_mask(lo: int, n: int, q0: int, b: int, window: int) -> np.ndarray:
+    """Additive mask [n - lo, b] of keys lo..n-1 for queries q0..q0+b-1: -inf where the key is in the
+    query's future or window or more positions behind it."""
+    kv = np.arange(lo, n)[:, None]
+    qs = np.arange(q0, q0 + b)[None, :]
+    return np.where((kv > qs) | (kv <= qs - window), F32(-np.inf), F32(0.0)).astype(F32)

@@ -43,12 +43,45 @@ def as_in_out(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w).T
 
 
-def _qk_norms(args: ModelArgs, src: TensorSource, p: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """A layer's q_norm and k_norm weights [hd] (Qwen3), or (None, None) for families without them."""
-    if not args.qk_norm:
-        return None, None
-    hd = args.dim_head
-    return _get(src, p + "self_attn.q_norm.weight", (hd,)), _get(src, p + "self_attn.k_norm.weight", (hd,))
+# Hugging Face names of a layer's RMSNorms by norm layout: (before attention, before the MLP, after
+# attention, after the MLP). Llama's "post_attention_layernorm" is the MLP's pre-norm; Gemma's and OLMo 2's
+# is the attention output's norm.
+NORM_NAMES: dict[str, tuple[str | None, str | None, str | None, str | None]] = {
+    "pre": ("input_layernorm", "post_attention_layernorm", None, None),
+    "sandwich": (
+        "input_layernorm",
+        "pre_feedforward_layernorm",
+        "post_attention_layernorm",
+        "post_feedforward_layernorm",
+    ),
+    "post": (None, None, "post_attention_layernorm", "post_feedforward_layernorm"),
+}
+
+
+def _norm(args: ModelArgs, src: TensorSource, name: str, size: int) -> np.ndarray:
+    """An RMSNorm weight as the engines multiply by it: Gemma's (1 + w) from a checkpoint, as GGUF files
+    already store it (their sources say so with `norms_include_one`)."""
+    w = _get(src, name, (size,))
+    if args.norm_plus_one and not getattr(src, "norms_include_one", False):
+        w = w + np.float32(1.0)
+    return w
+
+
+def _layer_norms(args: ModelArgs, src: TensorSource, p: str) -> dict[str, np.ndarray | None]:
+    """A layer's RMSNorm weights by LayerWeights field: attn_norm, ffn_norm, post_attn_norm, post_ffn_norm,
+    q_norm, k_norm (None where the family has none)."""
+    fields = ("attn_norm", "ffn_norm", "post_attn_norm", "post_ffn_norm")
+    D = args.hidden_size
+    out = {
+        f: None if n is None else _norm(args, src, f"{p}{n}.weight", D)
+        for f, n in zip(fields, NORM_NAMES[args.norm_layout])
+    }
+    out["q_norm"] = out["k_norm"] = None
+    if args.qk_norm:
+        qs, ks = args.qk_norm_sizes
+        out["q_norm"] = _norm(args, src, p + "self_attn.q_norm.weight", qs)
+        out["k_norm"] = _norm(args, src, p + "self_attn.k_norm.weight", ks)
+    return out
 
 
 def load_shard_weights(args: ModelArgs, src: TensorSource, start: int, end: int) -> ShardWeights:
@@ -68,25 +101,21 @@ def load_shard_weights(args: ModelArgs, src: TensorSource, start: int, end: int)
             )
         gate = _get(src, p + "mlp.gate_proj.weight", (F, D))
         up = _get(src, p + "mlp.up_proj.weight", (F, D))
-        q_norm, k_norm = _qk_norms(args, src, p)
         layers.append(
             LayerWeights(
-                attn_norm=_get(src, p + "input_layernorm.weight", (D,)),
                 wqkv=as_in_out(np.concatenate([q, k, v])),
                 bqkv=bias,
                 wo=as_in_out(_get(src, p + "self_attn.o_proj.weight", (D, H * hd))),
-                ffn_norm=_get(src, p + "post_attention_layernorm.weight", (D,)),
                 w_gate_up=as_in_out(np.concatenate([gate, up])),
                 w_down=as_in_out(_get(src, p + "mlp.down_proj.weight", (D, F))),
-                q_norm=q_norm,
-                k_norm=k_norm,
+                **_layer_norms(args, src, p),
             )
         )
     weights = ShardWeights(layers=layers)
     is_first, is_last = start == 0, end == args.num_hidden_layers
     tied = args.tie_word_embeddings or not src.has("lm_head.weight")
     if is_last:
-        weights.final_norm = _get(src, "model.norm.weight", (D,))
+        weights.final_norm = _norm(args, src, "model.norm.weight", D)
         head = "model.embed_tokens.weight" if tied else "lm_head.weight"
         weights.lm_head_t = np.ascontiguousarray(_get(src, head, (V, D)).T)
     if is_first and not (is_last and tied):  # a tied head on this shard also serves lookups
@@ -106,18 +135,20 @@ class LayerTensors:
     """One decoder layer as stored: [out, in] matrices (float32 arrays or QuantizedTensor), biases and
     norms as float32 vectors."""
 
-    attn_norm: np.ndarray
+    attn_norm: np.ndarray | None
     q: Weight
     k: Weight
     v: Weight
     bqkv: np.ndarray | None
     o: Weight
-    ffn_norm: np.ndarray
+    ffn_norm: np.ndarray | None
     gate: Weight
     up: Weight
     down: Weight
-    q_norm: np.ndarray | None = None  # [hd] (Qwen3)
+    q_norm: np.ndarray | None = None  # [hd] (Qwen3, Gemma 3) or [H * hd] (OLMo 2)
     k_norm: np.ndarray | None = None
+    post_attn_norm: np.ndarray | None = None  # (Gemma, OLMo 2)
+    post_ffn_norm: np.ndarray | None = None
 
 
 @dataclass
@@ -178,28 +209,24 @@ def load_shard_tensors(
             bias = np.concatenate(
                 [_get(src, p + f"self_attn.{n}_proj.bias", (m * hd,)) for n, m in (("q", H), ("k", KV), ("v", KV))]
             )
-        q_norm, k_norm = _qk_norms(args, src, p)
         out_layers.append(
             LayerTensors(
-                attn_norm=_get(src, p + "input_layernorm.weight", (D,)),
                 q=get("self_attn.q_proj.weight", (H * hd, D)),
                 k=get("self_attn.k_proj.weight", (KV * hd, D)),
                 v=get("self_attn.v_proj.weight", (KV * hd, D)),
                 bqkv=bias,
                 o=get("self_attn.o_proj.weight", (D, H * hd)),
-                ffn_norm=_get(src, p + "post_attention_layernorm.weight", (D,)),
                 gate=get("mlp.gate_proj.weight", (F, D)),
                 up=get("mlp.up_proj.weight", (F, D)),
                 down=get("mlp.down_proj.weight", (D, F)),
-                q_norm=q_norm,
-                k_norm=k_norm,
+                **_layer_norms(args, src, p),
             )
         )
     out = ShardTensors(layers=out_layers)
     is_first, is_last = start == 0, end == args.num_hidden_layers
     tied = args.tie_word_embeddings or not src.has("lm_head.weight")
     if is_last:
-        out.final_norm = _get(src, "model.norm.weight", (D,))
+        out.final_norm = _norm(args, src, "model.norm.weight", D)
     head_name = "model.embed_tokens.weight" if tied else "lm_head.weight"
     row_reader = getattr(src, "row_reader", None) if quantize is None else None
     for wanted, attr, rows_attr, name in (
@@ -252,6 +279,8 @@ def float_weights(args: ModelArgs, t: ShardTensors) -> ShardWeights:
             w_down=as_in_out(f(l.down)),
             q_norm=l.q_norm,
             k_norm=l.k_norm,
+            post_attn_norm=l.post_attn_norm,
+            post_ffn_norm=l.post_ffn_norm,
         )
         for l in t.layers
     ]

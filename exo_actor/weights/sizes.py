@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..models.config import ModelArgs
+from .base import NORM_NAMES
 
 QUANTIZED_ENGINES = ("torch", "mlx")
 _G32_4BIT = ("Q4_0", "Q4_1", "Q4_K")
@@ -64,13 +65,13 @@ def _layer_shapes(args: ModelArgs, i: int) -> list[tuple[str, int, bool]]:
         (p + "mlp.gate_proj.weight", F * D, True),
         (p + "mlp.up_proj.weight", F * D, True),
         (p + "mlp.down_proj.weight", F * D, True),
-        (p + "input_layernorm.weight", D, False),
-        (p + "post_attention_layernorm.weight", D, False),
     ]
+    out += [(f"{p}{n}.weight", D, False) for n in NORM_NAMES[args.norm_layout] if n is not None]
     if args.attention_bias:
         out.append((p + "self_attn.qkv_proj.bias", (H + 2 * KV) * hd, False))
     if args.qk_norm:
-        out += [(p + "self_attn.q_norm.weight", hd, False), (p + "self_attn.k_norm.weight", hd, False)]
+        qs, ks = args.qk_norm_sizes
+        out += [(p + "self_attn.q_norm.weight", qs, False), (p + "self_attn.k_norm.weight", ks, False)]
     return out
 
 

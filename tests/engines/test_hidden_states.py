@@ -36,11 +36,15 @@ def reference(files, ids: np.ndarray) -> np.ndarray:
     cache = shard.new_cache()
     h = shard.embed(ids)
     cache.begin(0, len(ids))
-    from exo_actor.models.rope import rope_tables
+    from exo_actor.models.llama import _attention, matmul
 
-    cos, sin = rope_tables(shard.inv_freq, np.arange(len(ids)))
+    def attend(i, q, k, v):
+        keys, values = cache.write(i, 0, k, v)
+        return _attention(q, keys, values, 0)
+
+    ropes = shard._rope_tables(np.arange(len(ids)))
     for i, layer in enumerate(shard.w.layers):
-        h = shard._layer(h, layer, cache, i, 0, cos, sin)
+        h = shard._layer(h, layer, i, ropes[shard.rope_of[i]], rms_norm, matmul, attend)
     return rms_norm(h, shard.w.final_norm, shard.eps)
 
 
