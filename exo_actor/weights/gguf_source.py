@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
 from ..errors import UnsupportedModelError, WeightsError
 from ..models.config import SUPPORTED_ARCHITECTURES, ModelArgs
+from .gguf_file import GGUFFile, GGUFTensor
 from .quant import CONVERTED_TYPES, FLOAT_TYPES, KEPT_TYPES, QuantizedTensor, convert_unkept, from_gguf_blocks
 
 log = logging.getLogger(__name__)
@@ -54,25 +54,20 @@ def hf_name(gguf_name: str) -> str | None:
     return None
 
 
-def open_reader(path: Path) -> GGUFReader:
-    """Open a GGUF file, turning the library's parse errors into one WeightsError."""
+def open_reader(path: Path) -> GGUFFile:
+    """Open a GGUF file's header (gguf_file.GGUFFile), turning parse errors into one WeightsError."""
     try:
-        return GGUFReader(path, "r")
-    except (ValueError, IndexError, KeyError, OSError, TypeError) as exc:
+        return GGUFFile(path)
+    except (ValueError, IndexError, KeyError, OSError, TypeError, struct.error) as exc:
         raise WeightsError(f"{path} is not a valid GGUF file (truncated or corrupt?): {exc}") from None
 
 
-def field(reader: GGUFReader, key: str, default: Any = None) -> Any:
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    try:
-        return f.contents()
-    except Exception as exc:  # noqa: BLE001 - the library raises assorted types on bad fields
-        raise WeightsError(f"GGUF metadata field {key} is unreadable: {exc}") from None
+def field(reader: GGUFFile, key: str, default: Any = None) -> Any:
+    """A metadata value (str, int, float, bool or a list of them), or `default` when the file lacks it."""
+    return reader.fields.get(key, default)
 
 
-def args_from_gguf(reader: GGUFReader) -> ModelArgs:
+def args_from_gguf(reader: GGUFFile) -> ModelArgs:
     """ModelArgs from GGUF metadata (`{arch}.block_count`, `{arch}.embedding_length`, ...)."""
     arch = field(reader, "general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
@@ -91,7 +86,7 @@ def args_from_gguf(reader: GGUFReader) -> ModelArgs:
     tensor_names = {t.name for t in reader.tensors}
     vocab = field(reader, f"{arch}.vocab_size")
     if vocab is None:
-        vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+        vocab = len(reader.fields["tokenizer.ggml.tokens"])
     freq_factors = None
     if "rope_freqs.weight" in tensor_names:
         t = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
@@ -160,36 +155,23 @@ class BlockRows:
             os.close(self._fd)
 
 
-@dataclass(frozen=True)
-class _Tensor:
-    """What the loader needs of a GGUF tensor: its data is a view into the file's map."""
-
-    name: str
-    tensor_type: GGMLQuantizationType
-    shape: tuple[int, ...]  # GGUF order: innermost dimension first
-    n_elements: int
-    n_bytes: int
-    data: np.ndarray
-
-
 class GGUFSource:
     """Reads a GGUF file's tensors by Hugging Face name, dequantized to float32 on demand.
 
-    It keeps the file's memory map and a small table of tensors, not the gguf package's reader: the
-    reader holds every metadata array as many small numpy objects (~150 MB for a 49k vocabulary).
+    It keeps the file's memory map and its table of tensors (gguf_file.GGUFFile), whose data are views
+    of the map.
     """
 
-    def __init__(self, path: Path, reader: GGUFReader | None = None) -> None:
+    def __init__(self, path: Path, reader: GGUFFile | None = None) -> None:
         self.path = path
         reader = reader or open_reader(path)
         self.args = args_from_gguf(reader)
         self._map = reader.data
-        self._tensors: dict[str, _Tensor] = {}
+        self._tensors: dict[str, GGUFTensor] = {}
         for t in reader.tensors:
             name = hf_name(t.name)
             if name is not None:
-                shape = tuple(int(d) for d in t.shape)
-                self._tensors[name] = _Tensor(t.name, t.tensor_type, shape, int(t.n_elements), int(t.n_bytes), t.data)
+                self._tensors[name] = t
 
     def has(self, name: str) -> bool:
         return name in self._tensors
