@@ -292,7 +292,8 @@ def _window_fields(arch: str, cfg: dict[str, Any]) -> dict[str, Any]:
         return {"sliding_window": None, "layer_types": None}
     types = cfg.get("layer_types")
     if types is None and arch in _SLIDING_PATTERNS:
-        every = cfg.get("sliding_window_pattern") or _SLIDING_PATTERNS[arch]
+        every = cfg.get("sliding_window_pattern")
+        every = _SLIDING_PATTERNS[arch] if every is None else every
         if not isinstance(every, int) or isinstance(every, bool) or every <= 0:
             raise UnsupportedModelError(f"the model's sliding_window_pattern must be a positive integer, got {every!r}")
         types = sliding_pattern(int(cfg.get("num_hidden_layers") or 0), every)

@@ -13,7 +13,7 @@ import numpy as np
 from gguf.quants import dequantize
 
 from ..errors import UnsupportedModelError, WeightsError
-from ..models.config import SUPPORTED_ARCHITECTURES, ModelArgs
+from ..models.config import FULL, SLIDING, SUPPORTED_ARCHITECTURES, ModelArgs, sliding_pattern
 from .gguf_file import GGUFFile, GGUFTensor
 from .quant import CONVERTED_TYPES, FLOAT_TYPES, KEPT_TYPES, QuantizedTensor, convert_unkept, from_gguf_blocks
 
@@ -31,7 +31,9 @@ _LAYER_NAMES = {
     "attn_output.weight": "self_attn.o_proj.weight",
     "attn_q_norm.weight": "self_attn.q_norm.weight",
     "attn_k_norm.weight": "self_attn.k_norm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",  # the MLP's pre-norm (Llama's name for it)
+    "post_attention_norm.weight": "post_attention_layernorm.weight",  # the attention output's norm
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
@@ -41,16 +43,28 @@ _GLOBAL_NAMES = {
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
+# Gemma's checkpoints name the MLP's pre-norm pre_feedforward_layernorm (their post_attention_layernorm is
+# the attention output's norm, GGUF post_attention_norm)
+_SANDWICH_NAMES = {**_LAYER_NAMES, "ffn_norm.weight": "pre_feedforward_layernorm.weight"}
 _LAYER_RE = re.compile(r"blk\.(\d+)\.(.+)")
+# GGUF architectures whose q/k rows llama.cpp's converter permuted for its interleaved RoPE (the others
+# use the NeoX layout, which is Hugging Face's)
+_PERMUTED = ("llama",)
+# Gemma 2 / 3 at 27B scale queries by hidden_size / heads, the others by head_dim (llama.cpp's rule: GGUF
+# files do not store query_pre_attn_scalar): (architecture, layers) of the 27B models
+_QUERY_BY_WIDTH = {("gemma2", 46), ("gemma3", 62)}
+_GEMMA_PATTERNS = {"gemma2": 2, "gemma3": 6}
 
 
-def hf_name(gguf_name: str) -> str | None:
-    """Hugging Face name of a GGUF tensor, or None for tensors the model does not use."""
+def hf_name(gguf_name: str, layout: str = "pre") -> str | None:
+    """Hugging Face name of a GGUF tensor, or None for tensors the model does not use; `layout` is the
+    model's norm layout (ModelArgs.norm_layout), which decides the name of the MLP's pre-norm."""
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
     m = _LAYER_RE.fullmatch(gguf_name)
-    if m and m.group(2) in _LAYER_NAMES:
-        return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
+    names = _SANDWICH_NAMES if layout == "sandwich" else _LAYER_NAMES
+    if m and m.group(2) in names:
+        return f"model.layers.{m.group(1)}.{names[m.group(2)]}"
     return None
 
 
@@ -94,6 +108,7 @@ def args_from_gguf(reader: GGUFFile) -> ModelArgs:
     scaling = None
     if field(reader, f"{arch}.rope.scaling.type") == "linear":
         scaling = {"rope_type": "linear", "factor": float(req("rope.scaling.factor"))}
+    family = _family_fields(reader, arch, int(req("block_count")), dim, n_heads)
     return ModelArgs(
         architecture=arch,
         hidden_size=dim,
@@ -111,7 +126,32 @@ def args_from_gguf(reader: GGUFFile) -> ModelArgs:
         # llama.cpp writes q/k/v biases for Qwen2 always, for Qwen3 never (its o_proj would need one too)
         attention_bias=arch == "qwen2",
         rope_freq_factors=freq_factors,
+        **family,
     )
+
+
+def _family_fields(reader: GGUFFile, arch: str, layers: int, dim: int, n_heads: int) -> dict[str, Any]:
+    """ModelArgs fields of Gemma 2 / 3 from GGUF metadata, with llama.cpp's defaults for what its converter
+    does not write (sliding pattern, local RoPE base, query scale)."""
+    if arch not in _GEMMA_PATTERNS:
+        return {}
+    out: dict[str, Any] = {"hidden_act": "gelu_tanh"}
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        value = field(reader, f"{arch}.{key}")
+        out[key] = None if value is None else float(value)
+    window = field(reader, f"{arch}.attention.sliding_window")
+    if window is not None:
+        pattern = field(reader, f"{arch}.attention.sliding_window_pattern", _GEMMA_PATTERNS[arch])
+        if isinstance(pattern, list):  # one flag per layer: True for a sliding layer
+            types = tuple(SLIDING if flag else FULL for flag in pattern)
+        else:
+            types = sliding_pattern(layers, int(pattern))
+        out.update(sliding_window=int(window), layer_types=types)
+    if arch == "gemma3":
+        out["rope_local_theta"] = float(field(reader, f"{arch}.rope.freq_base_swa", 10000.0))
+    head_dim = int(field(reader, f"{arch}.attention.key_length", dim // n_heads))
+    out["query_pre_attn_scalar"] = float(dim // n_heads if (arch, layers) in _QUERY_BY_WIDTH else head_dim)
+    return out
 
 
 def unpermute_index(rows: int, n_heads: int) -> np.ndarray:
@@ -166,10 +206,12 @@ class GGUFSource:
         self.path = path
         reader = reader or open_reader(path)
         self.args = args_from_gguf(reader)
+        # llama.cpp's converter stores Gemma's RMSNorm weights with the 1 of (1 + w) added
+        self.norms_include_one = self.args.norm_plus_one
         self._map = reader.data
         self._tensors: dict[str, GGUFTensor] = {}
         for t in reader.tensors:
-            name = hf_name(t.name)
+            name = hf_name(t.name, self.args.norm_layout)
             if name is not None:
                 self._tensors[name] = t
 
@@ -231,7 +273,7 @@ class GGUFSource:
             raise self._unsupported(t) from None
         except (ValueError, NotImplementedError) as exc:
             raise WeightsError(f"{self.path.name}: cannot decode tensor {t.name}: {exc}") from None
-        if self.args.architecture == "llama":
+        if self.args.architecture in _PERMUTED:
             if name.endswith("q_proj.weight"):
                 qt = qt.take_rows(unpermute_index(shape[0], self.args.num_attention_heads))
             elif name.endswith("k_proj.weight"):
@@ -249,7 +291,7 @@ class GGUFSource:
         expected = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dims innermost first
         if w.shape != expected:
             raise WeightsError(f"{self.path.name}: tensor {t.name} decodes to {w.shape}, header says {expected}")
-        if self.args.architecture == "llama":  # qwen2 and qwen3 GGUFs keep HF's layout (no permutation)
+        if self.args.architecture in _PERMUTED:  # the others keep HF's layout (no permutation)
             if name.endswith("q_proj.weight") or name.endswith("q_proj.bias"):
                 w = _unpermute(w, self.args.num_attention_heads)
             elif name.endswith("k_proj.weight") or name.endswith("k_proj.bias"):
