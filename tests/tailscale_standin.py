@@ -69,7 +69,10 @@ class Tailnet:
         return next(d for d in self.devices if d.hostname == hostname)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self)))
+        """Write the state whole (a listing running meanwhile reads the old one or the new one)."""
+        part = path.with_suffix(".part")
+        part.write_text(json.dumps(asdict(self)))
+        part.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> Tailnet:
