@@ -111,9 +111,18 @@ class Engine(Protocol):
         ...
 
 
-def check_features(engine: str, args: ModelArgs, supported: frozenset[str]) -> None:
+# what each engine runs beyond the Llama decoder (ModelArgs.features); other models are refused in one line
+ENGINE_FEATURES: dict[str, frozenset[str]] = {
+    "numpy": frozenset(FEATURE_NAMES),
+    "torch": frozenset({"qk_norm"}),
+    "mlx": frozenset({"qk_norm"}),
+    "tinygrad": frozenset({"qk_norm"}),
+}
+
+
+def check_features(engine: str, args: ModelArgs) -> None:
     """Refuse, in one line, a model that needs what `engine` does not run (ModelArgs.features)."""
-    missing = sorted(args.features - supported)
+    missing = sorted(args.features - ENGINE_FEATURES[engine])
     if missing:
         lacks = ", ".join(FEATURE_NAMES[m] for m in missing)
         raise UnsupportedModelError(

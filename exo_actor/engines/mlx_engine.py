@@ -20,9 +20,6 @@ from ..weights.base import ShardTensors, Weight
 from ..weights.quant import QuantizedTensor, concat_rows, same_format
 from .base import HIDDEN_STATES, RequestCaches, check_features, check_pass, require_module
 
-# what this engine runs beyond the Llama decoder (ModelArgs.features); other models are refused in one line
-MLX_FEATURES = frozenset({"qk_norm"})
-
 MLX_GROUPS = (32, 64, 128)
 
 
@@ -217,5 +214,5 @@ class MlxEngine:
         self.quantize = quantize
 
     def load_shard(self, model: ModelFiles, start: int, end: int) -> MlxShardRunner:
-        check_features(self.name, model.args, MLX_FEATURES)
+        check_features(self.name, model.args)
         return MlxShardRunner(model.args, start, end, model.shard_tensors(start, end, self.quantize))

@@ -22,9 +22,6 @@ from ..weights import ModelFiles
 from .base import HIDDEN_STATES, RequestCaches, check_features, check_pass, layer_tensors, require_module
 from .tinygrad_thread import on_tinygrad_thread
 
-# what this engine runs beyond the Llama decoder (ModelArgs.features); other models are refused in one line
-TINYGRAD_FEATURES = frozenset({"qk_norm"})
-
 _GROW = 256
 
 
@@ -188,6 +185,6 @@ class TinygradEngine:
         check_tinygrad_compiler()
 
     def load_shard(self, model: ModelFiles, start: int, end: int) -> TinygradShardRunner:
-        check_features(self.name, model.args, TINYGRAD_FEATURES)
+        check_features(self.name, model.args)
         weights = model.shard_weights(start, end, self.quantize)  # float32: dequantized at load
         return on_tinygrad_thread(TinygradShardRunner, model.args, start, end, weights)

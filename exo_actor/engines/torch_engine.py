@@ -25,9 +25,6 @@ from ..weights.quant import QuantizedTensor, concat_rows, same_format
 from .base import HIDDEN_STATES, Pass, RequestCaches, check_features, check_pass, require_module
 from .torch_linear import QLinear
 
-# what this engine runs beyond the Llama decoder (ModelArgs.features); other models are refused in one line
-TORCH_FEATURES = frozenset({"qk_norm"})
-
 _GROW = 256
 _REFINE = 32  # leading logits per position recomputed in float32 (see TorchShardRunner._refine)
 
@@ -331,7 +328,7 @@ class TorchEngine:
             torch.set_num_threads(threads)
 
     def load_shard(self, model: ModelFiles, start: int, end: int) -> TorchShardRunner:
-        check_features(self.name, model.args, TORCH_FEATURES)
+        check_features(self.name, model.args)
         from . import torch_cache
 
         where = torch_cache.cache_path(model.path, start, end, self.quantize, self.device)

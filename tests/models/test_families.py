@@ -252,3 +252,19 @@ def test_config_json_of_each_family():
     ):
         with pytest.raises(UnsupportedModelError, match=match):
             ModelArgs.from_hf_dict({**_GEMMA3, **bad})
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_exo_actor_models_lists_each_family_with_its_engines(tmp_path, family, capsys):
+    """The families table's features are what a model of the family needs (the tiny model's ModelArgs), and
+    `exo-actor models` prints the family with the engines that run it."""
+    from exo_actor.cli import main
+    from exo_actor.models.config import FAMILIES as TABLE
+
+    row = next(f for f in TABLE if f.name == family)
+    args = open_model(_write(tmp_path, FAMILIES[family], "hf")[0]).args
+    assert row.features <= args.features <= row.features | row.optional
+    assert main(["models"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(family + " "))
+    engines = line.split("  ")[-1].strip()
+    assert engines.startswith("numpy") and ("torch" in engines) == (family == "mistral")
