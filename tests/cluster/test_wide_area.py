@@ -30,22 +30,15 @@ from exo_actor.transport.security import new_key
 from exo_actor.transport.tailscale_sources import TailscaleConfig
 from tests.api.servers import free_port
 from tests.cluster.harness import InProcessCluster, in_process_cluster
+from tests.cluster.test_node import tiny  # noqa: F401 - the fixture: a 6-layer tiny GGUF
 from tests.tailscale_standin import ApiState, StandInDevice, Tailnet, api_server
-from tests.tiny import TinySpec, write_gguf
 
 PROMPT = [5, 17, 42, 8, 5, 17, 42, 8, 5, 17, 42, 8, 5, 17]  # repeats: prompt lookup finds drafts
 STANDIN = Path(__file__).parents[1] / "tailscale_standin.py"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("wide") / "tiny.gguf"
-    write_gguf(path, TinySpec(layers=6, context=96))
-    return path
-
-
-@pytest.fixture(scope="module")
-def expected(tiny) -> list[int]:
+def expected(tiny) -> list[int]:  # noqa: F811
     files, pipeline = load_local(str(tiny))
     deltas = generate(pipeline, files.tokenizer, PROMPT, SamplingParams(max_tokens=16), 96)
     return [t for d in deltas for t in d.token_ids]
@@ -70,7 +63,7 @@ def test_the_switch_turns_on_above_the_threshold_and_off_well_below(rtt, on_befo
     assert switched(rtt, 0.0, on_before) is False  # 0: never
 
 
-def test_slow_ring_links_turn_prompt_lookup_on_for_requests_that_do_not_choose(tiny, expected):
+def test_slow_ring_links_turn_prompt_lookup_on_for_requests_that_do_not_choose(tiny, expected):  # noqa: F811
     with in_process_cluster(tiny, 3, network=SlowLinks) as cluster:
         node = cluster.nodes[0]
         cluster.wait(lambda: node.cluster_info()["auto_speculation"]["on"], "the switch to turn on", 20)
@@ -85,7 +78,7 @@ def test_slow_ring_links_turn_prompt_lookup_on_for_requests_that_do_not_choose(t
         assert cluster.call(lambda: node.cluster_info()["speculative"]["drafted_tokens"]) == drafted
 
 
-def test_fast_links_leave_speculation_off_and_a_configured_draft_alone(tiny, expected):
+def test_fast_links_leave_speculation_off_and_a_configured_draft_alone(tiny, expected):  # noqa: F811
     configs = lambda i: NodeConfig(model=str(tiny), engine="numpy", prefix_cache_mb=0, draft_model="ngram")  # noqa: E731
     with in_process_cluster(tiny, 2, network=SlowLinks, node_config=configs) as cluster:
         node = cluster.nodes[0]
@@ -149,7 +142,12 @@ def tailnet_of_one(online: bool = True, tagged_peer: bool = True) -> Tailnet:
     ],
 )
 def test_a_tailnet_that_cannot_help_is_one_line_and_the_node_keeps_serving(
-    tiny, expected, tmp_path, caplog, case, needle
+    tiny,  # noqa: F811
+    expected,
+    tmp_path,
+    caplog,
+    case,
+    needle,  # noqa: F811
 ):
     state = ApiState(tailnet_of_one(), forbidden=case == "key forbidden")
     with api_server(state) as url, caplog.at_level(logging.WARNING, logger="exo_actor.transport.tailscale_discovery"):
