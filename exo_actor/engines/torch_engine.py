@@ -338,4 +338,11 @@ class TorchEngine:
             return TorchShardRunner(model.args, start, end, tables, self.device, packed)
         runner = TorchShardRunner(model.args, start, end, model.shard_tensors(start, end, self.quantize), self.device)
         torch_cache.save(where, runner.packed_state())
-        return runner
+        packed = torch_cache.load(where)
+        if packed is None:  # not cached (a float checkpoint, or the cache could not be written)
+            return runner
+        # run from the file just written, like every later start: its pages are the page cache's (shared,
+        # reclaimable), and the packing's own copies (~the model's size) are freed
+        del runner
+        tables = model.shard_tensors(start, end, self.quantize, layers=False)
+        return TorchShardRunner(model.args, start, end, tables, self.device, packed)
