@@ -1,5 +1,6 @@
 """Tiny random-weight models of every supported family (llama, qwen2, qwen3, mistral, gemma2, gemma3,
-olmo2), written as Hugging Face folders or as GGUF files that follow llama.cpp's converter."""
+olmo2, qwen3moe, mixtral), written as Hugging Face folders or as GGUF files that follow llama.cpp's
+converter."""
 
 from __future__ import annotations
 
@@ -63,6 +64,10 @@ class TinySpec:
     query_pre_attn_scalar: int | None = None  # gemma (default: head_dim)
     attn_softcap: float | None = None  # gemma2
     final_softcap: float | None = None  # gemma2
+    experts: int = 4  # qwen3moe, mixtral
+    experts_per_tok: int = 2
+    expert_intermediate: int = 32  # qwen3moe's moe_intermediate_size (mixtral: intermediate)
+    mlp_only_layers: tuple[int, ...] = ()  # qwen3moe layers with a dense MLP (not expressible in GGUF)
 
     @property
     def head_dim(self) -> int:
@@ -90,13 +95,16 @@ def make_weights(spec: TinySpec, vocab: int) -> dict[str, np.ndarray]:
         t[p + "self_attn.k_proj.weight"] = w(spec.kv_heads * hd, D)
         t[p + "self_attn.v_proj.weight"] = w(spec.kv_heads * hd, D)
         t[p + "self_attn.o_proj.weight"] = w(D, spec.heads * hd)
-        t[p + "mlp.gate_proj.weight"] = w(F, D)
-        t[p + "mlp.up_proj.weight"] = w(F, D)
-        t[p + "mlp.down_proj.weight"] = w(D, F)
+        if arch in _MOE and i not in spec.mlp_only_layers:
+            t.update(_expert_weights(spec, p, w))
+        else:
+            t[p + "mlp.gate_proj.weight"] = w(F, D)
+            t[p + "mlp.up_proj.weight"] = w(F, D)
+            t[p + "mlp.down_proj.weight"] = w(D, F)
         if spec.architecture == "qwen2":
             for n, m in (("q", spec.heads), ("k", spec.kv_heads), ("v", spec.kv_heads)):
                 t[p + f"self_attn.{n}_proj.bias"] = w(m * hd, scale=0.2)
-        if arch in ("qwen3", "gemma3"):  # per-head q/k norms, far enough from 1 to matter
+        if arch in ("qwen3", "gemma3", "qwen3moe"):  # per-head q/k norms, far enough from 1 to matter
             t[p + "self_attn.q_norm.weight"] = one + w(hd, scale=0.3)
             t[p + "self_attn.k_norm.weight"] = one + w(hd, scale=0.3)
         if arch == "olmo2":  # norms of the whole q and k projections
@@ -105,6 +113,24 @@ def make_weights(spec: TinySpec, vocab: int) -> dict[str, np.ndarray]:
     return t
 
 
+def _expert_weights(spec: TinySpec, p: str, w: Any) -> dict[str, np.ndarray]:
+    """A mixture-of-experts layer in the checkpoint's names: a router that spreads tokens over the experts
+    (large enough weights that neighbouring tokens pick different ones), and each expert's SwiGLU."""
+    D = spec.hidden_size
+    F = spec.expert_intermediate if spec.architecture == "qwen3moe" else spec.intermediate
+    router, expert, parts = _EXPERT_NAMES[spec.architecture]
+    out = {p + router: w(spec.experts, D, scale=0.6)}
+    for j in range(spec.experts):
+        for n, shape in zip(parts, ((F, D), (F, D), (D, F))):
+            out[p + expert.format(j=j, n=n)] = w(*shape)
+    return out
+
+
+_MOE = ("qwen3moe", "mixtral")
+_EXPERT_NAMES = {
+    "qwen3moe": ("mlp.gate.weight", "mlp.experts.{j}.{n}.weight", ("gate_proj", "up_proj", "down_proj")),
+    "mixtral": ("block_sparse_moe.gate.weight", "block_sparse_moe.experts.{j}.{n}.weight", ("w1", "w3", "w2")),
+}
 _GEMMA = ("gemma2", "gemma3")
 _LAYOUT = {"gemma2": "sandwich", "gemma3": "sandwich", "olmo2": "post"}
 _NORMS = {
@@ -125,8 +151,10 @@ _HF_CLASSES = {
     "gemma2": "Gemma2ForCausalLM",
     "gemma3": "Gemma3ForCausalLM",
     "olmo2": "Olmo2ForCausalLM",
+    "qwen3moe": "Qwen3MoeForCausalLM",
+    "mixtral": "MixtralForCausalLM",
 }
-_MODEL_TYPES = {"gemma3": "gemma3_text"}
+_MODEL_TYPES = {"gemma3": "gemma3_text", "qwen3moe": "qwen3_moe"}
 
 
 def hf_config(spec: TinySpec, vocab: int) -> dict[str, Any]:
@@ -150,10 +178,21 @@ def hf_config(spec: TinySpec, vocab: int) -> dict[str, Any]:
     }
     if spec.rope_scaling:
         cfg["rope_scaling"] = spec.rope_scaling
-    if spec.explicit_head_dim or spec.architecture in ("qwen3", *_GEMMA):  # these configs always state it
+    if spec.explicit_head_dim or spec.architecture in ("qwen3", "qwen3moe", *_GEMMA):  # always stated there
         cfg["head_dim"] = spec.head_dim
-    if spec.architecture == "qwen3":
+    if spec.architecture in ("qwen3", "qwen3moe"):
         cfg.update(attention_bias=False, use_sliding_window=False)
+    if spec.architecture == "qwen3moe":
+        cfg.update(
+            num_experts=spec.experts,
+            num_experts_per_tok=spec.experts_per_tok,
+            moe_intermediate_size=spec.expert_intermediate,
+            norm_topk_prob=True,
+            decoder_sparse_step=1,
+            mlp_only_layers=list(spec.mlp_only_layers),
+        )
+    if spec.architecture == "mixtral":
+        cfg.update(num_local_experts=spec.experts, num_experts_per_tok=spec.experts_per_tok, sliding_window=None)
     if spec.architecture in ("mistral", *_GEMMA):
         cfg["sliding_window"] = spec.sliding_window
     if spec.architecture in _GEMMA:
@@ -262,8 +301,27 @@ _GGUF_POST_NORMS = {
     "pre_feedforward_layernorm.weight": "ffn_norm.weight",
     "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
 }
-# general.architecture llama.cpp's converter writes (Mistral as llama, its q/k permuted)
-_GGUF_ARCH = {"mistral": "llama"}
+# general.architecture llama.cpp's converter writes (Mistral and Mixtral as llama, their q/k permuted)
+_GGUF_ARCH = {"mistral": "llama", "mixtral": "llama"}
+# the converter stacks each layer's experts into [E, out, in] tensors; the router is ffn_gate_inp
+_GGUF_EXPERTS = {"gate": "ffn_gate_exps.weight", "up": "ffn_up_exps.weight", "down": "ffn_down_exps.weight"}
+
+
+def _stack_experts(spec: TinySpec, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-expert checkpoint tensors -> the GGUF names of the stacks and the router (other names kept)."""
+    if spec.architecture not in _MOE:
+        return weights
+    router, expert, parts = _EXPERT_NAMES[spec.architecture]
+    out = {k: v for k, v in weights.items() if ".experts." not in k and not k.endswith(router)}
+    for i in range(spec.layers):
+        p = f"model.layers.{i}."
+        if p + router not in weights:
+            continue
+        out[f"blk.{i}.ffn_gate_inp.weight"] = weights[p + router]
+        for n, kind in zip(parts, ("gate", "up", "down")):
+            stack = [weights[p + expert.format(j=j, n=n)] for j in range(spec.experts)]
+            out[f"blk.{i}.{_GGUF_EXPERTS[kind]}"] = np.stack(stack)
+    return out
 
 
 def gguf_name(hf: str, architecture: str = "llama") -> str:
@@ -297,9 +355,19 @@ def write_gguf(
     w.add_feed_forward_length(spec.intermediate)
     w.add_head_count(spec.heads)
     w.add_head_count_kv(spec.kv_heads)
-    if spec.explicit_head_dim or arch in ("qwen3", *_GEMMA):  # the converter writes these whenever config has head_dim
+    if spec.explicit_head_dim or arch in (
+        "qwen3",
+        "qwen3moe",
+        *_GEMMA,
+    ):  # the converter writes these whenever config has head_dim
         w.add_key_length(spec.head_dim)
         w.add_value_length(spec.head_dim)
+    if spec.architecture in _MOE:
+        assert not spec.mlp_only_layers, "llama.cpp's qwen3moe has experts in every layer"
+        w.add_expert_count(spec.experts)
+        w.add_expert_used_count(spec.experts_per_tok)
+        if spec.architecture == "qwen3moe":
+            w.add_expert_feed_forward_length(spec.expert_intermediate)
     if arch in _GEMMA:
         assert (spec.query_pre_attn_scalar or spec.head_dim) == spec.head_dim, "GGUF cannot store another query scale"
         if spec.sliding_window:
@@ -331,14 +399,14 @@ def write_gguf(
     elif spec.rope_scaling and spec.rope_scaling.get("rope_type") == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(float(spec.rope_scaling["factor"]))
-    for name, t in weights.items():
+    for name, t in _stack_experts(spec, weights).items():
         if arch == "llama" and ".q_proj." in name:
             t = _permute(t, spec.heads)
         elif arch == "llama" and ".k_proj." in name:
             t = _permute(t, spec.kv_heads)
         if arch in _GEMMA and name.endswith("norm.weight"):  # the converter adds Gemma's 1 to every norm
             t = t + np.float32(1.0)
-        gname = gguf_name(name, arch)
+        gname = name if name.startswith("blk.") else gguf_name(name, arch)
         if raw_override and gname in raw_override:
             raw, rq = raw_override[gname]
             w.add_tensor(gname, raw, raw_shape=raw.shape, raw_dtype=rq)

@@ -15,9 +15,9 @@ from typing import Any
 
 from ..errors import UnsupportedModelError
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "olmo2")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "olmo2", "qwen3moe", "mixtral")
 # families whose attention RMS-normalizes each q and k head (weights of size head_dim) before RoPE
-QK_NORM_ARCHITECTURES = ("qwen3", "gemma3")
+QK_NORM_ARCHITECTURES = ("qwen3", "gemma3", "qwen3moe")
 # OLMo 2 normalizes the whole q and k projections (weights of size heads * head_dim) instead
 QK_NORM_ALL_ARCHITECTURES = ("olmo2",)
 # Gemma: RMSNorm weights are used as (1 + w); llama.cpp's converter stores them with the 1 added
@@ -34,6 +34,8 @@ _HF_MODEL_TYPES = {
     "gemma2": "gemma2",
     "gemma3_text": "gemma3",
     "olmo2": "olmo2",
+    "qwen3_moe": "qwen3moe",
+    "mixtral": "mixtral",
 }
 
 
@@ -66,6 +68,8 @@ FAMILIES = (
         frozenset({"sandwich_norms", "gelu_tanh", "embed_scale", "sliding_window", "local_rope", "qk_norm"}),
     ),
     Family("olmo2", "olmo2", "olmo2", frozenset({"post_norms", "qk_norm_all"})),
+    Family("qwen3moe", "qwen3_moe", "qwen3moe", frozenset({"qk_norm", "moe"})),
+    Family("mixtral", "mixtral", None, frozenset({"moe"}), frozenset({"sliding_window"})),  # GGUF: llama + experts
 )
 ACTIVATIONS = ("silu", "gelu_tanh")
 _HF_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
@@ -83,6 +87,7 @@ FEATURE_NAMES = {
     "query_scale": "a query scale other than 1/sqrt(head_dim)",
     "embed_scale": "scaled embeddings",
     "gelu_tanh": "a GeLU-tanh MLP",
+    "moe": "mixture-of-experts layers",
 }
 _POSITIVE_INTS = (
     "hidden_size",
@@ -122,6 +127,14 @@ class ModelArgs:
     query_pre_attn_scalar: float | None = None  # attention scale 1/sqrt(this) instead of 1/sqrt(head_dim)
     attn_logit_softcapping: float | None = None  # scores -> cap * tanh(scores / cap) (Gemma 2)
     final_logit_softcapping: float | None = None  # logits -> cap * tanh(logits / cap) (Gemma 2)
+    # mixtures of experts (Qwen3-MoE, Mixtral): each MoE layer's MLP is num_experts SwiGLU experts of
+    # moe_intermediate_size (default intermediate_size); a router picks num_experts_per_tok per token
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int | None = None
+    norm_topk_prob: bool = True  # renormalize the chosen experts' softmax weights to sum to 1
+    decoder_sparse_step: int = 1  # every step-th layer is an MoE layer (Qwen3-MoE)
+    mlp_only_layers: tuple[int, ...] = ()  # layers that keep a dense MLP of intermediate_size
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -151,6 +164,7 @@ class ModelArgs:
         self._check_family_fields()
 
     def _check_family_fields(self) -> None:
+        self._check_experts()
         if self.hidden_act not in ACTIVATIONS:
             raise UnsupportedModelError(
                 f"activation {self.hidden_act!r} is not supported (supported: {', '.join(_HF_ACTIVATIONS)})"
@@ -177,6 +191,31 @@ class ModelArgs:
     def dim_head(self) -> int:
         assert self.head_dim is not None
         return self.head_dim
+
+    def _check_experts(self) -> None:
+        for name in ("num_experts", "num_experts_per_tok", "decoder_sparse_step"):
+            value = getattr(self, name)
+            least = 1 if name == "decoder_sparse_step" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise UnsupportedModelError(f"the model's {name} must be an integer >= {least}, got {value!r}")
+        if self.num_experts and not 1 <= self.num_experts_per_tok <= self.num_experts:
+            raise UnsupportedModelError(
+                f"the model routes each token to {self.num_experts_per_tok} of its {self.num_experts} experts: "
+                "num_experts_per_tok must be between 1 and num_experts"
+            )
+        f = self.moe_intermediate_size
+        if f is not None and (isinstance(f, bool) or not isinstance(f, int) or f <= 0):
+            raise UnsupportedModelError(f"the model's moe_intermediate_size must be a positive integer, got {f!r}")
+        object.__setattr__(self, "mlp_only_layers", tuple(self.mlp_only_layers or ()))
+
+    def layer_is_moe(self, i: int) -> bool:
+        """Whether layer i's MLP is a mixture of experts (Qwen3-MoE's decoder_sparse_step / mlp_only_layers)."""
+        return self.num_experts > 0 and i not in self.mlp_only_layers and (i + 1) % self.decoder_sparse_step == 0
+
+    @property
+    def expert_size(self) -> int:
+        """The intermediate size of one expert."""
+        return self.moe_intermediate_size or self.intermediate_size
 
     @property
     def qk_norm(self) -> bool:
@@ -246,6 +285,7 @@ class ModelArgs:
             "query_scale": self.query_pre_attn_scalar is not None and self.query_pre_attn_scalar != self.dim_head,
             "embed_scale": self.embed_scale is not None,
             "gelu_tanh": self.hidden_act == "gelu_tanh",
+            "moe": self.num_experts > 0,
         }
         return frozenset(k for k, on in have.items() if on)
 
@@ -254,20 +294,28 @@ class ModelArgs:
         """RMSNorm weight vectors of size hidden_size in each layer."""
         return {"pre": 2, "sandwich": 4, "post": 2}[self.norm_layout]
 
-    @property
-    def layer_bytes(self) -> int:
-        """float32 bytes of one decoder layer's weights."""
+    def layer_bytes_of(self, i: int) -> int:
+        """float32 bytes of decoder layer i's weights (an MoE layer: every expert and the router)."""
         d, f, kv, h = self.hidden_size, self.intermediate_size, self.num_key_value_heads, self.num_attention_heads
         hd = self.dim_head
         norms = self.norm_count * d + (sum(self.qk_norm_sizes) if self.qk_norm else 0)
-        return 4 * (d * (h + 2 * kv) * hd + h * hd * d + 3 * d * f + norms)
+        mlp = self.num_experts * (3 * d * self.expert_size + d) if self.layer_is_moe(i) else 3 * d * f
+        return 4 * (d * (h + 2 * kv) * hd + h * hd * d + mlp + norms)
+
+    @property
+    def layer_bytes(self) -> int:
+        """float32 bytes of one decoder layer's weights (the mean, rounded up, when layers differ)."""
+        n = self.num_hidden_layers
+        if not self.num_experts:
+            return self.layer_bytes_of(0)
+        return -(-sum(self.layer_bytes_of(i) for i in range(n)) // n)
 
     def shard_bytes(self, start: int, end: int) -> int:
         """float32 bytes a shard of layers [start, end) holds, embedding / head included."""
         table = 4 * self.vocab_size * self.hidden_size
         first, last = start == 0, end == self.num_hidden_layers
         tables = (table if first else 0) + (table if last and not (first and self.tie_word_embeddings) else 0)
-        return (end - start) * self.layer_bytes + tables
+        return sum(self.layer_bytes_of(i) for i in range(start, end)) + tables
 
     @classmethod
     def from_hf_dict(cls, cfg: dict[str, Any]) -> ModelArgs:
@@ -299,6 +347,10 @@ class ModelArgs:
             raise UnsupportedModelError(f"a {model_type} model with activation {act!r} is not supported ({supported})")
         kwargs["hidden_act"] = _HF_ACTIVATIONS[act]
         kwargs.update(_window_fields(arch, cfg))
+        if arch == "mixtral":  # Mixtral's names for the expert counts; it always renormalizes
+            kwargs.update(num_experts=cfg.get("num_local_experts", 0), norm_topk_prob=True)
+        if cfg.get("mlp_only_layers") is not None:
+            kwargs["mlp_only_layers"] = tuple(cfg["mlp_only_layers"])
         if arch == "gemma3":
             kwargs.update(_gemma3_rope(cfg))
         try:
@@ -320,7 +372,7 @@ def _window_fields(arch: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """sliding_window and layer_types of a config.json: Mistral slides in every layer, Gemma in a pattern;
     other families ignore a window they do not use (Qwen's sliding_window without use_sliding_window)."""
     window = cfg.get("sliding_window")
-    if arch not in ("mistral", "gemma2", "gemma3") or window is None:
+    if arch not in ("mistral", "mixtral", "gemma2", "gemma3") or window is None:
         return {"sliding_window": None, "layer_types": None}
     types = cfg.get("layer_types")
     if types is None and arch in _SLIDING_PATTERNS:

@@ -40,18 +40,21 @@ class LayerWeights:
     bqkv: np.ndarray | None  # [(H + 2*KV) * hd] (Qwen2)
     wo: np.ndarray  # [H * hd, D]
     ffn_norm: np.ndarray | None  # [D]; None: no norm before the MLP (OLMo 2)
-    w_gate_up: np.ndarray  # [D, 2F]
-    w_down: np.ndarray  # [F, D]
+    w_gate_up: np.ndarray | None  # [D, 2F]; None in a mixture-of-experts layer
+    w_down: np.ndarray | None  # [F, D]
     q_norm: np.ndarray | None = None  # [hd] RMSNorm of each q head before RoPE (Qwen3), or [H * hd] (OLMo 2)
     k_norm: np.ndarray | None = None  # [hd], or [KV * hd]
     post_attn_norm: np.ndarray | None = None  # [D] on the attention's output (Gemma, OLMo 2)
     post_ffn_norm: np.ndarray | None = None  # [D] on the MLP's output
+    router: np.ndarray | None = None  # [D, E]: a mixture-of-experts layer's router (its MLP is the experts)
+    experts: list[tuple[np.ndarray, np.ndarray]] | None = None  # per expert (gate_up [D, 2Fe], down [Fe, D])
 
     @property
     def nbytes(self) -> int:
         arrays = (self.attn_norm, self.wqkv, self.bqkv, self.wo, self.ffn_norm, self.w_gate_up, self.w_down)
-        optional = (self.q_norm, self.k_norm, self.post_attn_norm, self.post_ffn_norm)
-        return sum(a.nbytes for a in arrays + optional if a is not None)
+        optional = (self.q_norm, self.k_norm, self.post_attn_norm, self.post_ffn_norm, self.router)
+        experts = sum(g.nbytes + d.nbytes for g, d in self.experts or ())
+        return sum(a.nbytes for a in arrays + optional if a is not None) + experts
 
 
 @dataclass
@@ -344,11 +347,47 @@ class LlamaShard:
         if w.post_attn_norm is not None:
             out = norm(out, w.post_attn_norm, self.eps)
         h = h + out
-        mlp = mm(self.act(mm(h if w.ffn_norm is None else norm(h, w.ffn_norm, self.eps), w.w_gate_up)), w.w_down)
+        x = h if w.ffn_norm is None else norm(h, w.ffn_norm, self.eps)
+        if w.experts is None:
+            assert w.w_gate_up is not None and w.w_down is not None
+            mlp = mm(self.act(mm(x, w.w_gate_up)), w.w_down)
+        else:
+            mlp = self._experts(x, w, by_row=mm is matmul_rows or x.shape[0] == 1)
         if w.post_ffn_norm is not None:
             mlp = norm(mlp, w.post_ffn_norm, self.eps)
         h += mlp
         return h
+
+    def _experts(self, x: np.ndarray, w: LayerWeights, by_row: bool) -> np.ndarray:
+        """A mixture-of-experts MLP over rows x [T, D]: each row's router softmax picks its top
+        num_experts_per_tok experts, whose outputs are summed weighted by those probabilities (renormalized
+        to sum to 1 when norm_topk_prob). Decode rows (by_row) are computed one by one with matrix-vector
+        products, so a request's numbers do not depend on its batch; a prompt's rows are grouped by expert."""
+        assert w.router is not None and w.experts is not None
+        T, k = x.shape[0], self.args.num_experts_per_tok
+        if by_row:
+            logits = np.stack([x[t] @ w.router for t in range(T)])
+        else:
+            logits = x @ w.router  # [T, E]
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= np.array([p.sum() for p in probs], dtype=F32)[:, None]
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # [T, k], most probable first
+        weights = np.take_along_axis(probs, top, axis=1)
+        if self.args.norm_topk_prob:
+            weights /= np.array([r.sum() for r in weights], dtype=F32)[:, None]
+        out = np.zeros_like(x)
+        if by_row:
+            for t in range(T):
+                for j in range(k):
+                    gate_up, down = w.experts[int(top[t, j])]
+                    out[t] += weights[t, j] * (self.act(x[t : t + 1] @ gate_up) @ down)[0]
+            return out
+        for e in np.unique(top):
+            rows, rank = np.nonzero(top == e)
+            gate_up, down = w.experts[int(e)]
+            out[rows] += weights[rows, rank][:, None] * matmul(self.act(matmul(x[rows], gate_up)), down)
+        return out
 
 
 _ATTN_BLOCK = 64  # query rows per block: bounds the score matrix and skips masked-out keys

@@ -67,7 +67,7 @@ def _norm(args: ModelArgs, src: TensorSource, name: str, size: int) -> np.ndarra
     return w
 
 
-def _layer_norms(args: ModelArgs, src: TensorSource, p: str) -> dict[str, np.ndarray | None]:
+def _layer_norms(args: ModelArgs, src: TensorSource, p: str) -> dict[str, Any]:
     """A layer's RMSNorm weights by LayerWeights field: attn_norm, ffn_norm, post_attn_norm, post_ffn_norm,
     q_norm, k_norm (None where the family has none)."""
     fields = ("attn_norm", "ffn_norm", "post_attn_norm", "post_ffn_norm")
@@ -84,9 +84,55 @@ def _layer_norms(args: ModelArgs, src: TensorSource, p: str) -> dict[str, np.nda
     return out
 
 
+# a mixture-of-experts layer's tensors: Qwen3-MoE's names, Mixtral's (block_sparse_moe, w1 = gate, w3 = up,
+# w2 = down), and the stacks [E, out, in] GGUF files hold (gguf_source maps ffn_*_exps to these names)
+_EXPERT_NAMES = {
+    "mlp": ("mlp.gate.weight", "mlp.experts.{j}.{n}.weight", ("gate_proj", "up_proj", "down_proj")),
+    "mixtral": ("block_sparse_moe.gate.weight", "block_sparse_moe.experts.{j}.{n}.weight", ("w1", "w3", "w2")),
+}
+STACKED_EXPERTS = ("mlp.experts.gate_proj.weight", "mlp.experts.up_proj.weight", "mlp.experts.down_proj.weight")
+
+
+def _experts(
+    args: ModelArgs, src: TensorSource, p: str
+) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """A mixture-of-experts layer's router [E, D] and each expert's (gate, up, down) as [out, in] float32."""
+    E, Fe, D = args.num_experts, args.expert_size, args.hidden_size
+    style = "mixtral" if src.has(p + _EXPERT_NAMES["mixtral"][0]) else "mlp"
+    router_name, expert_name, parts = _EXPERT_NAMES[style]
+    router = _get(src, p + router_name, (E, D))
+    if src.has(p + STACKED_EXPERTS[0]):
+        g, u, d = (_get(src, p + n, shape) for n, shape in zip(STACKED_EXPERTS, ((E, Fe, D), (E, Fe, D), (E, D, Fe))))
+        return router, [(g[j], u[j], d[j]) for j in range(E)]
+    shapes = ((Fe, D), (Fe, D), (D, Fe))
+    return router, [
+        tuple(_get(src, p + expert_name.format(j=j, n=n), shape) for n, shape in zip(parts, shapes))  # type: ignore[misc]
+        for j in range(E)
+    ]
+
+
+def _mlp(args: ModelArgs, src: TensorSource, p: str, i: int) -> dict[str, Any]:
+    """LayerWeights fields of layer i's MLP: the fused dense products, or a router and its experts."""
+    D, F = args.hidden_size, args.intermediate_size
+    if not args.layer_is_moe(i):
+        gate = _get(src, p + "mlp.gate_proj.weight", (F, D))
+        up = _get(src, p + "mlp.up_proj.weight", (F, D))
+        return {
+            "w_gate_up": as_in_out(np.concatenate([gate, up])),
+            "w_down": as_in_out(_get(src, p + "mlp.down_proj.weight", (D, F))),
+        }
+    router, experts = _experts(args, src, p)
+    return {
+        "w_gate_up": None,
+        "w_down": None,
+        "router": np.ascontiguousarray(router.T),
+        "experts": [(as_in_out(np.concatenate([g, u])), as_in_out(d)) for g, u, d in experts],
+    }
+
+
 def load_shard_weights(args: ModelArgs, src: TensorSource, start: int, end: int) -> ShardWeights:
     """Read only the tensors of layers [start, end) (plus embedding / head at the ends)."""
-    D, F, V, hd = args.hidden_size, args.intermediate_size, args.vocab_size, args.dim_head
+    D, V, hd = args.hidden_size, args.vocab_size, args.dim_head
     H, KV = args.num_attention_heads, args.num_key_value_heads
     layers = []
     for i in range(start, end):
@@ -99,15 +145,12 @@ def load_shard_weights(args: ModelArgs, src: TensorSource, start: int, end: int)
             bias = np.concatenate(
                 [_get(src, p + f"self_attn.{n}_proj.bias", (m * hd,)) for n, m in (("q", H), ("k", KV), ("v", KV))]
             )
-        gate = _get(src, p + "mlp.gate_proj.weight", (F, D))
-        up = _get(src, p + "mlp.up_proj.weight", (F, D))
         layers.append(
             LayerWeights(
                 wqkv=as_in_out(np.concatenate([q, k, v])),
                 bqkv=bias,
                 wo=as_in_out(_get(src, p + "self_attn.o_proj.weight", (D, H * hd))),
-                w_gate_up=as_in_out(np.concatenate([gate, up])),
-                w_down=as_in_out(_get(src, p + "mlp.down_proj.weight", (D, F))),
+                **_mlp(args, src, p, i),
                 **_layer_norms(args, src, p),
             )
         )
@@ -198,6 +241,11 @@ def load_shard_tensors(
     D, F, V, hd = args.hidden_size, args.intermediate_size, args.vocab_size, args.dim_head
     H, KV = args.num_attention_heads, args.num_key_value_heads
     out_layers = []
+    if layers and any(args.layer_is_moe(i) for i in range(start, end)):
+        raise WeightsError(
+            "mixture-of-experts weights are only read as float32 for now: run the model on --engine numpy "
+            "without --quantize"
+        )
     for i in range(start, end) if layers else ():
         p = f"model.layers.{i}."
 

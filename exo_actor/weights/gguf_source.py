@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf.quants import dequantize
 
 from ..errors import UnsupportedModelError, WeightsError
 from ..models.config import FULL, SLIDING, SUPPORTED_ARCHITECTURES, ModelArgs, sliding_pattern
-from .gguf_file import GGUFFile, GGUFTensor
+from .gguf_file import GGMLType, GGUFFile, GGUFTensor
 from .quant import CONVERTED_TYPES, FLOAT_TYPES, KEPT_TYPES, QuantizedTensor, convert_unkept, from_gguf_blocks
 
 log = logging.getLogger(__name__)
@@ -34,6 +33,10 @@ _LAYER_NAMES = {
     "ffn_norm.weight": "post_attention_layernorm.weight",  # the MLP's pre-norm (Llama's name for it)
     "post_attention_norm.weight": "post_attention_layernorm.weight",  # the attention output's norm
     "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+    "ffn_gate_inp.weight": "mlp.gate.weight",  # a mixture of experts' router [E, D]
+    "ffn_gate_exps.weight": "mlp.experts.gate_proj.weight",  # the experts stacked [E, out, in]
+    "ffn_up_exps.weight": "mlp.experts.up_proj.weight",
+    "ffn_down_exps.weight": "mlp.experts.down_proj.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
@@ -130,11 +133,27 @@ def args_from_gguf(reader: GGUFFile) -> ModelArgs:
     )
 
 
-def _family_fields(reader: GGUFFile, arch: str, layers: int, dim: int, n_heads: int) -> dict[str, Any]:
-    """ModelArgs fields of Gemma 2 / 3 from GGUF metadata, with llama.cpp's defaults for what its converter
-    does not write (sliding pattern, local RoPE base, query scale)."""
-    if arch not in _GEMMA_PATTERNS:
+def _expert_fields(reader: GGUFFile, arch: str) -> dict[str, Any]:
+    """A mixture of experts' counts (`{arch}.expert_count`, ...): Qwen3-MoE, and Mixtral written as llama."""
+    experts = field(reader, f"{arch}.expert_count")
+    if not experts:
         return {}
+    out: dict[str, Any] = {
+        "num_experts": int(experts),
+        "num_experts_per_tok": int(field(reader, f"{arch}.expert_used_count", 0)),
+        "norm_topk_prob": bool(field(reader, f"{arch}.expert_weights_norm", True)),
+    }
+    size = field(reader, f"{arch}.expert_feed_forward_length")
+    if size is not None:
+        out["moe_intermediate_size"] = int(size)
+    return out
+
+
+def _family_fields(reader: GGUFFile, arch: str, layers: int, dim: int, n_heads: int) -> dict[str, Any]:
+    """ModelArgs fields of Gemma 2 / 3 and of mixtures of experts from GGUF metadata, with llama.cpp's
+    defaults for what its converter does not write (sliding pattern, local RoPE base, query scale)."""
+    if arch not in _GEMMA_PATTERNS:
+        return _expert_fields(reader, arch)
     out: dict[str, Any] = {"hidden_act": "gelu_tanh"}
     for key in ("attn_logit_softcapping", "final_logit_softcapping"):
         value = field(reader, f"{arch}.{key}")
@@ -152,6 +171,17 @@ def _family_fields(reader: GGUFFile, arch: str, layers: int, dim: int, n_heads: 
     head_dim = int(field(reader, f"{arch}.attention.key_length", dim // n_heads))
     out["query_pre_attn_scalar"] = float(dim // n_heads if (arch, layers) in _QUERY_BY_WIDTH else head_dim)
     return out
+
+
+def _float32(t: GGUFTensor) -> np.ndarray:
+    """A tensor's values as float32: float16/32 directly, other types through the gguf package's decoders
+    (imported only here: a node running the stored blocks never loads them, ~4 MiB resident)."""
+    if t.tensor_type in (GGMLType.F32, GGMLType.F16):
+        return np.asarray(t.data, dtype=np.float32)
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    return np.asarray(dequantize(t.data, GGMLQuantizationType(int(t.tensor_type))), dtype=np.float32)
 
 
 def unpermute_index(rows: int, n_heads: int) -> np.ndarray:
@@ -283,7 +313,7 @@ class GGUFSource:
     def get(self, name: str) -> np.ndarray:
         t = self._tensors[name]
         try:
-            w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+            w = _float32(t)
         except NotImplementedError:
             raise self._unsupported(t) from None
         except (ValueError, KeyError) as exc:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..models.config import ModelArgs
-from .base import NORM_NAMES
+from .base import NORM_NAMES, STACKED_EXPERTS
 
 QUANTIZED_ENGINES = ("torch", "mlx")
 _G32_4BIT = ("Q4_0", "Q4_1", "Q4_K")
@@ -62,10 +62,12 @@ def _layer_shapes(args: ModelArgs, i: int) -> list[tuple[str, int, bool]]:
         (p + "self_attn.k_proj.weight", KV * hd * D, True),
         (p + "self_attn.v_proj.weight", KV * hd * D, True),
         (p + "self_attn.o_proj.weight", H * hd * D, True),
-        (p + "mlp.gate_proj.weight", F * D, True),
-        (p + "mlp.up_proj.weight", F * D, True),
-        (p + "mlp.down_proj.weight", F * D, True),
     ]
+    if args.layer_is_moe(i):
+        E, Fe = args.num_experts, args.expert_size
+        out += [(p + "mlp.gate.weight", E * D, True)] + [(p + n, E * Fe * D, True) for n in STACKED_EXPERTS]
+    else:
+        out += [(p + f"mlp.{n}_proj.weight", F * D, True) for n in ("gate", "up", "down")]
     out += [(f"{p}{n}.weight", D, False) for n in NORM_NAMES[args.norm_layout] if n is not None]
     if args.attention_bias:
         out.append((p + "self_attn.qkv_proj.bias", (H + 2 * KV) * hd, False))
