@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gguf import GGML_QUANT_SIZES, GGUFReader, GGUFValueType, GGUFWriter
 from gguf import GGMLQuantizationType as Q
-from gguf import GGUFReader, GGUFWriter
 
 from exo_actor.errors import WeightsError
+from exo_actor.weights import gguf_file
 from exo_actor.weights.gguf_file import GGUFFile
 from exo_actor.weights.gguf_source import open_reader
 from tests.tiny import TinySpec, write_gguf
@@ -85,3 +86,22 @@ def test_a_wrong_magic_or_version_is_refused(tmp_path):
     (tmp_path / "v.gguf").write_bytes(bytes(data))
     with pytest.raises(WeightsError, match="version 9"):
         open_reader(tmp_path / "v.gguf")
+
+
+def test_the_format_constants_are_the_gguf_packages():
+    assert {t.name: int(t) for t in gguf_file.GGUFValueType} == {t.name: int(t) for t in GGUFValueType}
+    assert {t.name: int(t) for t in gguf_file.GGMLType} == {t.name: int(t) for t in Q}
+    assert {int(t): size for t, size in gguf_file.BLOCK_SIZES.items()} == {
+        int(t): s for t, s in GGML_QUANT_SIZES.items()
+    }
+
+
+def test_an_unknown_tensor_type_is_named(tmp_path):
+    _write(tmp_path / "f.gguf")
+    data = bytearray((tmp_path / "f.gguf").read_bytes())
+    at = data.index(b"b.weight") + len(b"b.weight") + 4 + 2 * 8  # after the name, n_dims and the dims
+    assert int.from_bytes(data[at : at + 4], "little") == Q.F16
+    data[at : at + 4] = (77).to_bytes(4, "little")
+    (tmp_path / "u.gguf").write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="b.weight has tensor type 77"):
+        open_reader(tmp_path / "u.gguf")
