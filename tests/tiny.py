@@ -1,10 +1,11 @@
 """Tiny random-weight models of every supported family (llama, qwen2, qwen3, mistral, gemma2, gemma3,
-olmo2, qwen3moe, mixtral), written as Hugging Face folders or as GGUF files that follow llama.cpp's
+olmo2, qwen3moe, mixtral, phi3), written as Hugging Face folders or as GGUF files that follow llama.cpp's
 converter."""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ class TinySpec:
     experts_per_tok: int = 2
     expert_intermediate: int = 32  # qwen3moe's moe_intermediate_size (mixtral: intermediate)
     mlp_only_layers: tuple[int, ...] = ()  # qwen3moe layers with a dense MLP (not expressible in GGUF)
+    original_context: int | None = None  # phi3: LongRoPE from this original context up to `context`
 
     @property
     def head_dim(self) -> int:
@@ -110,7 +112,23 @@ def make_weights(spec: TinySpec, vocab: int) -> dict[str, np.ndarray]:
         if arch == "olmo2":  # norms of the whole q and k projections
             t[p + "self_attn.q_norm.weight"] = 1 + w(spec.heads * hd, scale=0.3)
             t[p + "self_attn.k_norm.weight"] = 1 + w(spec.kv_heads * hd, scale=0.3)
+        if arch == "phi3":  # Phi-3 checkpoints fuse q, k, v and gate, up (gate rows first)
+            parts = [t.pop(p + f"self_attn.{n}_proj.weight") for n in "qkv"]
+            t[p + "self_attn.qkv_proj.weight"] = np.concatenate(parts)
+            gate_up = [t.pop(p + f"mlp.{n}_proj.weight") for n in ("gate", "up")]
+            t[p + "mlp.gate_up_proj.weight"] = np.concatenate(gate_up)
     return t
+
+
+def longrope_factors(spec: TinySpec) -> dict[str, Any]:
+    """Phi-3's rope_scaling for a LongRoPE spec: per-frequency divisors, long ones larger."""
+    rng = np.random.default_rng(spec.seed + 1)
+    n = spec.head_dim // 2
+    return {
+        "type": "longrope",
+        "long_factor": [float(x) for x in 1 + 3 * rng.random(n)],
+        "short_factor": [float(x) for x in 1 + 0.5 * rng.random(n)],
+    }
 
 
 def _expert_weights(spec: TinySpec, p: str, w: Any) -> dict[str, np.ndarray]:
@@ -153,6 +171,7 @@ _HF_CLASSES = {
     "olmo2": "Olmo2ForCausalLM",
     "qwen3moe": "Qwen3MoeForCausalLM",
     "mixtral": "MixtralForCausalLM",
+    "phi3": "Phi3ForCausalLM",
 }
 _MODEL_TYPES = {"gemma3": "gemma3_text", "qwen3moe": "qwen3_moe"}
 
@@ -193,8 +212,12 @@ def hf_config(spec: TinySpec, vocab: int) -> dict[str, Any]:
         )
     if spec.architecture == "mixtral":
         cfg.update(num_local_experts=spec.experts, num_experts_per_tok=spec.experts_per_tok, sliding_window=None)
-    if spec.architecture in ("mistral", *_GEMMA):
+    if spec.architecture in ("mistral", "phi3", *_GEMMA):
         cfg["sliding_window"] = spec.sliding_window
+    if spec.architecture == "phi3":
+        cfg.update(pad_token_id=0, original_max_position_embeddings=spec.original_context or spec.context)
+        if spec.original_context:
+            cfg["rope_scaling"] = longrope_factors(spec)
     if spec.architecture in _GEMMA:
         cfg.update(
             hidden_activation="gelu_pytorch_tanh",
@@ -303,6 +326,8 @@ _GGUF_POST_NORMS = {
 }
 # general.architecture llama.cpp's converter writes (Mistral and Mixtral as llama, their q/k permuted)
 _GGUF_ARCH = {"mistral": "llama", "mixtral": "llama"}
+# Phi-3's fused tensors: attn_qkv, and ffn_up holding gate and up rows
+_GGUF_FUSED = {"self_attn.qkv_proj.weight": "attn_qkv.weight", "mlp.gate_up_proj.weight": "ffn_up.weight"}
 # the converter stacks each layer's experts into [E, out, in] tensors; the router is ffn_gate_inp
 _GGUF_EXPERTS = {"gate": "ffn_gate_exps.weight", "up": "ffn_up_exps.weight", "down": "ffn_down_exps.weight"}
 
@@ -331,6 +356,8 @@ def gguf_name(hf: str, architecture: str = "llama") -> str:
     if hf == "lm_head.weight":
         return "output.weight"
     _, _, i, rest = hf.split(".", 3)
+    if rest in _GGUF_FUSED:
+        return f"blk.{i}.{_GGUF_FUSED[rest]}"
     if architecture in _LAYOUT and rest in _GGUF_POST_NORMS:
         return f"blk.{i}.{_GGUF_POST_NORMS[rest]}"
     return f"blk.{i}.{_GGUF_LAYER[rest]}"
@@ -362,6 +389,15 @@ def write_gguf(
     ):  # the converter writes these whenever config has head_dim
         w.add_key_length(spec.head_dim)
         w.add_value_length(spec.head_dim)
+    if arch == "phi3":  # as the converter writes it: a window of 0 means none
+        w.add_sliding_window(spec.sliding_window or 0)
+        if spec.original_context:
+            factors = longrope_factors(spec)
+            scale = spec.context / spec.original_context
+            w.add_rope_scaling_orig_ctx_len(spec.original_context)
+            w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(spec.original_context)))
+            for kind in ("long", "short"):
+                w.add_tensor(f"rope_factors_{kind}.weight", np.asarray(factors[f"{kind}_factor"], dtype=np.float32))
     if spec.architecture in _MOE:
         assert not spec.mlp_only_layers, "llama.cpp's qwen3moe has experts in every layer"
         w.add_expert_count(spec.experts)

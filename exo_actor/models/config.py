@@ -14,8 +14,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UnsupportedModelError
+from .rope import resolve_longrope
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "olmo2", "qwen3moe", "mixtral")
+SUPPORTED_ARCHITECTURES = (
+    "llama",
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "gemma2",
+    "gemma3",
+    "olmo2",
+    "qwen3moe",
+    "mixtral",
+    "phi3",
+)
 # families whose attention RMS-normalizes each q and k head (weights of size head_dim) before RoPE
 QK_NORM_ARCHITECTURES = ("qwen3", "gemma3", "qwen3moe")
 # OLMo 2 normalizes the whole q and k projections (weights of size heads * head_dim) instead
@@ -36,6 +48,7 @@ _HF_MODEL_TYPES = {
     "olmo2": "olmo2",
     "qwen3_moe": "qwen3moe",
     "mixtral": "mixtral",
+    "phi3": "phi3",
 }
 
 
@@ -70,6 +83,7 @@ FAMILIES = (
     Family("olmo2", "olmo2", "olmo2", frozenset({"post_norms", "qk_norm_all"})),
     Family("qwen3moe", "qwen3_moe", "qwen3moe", frozenset({"qk_norm", "moe"})),
     Family("mixtral", "mixtral", None, frozenset({"moe"}), frozenset({"sliding_window"})),  # GGUF: llama + experts
+    Family("phi3", "phi3", "phi3", frozenset(), frozenset({"sliding_window", "longrope"})),
 )
 ACTIVATIONS = ("silu", "gelu_tanh")
 _HF_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
@@ -88,6 +102,7 @@ FEATURE_NAMES = {
     "embed_scale": "scaled embeddings",
     "gelu_tanh": "a GeLU-tanh MLP",
     "moe": "mixture-of-experts layers",
+    "longrope": "LongRoPE scaling",
 }
 _POSITIVE_INTS = (
     "hidden_size",
@@ -154,6 +169,15 @@ class ModelArgs:
                 raise UnsupportedModelError(f"the model's {name} must be a positive number, got {value!r}")
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
             raise UnsupportedModelError(f"the model's rope_scaling must be an object, got {self.rope_scaling!r}")
+        if self.rope_scaling and self.rope_scaling.get("rope_type", self.rope_scaling.get("type")) in (
+            "longrope",
+            "su",
+        ):
+            try:
+                resolved = resolve_longrope(self.rope_scaling, self.max_position_embeddings)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise UnsupportedModelError(f"the model's longrope scaling is incomplete or invalid: {exc!r}") from None
+            object.__setattr__(self, "rope_scaling", resolved)
         if self.num_attention_heads % self.num_key_value_heads:
             raise UnsupportedModelError(
                 f"num_attention_heads ({self.num_attention_heads}) is not a multiple of "
@@ -256,6 +280,12 @@ class ModelArgs:
         """The factor on q·k: 1/sqrt(query_pre_attn_scalar) (Gemma) or 1/sqrt(head_dim)."""
         return 1.0 / math.sqrt(self.query_pre_attn_scalar or self.dim_head)
 
+    @property
+    def rope_attention_factor(self) -> float | None:
+        """LongRoPE's factor on cos / sin (Phi-3), or None for other RoPE scalings."""
+        s = self.rope_scaling
+        return float(s["attention_factor"]) if s and s.get("rope_type") == "longrope" else None
+
     def layer_window(self, i: int) -> int | None:
         """How many keys (itself included) a query of layer i sees, or None for full causal attention."""
         if self.sliding_window is None:
@@ -286,6 +316,7 @@ class ModelArgs:
             "embed_scale": self.embed_scale is not None,
             "gelu_tanh": self.hidden_act == "gelu_tanh",
             "moe": self.num_experts > 0,
+            "longrope": self.rope_attention_factor is not None,
         }
         return frozenset(k for k, on in have.items() if on)
 
@@ -349,6 +380,8 @@ class ModelArgs:
         kwargs.update(_window_fields(arch, cfg))
         if arch == "mixtral":  # Mixtral's names for the expert counts; it always renormalizes
             kwargs.update(num_experts=cfg.get("num_local_experts", 0), norm_topk_prob=True)
+        if arch == "phi3":
+            kwargs.update(_phi3_fields(cfg))
         if cfg.get("mlp_only_layers") is not None:
             kwargs["mlp_only_layers"] = tuple(cfg["mlp_only_layers"])
         if arch == "gemma3":
@@ -372,7 +405,7 @@ def _window_fields(arch: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """sliding_window and layer_types of a config.json: Mistral slides in every layer, Gemma in a pattern;
     other families ignore a window they do not use (Qwen's sliding_window without use_sliding_window)."""
     window = cfg.get("sliding_window")
-    if arch not in ("mistral", "mixtral", "gemma2", "gemma3") or window is None:
+    if arch not in ("mistral", "mixtral", "gemma2", "gemma3", "phi3") or window is None:
         return {"sliding_window": None, "layer_types": None}
     types = cfg.get("layer_types")
     if types is None and arch in _SLIDING_PATTERNS:
@@ -384,6 +417,17 @@ def _window_fields(arch: str, cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg.get("use_bidirectional_attention"):
         raise UnsupportedModelError(f"a {arch} model with bidirectional attention (an encoder) is not supported")
     return {"sliding_window": window, "layer_types": None if types is None else tuple(types)}
+
+
+def _phi3_fields(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Phi-3's RoPE: partial rotation is refused; LongRoPE's original context sits beside rope_scaling."""
+    rope = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), dict) else cfg.get("rope_scaling")
+    partial = cfg.get("partial_rotary_factor", (rope or {}).get("partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        raise UnsupportedModelError(f"a phi3 model with partial_rotary_factor {partial} is not supported")
+    if not rope or rope.get("rope_type", rope.get("type", "default")) == "default":
+        return {}
+    return {"rope_scaling": {"original_max_position_embeddings": cfg.get("original_max_position_embeddings"), **rope}}
 
 
 def _gemma3_rope(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -211,14 +211,15 @@ class LlamaShard:
         self.inv_freq = inv_frequencies(self.hd, args.rope_theta, args.rope_scaling, args.rope_freq_factors)
         # each layer's RoPE (Gemma 3's sliding layers have their own base) and attention window
         self.windows = [args.layer_window(i) for i in range(start, end)]
-        self.ropes: dict[tuple[float, str], np.ndarray] = {}
+        self.ropes: dict[tuple[float, str], tuple[np.ndarray, float]] = {}  # inverse frequencies, cos/sin factor
         self.rope_of: list[tuple[float, str]] = []
         for i in range(start, end):
             theta, scaling = args.layer_rope(i)
             key = (theta, repr(scaling))
             if key not in self.ropes:
                 same = (theta, scaling) == (args.rope_theta, args.rope_scaling)
-                self.ropes[key] = self.inv_freq if same else inv_frequencies(self.hd, theta, scaling)
+                inv = self.inv_freq if same else inv_frequencies(self.hd, theta, scaling)
+                self.ropes[key] = (inv, (args.rope_attention_factor or 1.0) if same else 1.0)
             self.rope_of.append(key)
         self.act = geglu if args.hidden_act == "gelu_tanh" else swiglu
         self.attn_cap = None if args.attn_logit_softcapping is None else F32(args.attn_logit_softcapping)
@@ -245,7 +246,7 @@ class LlamaShard:
         return h
 
     def _rope_tables(self, positions: np.ndarray) -> dict[tuple[float, str], tuple[np.ndarray, np.ndarray]]:
-        return {key: rope_tables(inv, positions) for key, inv in self.ropes.items()}
+        return {key: rope_tables(inv, positions, scale) for key, (inv, scale) in self.ropes.items()}
 
     def _logits(self, h: np.ndarray) -> np.ndarray:
         """Final-normed rows [n, D] -> logits [n, V] (soft-capped for Gemma 2)."""

@@ -32,9 +32,36 @@ def inv_frequencies(
         return inv / float(scaling["factor"])
     if kind == "llama3":
         return _llama3_scale(inv, scaling)
+    if kind == "longrope":  # Phi-3: per-frequency divisors, chosen by ModelArgs (see resolve_longrope)
+        factors = np.asarray(scaling["ext_factors"], dtype=np.float64)
+        if factors.shape != inv.shape:
+            from ..errors import UnsupportedModelError
+
+            raise UnsupportedModelError(f"longrope factors: {factors.size} values for a head of {head_dim}")
+        return inv / factors
     from ..errors import UnsupportedModelError
 
-    raise UnsupportedModelError(f"rope scaling type {kind!r} is not supported (linear, llama3)")
+    raise UnsupportedModelError(f"rope scaling type {kind!r} is not supported (linear, llama3, longrope)")
+
+
+def resolve_longrope(scaling: dict[str, Any], context: int) -> dict[str, Any]:
+    """Phi-3's LongRoPE scaling made static: the long factors when the context we run exceeds the original
+    one, else the short ones (llama.cpp's rule; transformers switches per sequence length, which a KV cache
+    could not follow), and the factor on cos / sin, sqrt(1 + ln(s) / ln(original)) for s = context /
+    original unless the config states it."""
+    original = int(scaling.get("original_max_position_embeddings") or context)
+    factor = float(scaling.get("factor") or context / original)
+    attention = scaling.get("attention_factor")
+    if attention is None:
+        attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    chosen = scaling["long_factor"] if context > original else scaling["short_factor"]
+    return {
+        **scaling,
+        "rope_type": "longrope",
+        "original_max_position_embeddings": original,
+        "ext_factors": tuple(float(x) for x in chosen),
+        "attention_factor": float(attention),
+    }
 
 
 def _llama3_scale(inv: np.ndarray, s: dict[str, Any]) -> np.ndarray:
@@ -52,11 +79,16 @@ def _llama3_scale(inv: np.ndarray, s: dict[str, Any]) -> np.ndarray:
     return np.where(medium, smoothed, scaled)
 
 
-def rope_tables(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin tables [T, head_dim] (float32) for the given absolute positions."""
+def rope_tables(inv_freq: np.ndarray, positions: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin tables [T, head_dim] (float32) for the given absolute positions, times `scale` (LongRoPE's
+    attention factor)."""
     angles = positions.astype(np.float64)[:, None] * inv_freq[None, :]  # [T, d/2]
     angles = np.concatenate([angles, angles], axis=-1)  # [T, d]
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    if scale != 1.0:
+        cos *= np.float32(scale)
+        sin *= np.float32(scale)
+    return cos, sin
 
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:

@@ -130,8 +130,58 @@ def _mlp(args: ModelArgs, src: TensorSource, p: str, i: int) -> dict[str, Any]:
     }
 
 
+class FusedSplit:
+    """Phi-3's fused `self_attn.qkv_proj` and `mlp.gate_up_proj` (gate rows first) seen as the separate q / k / v
+    and gate / up tensors the loaders read, as float32; everything else is the wrapped source's."""
+
+    _PARTS = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "gate_proj": "gate_up_proj"}
+    _PARTS |= {"up_proj": "gate_up_proj"}
+
+    def __init__(self, src: TensorSource, args: ModelArgs) -> None:
+        self.src = src
+        H, KV, hd, F = args.num_attention_heads, args.num_key_value_heads, args.dim_head, args.intermediate_size
+        self._rows = {
+            "q_proj": (0, H * hd),
+            "k_proj": (H * hd, (H + KV) * hd),
+            "v_proj": ((H + KV) * hd, (H + 2 * KV) * hd),
+            "gate_proj": (0, F),
+            "up_proj": (F, 2 * F),
+        }
+
+    def _fused(self, name: str) -> tuple[str, tuple[int, int]] | None:
+        prefix, _, rest = name.rpartition(".")[0].rpartition(".")
+        if rest in self._PARTS and name.endswith(".weight"):
+            fused = f"{prefix}.{self._PARTS[rest]}.weight"
+            if self.src.has(fused):
+                return fused, self._rows[rest]
+        return None
+
+    def has(self, name: str) -> bool:
+        return self._fused(name) is not None or self.src.has(name)
+
+    def get(self, name: str) -> np.ndarray:
+        found = self._fused(name)
+        if found is None:
+            return self.src.get(name)
+        fused, (a, b) = found
+        w = self.src.get(fused)
+        if w.shape[0] < b:
+            raise WeightsError(f"tensor {fused} has {w.shape[0]} rows, the config implies at least {b}")
+        return np.ascontiguousarray(w[a:b])
+
+    get_stored = get  # the fused blocks are not split as stored: the parts are float32
+
+    def __getattr__(self, attr: str) -> Any:  # row_reader, release_pages, norms_include_one, kind
+        return getattr(self.src, attr)
+
+
+def _split(args: ModelArgs, src: TensorSource) -> TensorSource:
+    return FusedSplit(src, args) if args.architecture == "phi3" else src
+
+
 def load_shard_weights(args: ModelArgs, src: TensorSource, start: int, end: int) -> ShardWeights:
     """Read only the tensors of layers [start, end) (plus embedding / head at the ends)."""
+    src = _split(args, src)
     D, V, hd = args.hidden_size, args.vocab_size, args.dim_head
     H, KV = args.num_attention_heads, args.num_key_value_heads
     layers = []
@@ -238,6 +288,7 @@ def load_shard_tensors(
     of 32; "none": everything float32)."""
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
         raise WeightsError(f"unknown quantization {quantize!r} (choose {', '.join(QUANTIZE_CHOICES)})")
+    src = _split(args, src)
     D, F, V, hd = args.hidden_size, args.intermediate_size, args.vocab_size, args.dim_head
     H, KV = args.num_attention_heads, args.num_key_value_heads
     out_layers = []

@@ -24,6 +24,7 @@ _LAYER_NAMES = {
     "attn_q.weight": "self_attn.q_proj.weight",
     "attn_k.weight": "self_attn.k_proj.weight",
     "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_qkv.weight": "self_attn.qkv_proj.weight",  # Phi-3's fused q, k, v
     "attn_q.bias": "self_attn.q_proj.bias",
     "attn_k.bias": "self_attn.k_proj.bias",
     "attn_v.bias": "self_attn.v_proj.bias",
@@ -59,9 +60,12 @@ _QUERY_BY_WIDTH = {("gemma2", 46), ("gemma3", 62)}
 _GEMMA_PATTERNS = {"gemma2": 2, "gemma3": 6}
 
 
-def hf_name(gguf_name: str, layout: str = "pre") -> str | None:
+def hf_name(gguf_name: str, layout: str = "pre", fused_up: bool = False) -> str | None:
     """Hugging Face name of a GGUF tensor, or None for tensors the model does not use; `layout` is the
-    model's norm layout (ModelArgs.norm_layout), which decides the name of the MLP's pre-norm."""
+    model's norm layout (ModelArgs.norm_layout), which decides the name of the MLP's pre-norm; with
+    `fused_up` (Phi-3), ffn_up holds the gate and up rows together."""
+    if fused_up and gguf_name.endswith(".ffn_up.weight"):
+        return f"model.layers.{gguf_name.split('.')[1]}.mlp.gate_up_proj.weight"
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
     m = _LAYER_RE.fullmatch(gguf_name)
@@ -112,6 +116,7 @@ def args_from_gguf(reader: GGUFFile) -> ModelArgs:
     if field(reader, f"{arch}.rope.scaling.type") == "linear":
         scaling = {"rope_type": "linear", "factor": float(req("rope.scaling.factor"))}
     family = _family_fields(reader, arch, int(req("block_count")), dim, n_heads)
+    scaling = family.pop("rope_scaling", scaling)
     return ModelArgs(
         architecture=arch,
         hidden_size=dim,
@@ -149,9 +154,34 @@ def _expert_fields(reader: GGUFFile, arch: str) -> dict[str, Any]:
     return out
 
 
+def _phi3_fields(reader: GGUFFile, arch: str) -> dict[str, Any]:
+    """Phi-3's sliding window (every layer) and LongRoPE (`rope_factors_long` / `_short` tensors, the original
+    context and the cos / sin factor the converter computed)."""
+    out: dict[str, Any] = {}
+    window = field(reader, f"{arch}.attention.sliding_window")
+    if window:
+        out["sliding_window"] = int(window)
+    tensors = {t.name: t for t in reader.tensors}
+    if "rope_factors_long.weight" in tensors:
+        long, short = (
+            [float(x) for x in np.asarray(tensors[f"rope_factors_{k}.weight"].data, dtype=np.float32).ravel()]
+            for k in ("long", "short")
+        )
+        out["rope_scaling"] = {
+            "rope_type": "longrope",
+            "long_factor": long,
+            "short_factor": short,
+            "original_max_position_embeddings": int(field(reader, f"{arch}.rope.scaling.original_context_length")),
+            "attention_factor": float(field(reader, f"{arch}.rope.scaling.attn_factor", 1.0)),
+        }
+    return out
+
+
 def _family_fields(reader: GGUFFile, arch: str, layers: int, dim: int, n_heads: int) -> dict[str, Any]:
     """ModelArgs fields of Gemma 2 / 3 and of mixtures of experts from GGUF metadata, with llama.cpp's
     defaults for what its converter does not write (sliding pattern, local RoPE base, query scale)."""
+    if arch == "phi3":
+        return _phi3_fields(reader, arch)
     if arch not in _GEMMA_PATTERNS:
         return _expert_fields(reader, arch)
     out: dict[str, Any] = {"hidden_act": "gelu_tanh"}
@@ -241,7 +271,7 @@ class GGUFSource:
         self._map = reader.data
         self._tensors: dict[str, GGUFTensor] = {}
         for t in reader.tensors:
-            name = hf_name(t.name, self.args.norm_layout)
+            name = hf_name(t.name, self.args.norm_layout, self.args.architecture == "phi3")
             if name is not None:
                 self._tensors[name] = t
 

@@ -1,11 +1,12 @@
-"""OLMo 2, Mistral, Gemma 2 and Gemma 3 against transformers, from Hugging Face folders and from GGUF files
+"""OLMo 2, Mistral, Gemma 2, Gemma 3 and Phi-3 against transformers, from Hugging Face folders and from GGUF files
 written as llama.cpp's converter writes them (Gemma's norms stored with the 1 of (1 + w) added, q/k rows not
 permuted for the NeoX-RoPE families, Mistral as a permuted `llama`).
 
 What each tiny model exercises: OLMo 2 its post-norms and the RMSNorms of the whole q and k projections;
 Mistral a sliding window of 8 keys in every layer; Gemma 2 sandwich norms, GeGLU, scaled embeddings, a
 window in every other layer, attention and final logit soft-capping; Gemma 3 q/k head norms, five sliding
-layers per full one (the real default pattern, six layers) and a separate RoPE base for the sliding ones.
+layers per full one (the real default pattern, six layers) and a separate RoPE base for the sliding ones;
+Phi-3 its fused qkv / gate_up tensors (GGUF attn_qkv, a 2F-row ffn_up), a window in every layer, and LongRoPE.
 Prompts are longer than the window. Tolerance: numpy logits within ATOL (2e-4) of transformers' float32
 eager attention; greedy tokens identical.
 
@@ -42,9 +43,13 @@ FAMILIES = {
         architecture="gemma2", explicit_head_dim=16, sliding_window=8, attn_softcap=5.0, final_softcap=3.0
     ),
     "gemma3": TinySpec(architecture="gemma3", layers=6, explicit_head_dim=16, sliding_window=8, rope_theta=1e6),
+    "phi3": TinySpec(architecture="phi3", kv_heads=4, sliding_window=8),
 }
+# Phi-3 with LongRoPE from an original context of 32 to 128: the long factors apply (llama.cpp's rule, and
+# transformers' for a sequence longer than 32, which the comparisons use)
+LONGROPE = TinySpec(architecture="phi3", kv_heads=4, tied=False, original_context=32, context=128)
 IDS = [int(i) for i in np.random.default_rng(1).integers(3, 300, size=40)]
-WINDOWED = ["mistral", "gemma2", "gemma3"]
+WINDOWED = ["mistral", "gemma2", "gemma3", "phi3"]
 
 
 def _write(tmp_path, spec: TinySpec, source: str):
@@ -72,6 +77,22 @@ def test_logits_match_transformers(tmp_path, family, source):
     got = all_logits(pipe, IDS, prefill=25)  # a prompt of 25 > the window, then decode steps
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, hf_logits(ref, IDS), atol=ATOL, rtol=1e-3)
+
+
+@pytest.mark.parametrize("source", ["hf", "gguf"])
+def test_phi3_longrope_matches_transformers_beyond_the_original_context(tmp_path, source):
+    """LongRoPE's long factors and its cos / sin factor sqrt(1 + ln 4 / ln 32), from config.json and from the
+    converter's rope_factors_long / _short tensors and attn_factor; logits over 40 positions and greedy
+    tokens after a 34-token prompt (transformers picks the factors by sequence length: beyond 32, long)."""
+    require("transformers")
+    from tests.reference import hf_logits
+
+    path, ref = _write(tmp_path, LONGROPE, source)
+    files, pipe = pipeline(path)
+    assert files.args.rope_attention_factor == pytest.approx((1 + np.log(4) / np.log(32)) ** 0.5, rel=1e-6)
+    assert "longrope" in files.args.features
+    np.testing.assert_allclose(all_logits(pipe, IDS, prefill=34), hf_logits(ref, IDS), atol=ATOL, rtol=1e-3)
+    assert greedy(pipe, IDS[:34], 16) == hf_greedy(ref, IDS[:34], 16)
 
 
 def test_gemma2_query_scale_other_than_the_head_dim(tmp_path):
@@ -242,6 +263,12 @@ def test_config_json_of_each_family():
     assert qwen.sliding_window is None and qwen.layer_window(0) is None
     mistral = ModelArgs.from_hf_dict({**_GEMMA3, "model_type": "mistral", "hidden_activation": "silu"})
     assert all(mistral.layer_window(i) == 512 for i in range(12)) and not mistral.features - {"sliding_window"}
+    phi3 = {**_GEMMA3, "model_type": "phi3", "hidden_activation": "silu", "max_position_embeddings": 4096}
+    assert ModelArgs.from_hf_dict(phi3).rope_attention_factor is None
+    with pytest.raises(UnsupportedModelError, match="partial_rotary_factor 0.75 is not supported"):
+        ModelArgs.from_hf_dict({**phi3, "partial_rotary_factor": 0.75})
+    with pytest.raises(UnsupportedModelError, match="longrope scaling is incomplete"):
+        ModelArgs.from_hf_dict({**phi3, "rope_scaling": {"type": "longrope", "long_factor": [1.0] * 8}})
     for bad, match in (
         ({"hidden_activation": "relu2"}, "activation 'relu2' is not supported"),
         ({"layer_types": ["full_attention"]}, "layer_types must list"),
@@ -267,4 +294,4 @@ def test_exo_actor_models_lists_each_family_with_its_engines(tmp_path, family, c
     assert main(["models"]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(family + " "))
     engines = line.split("  ")[-1].strip()
-    assert engines.startswith("numpy") and ("torch" in engines) == (family == "mistral")
+    assert engines.startswith("numpy") and ("torch" in engines) == (family in ("mistral", "phi3"))
