@@ -7,6 +7,9 @@ memory-mapped (`torch.load(mmap=True, weights_only=True)`). The key covers the m
 modification time), the layer range, --quantize, the device, torch's version and the source of the code
 that packs, so a change to any of them packs afresh. Only GGUF files are cached; a cache that cannot be
 written (read-only or full disk) is one warning, and the shard runs from the packing it just did.
+
+A node on the CPU packs a model file of CHILD_MIN_BYTES or more in a child process (pack_in_child) and then
+maps what the child saved, so the first start holds what every later start holds.
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ import contextlib
 import hashlib
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 _CODE = ("torch_linear.py", "torch_engine.py", "torch_cache.py")
+CHILD_MIN_BYTES = 32 << 20  # model files from which a node packs in a child process (~1.5 s more, once)
 
 
 def cache_dir() -> Path:
@@ -77,3 +83,45 @@ def save(path: Path | None, state: dict[str, Any]) -> None:
         log.warning("cannot cache packed weights in %s (%s): the next start packs again", path.parent, exc)
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def pack_in_child(model_path: Path, start: int, end: int, quantize: str | None, threads: int | None) -> bool:
+    """Pack layers [start, end) of a GGUF file in a child process that saves them to this cache; False (and
+    one log line) when it could not, and the caller packs in its own process.
+
+    Packing in the serving process leaves its leftovers there: the stored and the packed copies peak
+    together, and the heaps of the threads that packed keep a few MB afterwards (SmolLM2: 0-10 MiB, varying
+    from run to run). A node that maps the saved file holds exactly what later starts hold.
+    """
+    cmd = [sys.executable, "-m", __name__, str(model_path), str(start), str(end), quantize or "", str(threads or 0)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        log.info("cannot start a process to pack %s (%s): packing here", model_path.name, exc)
+        return False
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        log.info("packing %s in a child process failed (%s): packing here", model_path.name, last)
+        return False
+    return True
+
+
+def _main(argv: list[str]) -> int:
+    """The child of pack_in_child: MODEL START END QUANTIZE THREADS."""
+    from ..weights import open_model
+    from . import limit_threads
+    from .torch_engine import TorchShardRunner
+
+    path, start, end, quantize, threads = argv
+    if int(threads):
+        limit_threads(int(threads))
+    files = open_model(Path(path))
+    a, b, q = int(start), int(end), quantize or None
+    runner = TorchShardRunner(files.args, a, b, files.shard_tensors(a, b, q))
+    save(cache_path(files.path, a, b, q, "cpu"), runner.packed_state())
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,58 @@
+"""torch_cache.pack_in_child: a child process packs a shard into the cache, and the engine maps what it saved."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+
+from exo_actor.engines import get_engine
+from exo_actor.weights import open_model
+from tests.tiny import TinySpec, write_gguf
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXO_ACTOR_CACHE", str(tmp_path / "cache"))
+    write_gguf(tmp_path / "m.gguf", TinySpec(context=64, tied=True, intermediate=96), qtype=Q.Q4_1)
+    return open_model(tmp_path / "m.gguf")
+
+
+def test_a_shard_packed_in_a_child_runs_like_one_packed_here(tiny, tmp_path, monkeypatch):
+    from exo_actor.engines import torch_cache, torch_linear
+
+    prompt = np.arange(3, 12)
+    here = get_engine("torch").load_shard(tiny, 0, 4).forward("r", prompt, 0, len(prompt))
+    for old in (tmp_path / "cache").glob("*.pt"):
+        old.unlink()
+    assert torch_cache.pack_in_child(tiny.path, 0, 4, None, 1)
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+
+    monkeypatch.setattr(torch_cache, "CHILD_MIN_BYTES", 0)  # the engine's own path, for a tiny file
+    (saved,) = (tmp_path / "cache").glob("*.pt")
+    saved.unlink()
+
+    def no_packing(*args, **kwargs):
+        raise AssertionError("packed in the serving process")
+
+    monkeypatch.setattr(torch_linear.QLinear, "__init__", no_packing)  # the child process is not affected
+    runner = get_engine("torch").load_shard(tiny, 0, 4)
+    assert saved.exists()
+    np.testing.assert_array_equal(runner.forward("r", prompt, 0, len(prompt)), here)
+
+
+def test_a_child_that_fails_is_one_log_line_and_the_engine_packs_itself(tiny, tmp_path, monkeypatch, caplog):
+    from exo_actor.engines import torch_cache
+
+    caplog.set_level(logging.INFO, logger="exo_actor.engines.torch_cache")
+    assert not torch_cache.pack_in_child(tmp_path / "missing.gguf", 0, 4, None, 1)
+    assert "failed" in caplog.text and "missing.gguf" in caplog.text
+
+    monkeypatch.setattr(torch_cache, "CHILD_MIN_BYTES", 0)
+    monkeypatch.setattr(torch_cache, "pack_in_child", lambda *args: False)
+    runner = get_engine("torch").load_shard(tiny, 0, 4)
+    assert runner.forward("r", np.arange(3, 6), 0).shape == (1, tiny.args.vocab_size)
