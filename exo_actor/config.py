@@ -28,6 +28,7 @@ MAX_MICRO_BATCHES = 64  # a router's micro-batches in flight (each waits on its 
 class NodeConfig:
     model: str = "smollm2-135m"
     engine: str = "numpy"
+    engine_by_auto: bool = False  # `--engine auto` chose it: numpy instead for a family it does not run
     quantize: str | None = None  # None: weights as stored; q4 / q8 / none (weights.base.load_shard_tensors)
     device: str = "auto"  # the torch engine's device (auto: a GPU torch sees, else the CPU)
     max_concurrent: int = 8

@@ -96,6 +96,7 @@ def node_config(args: argparse.Namespace, **settings: Any) -> NodeConfig:
     return NodeConfig(
         model=args.model,
         engine=resolve_engine(args.engine),
+        engine_by_auto=args.engine == "auto",
         quantize=args.quantize,
         device=args.device,
         draft_model=draft,

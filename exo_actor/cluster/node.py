@@ -27,7 +27,7 @@ from ..actors.ring import RemoteRing
 from ..actors.router import RouterActor
 from ..actors.shard import ShardActor, ShardRole
 from ..config import ClusterConfig, NodeConfig
-from ..engines import ENGINES, Engine, get_engine, limit_threads
+from ..engines import ENGINES, Engine, engine_for_model, get_engine, limit_threads
 from ..errors import ExoError
 from ..node import ModelLoadingError, Node, NodeState, start_router, total_memory_bytes
 from ..partition import Assignment, NodeCapacity
@@ -150,6 +150,10 @@ class ClusterNode(Node):
             fetch = functools.partial(ensure_model, self.config.model, weights=False, progress=self.download)
             path = await loop.run_in_executor(self.compute, fetch)  # config, tokenizer, index: enough to plan
             self.files = await loop.run_in_executor(self.compute, open_model, path)
+            engine = engine_for_model(self.config.engine, self.files.args, self.config.engine_by_auto)
+            if engine != self.config.engine:  # before any plan: peers see the engine that will run
+                self.config = dataclasses.replace(self.config, engine=engine)
+                self.engine = None
             if self.config.draft_model:  # sized now (and checked against the target); loaded once placed
                 self.draft_bytes = await loop.run_in_executor(
                     self.compute, draft_bytes, self.config.draft_model, self.files, self.config.engine

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import platform
 import shutil
 import sys
 
 from ..errors import InvalidRequestError
-from .base import HIDDEN_STATES, Engine, EngineUnavailableError, Pass, ShardRunner
+from ..models.config import FEATURE_NAMES, ModelArgs
+from .base import ENGINE_FEATURES, HIDDEN_STATES, Engine, EngineUnavailableError, Pass, ShardRunner
+
+log = logging.getLogger(__name__)
 
 ENGINES = ("torch", "numpy", "mlx", "tinygrad")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -30,6 +34,18 @@ def resolve_engine(name: str) -> str:
         return "torch"
     if importlib.util.find_spec("tinygrad") and _tinygrad_has_gpu():
         return "tinygrad"
+    return "numpy"
+
+
+def engine_for_model(engine: str, args: ModelArgs, chosen_by_auto: bool) -> str:
+    """The engine that runs a model: `engine`, unless `--engine auto` picked one that does not run the
+    model's family yet (ENGINE_FEATURES), then numpy (which runs every family), said in one log line.
+    An engine the user named keeps refusing such a model in one line (engines.base.check_features)."""
+    missing = sorted(args.features - ENGINE_FEATURES.get(engine, frozenset()))
+    if not chosen_by_auto or not missing or engine == "numpy":
+        return engine
+    lacks = ", ".join(FEATURE_NAMES[m] for m in missing)
+    log.warning("the %s engine does not run %s models yet (it lacks %s): using numpy", engine, args.architecture, lacks)
     return "numpy"
 
 
@@ -127,6 +143,7 @@ __all__ = [
     "EngineUnavailableError",
     "Pass",
     "ShardRunner",
+    "engine_for_model",
     "get_engine",
     "limit_threads",
     "resolve_engine",

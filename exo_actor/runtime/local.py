@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from ..engines import get_engine
+from ..engines import engine_for_model, get_engine
 from ..partition import even_ranges
 from ..storage.model_store import ensure_model
 from ..weights import ModelFiles, open_model
@@ -29,6 +29,8 @@ def load_local(
     `shards` chained shards."""
     eng = get_engine(engine, quantize, device)  # first: a missing engine package fails before any download
     files = open_model(ensure_model(model, progress=progress))
+    if engine_for_model(eng.name, files.args, engine == "auto") != eng.name:
+        eng = get_engine("numpy", quantize)
     ranges = even_ranges(files.args.num_hidden_layers, shards)
     log.info("loading %s as %d shard(s) on %s: %s", files.path.name, shards, eng.name, ranges)
     return files, LocalPipeline([eng.load_shard(files, a, b) for a, b in ranges])

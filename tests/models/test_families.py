@@ -295,3 +295,24 @@ def test_exo_actor_models_lists_each_family_with_its_engines(tmp_path, family, c
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(family + " "))
     engines = line.split("  ")[-1].strip()
     assert engines.startswith("numpy") and ("torch" in engines) == (family in ("mistral", "phi3"))
+
+
+def test_engine_auto_runs_a_family_the_fast_engine_lacks_on_numpy(tmp_path, caplog):
+    """`--engine auto` picks the torch engine where torch is installed; for a family torch does not run yet it
+    loads numpy instead and says so in one log line; an engine the user names keeps refusing."""
+    require("torch")
+    from exo_actor.engines import engine_for_model, resolve_engine
+    from exo_actor.runtime.local import load_local
+
+    path, _ = _write(tmp_path, FAMILIES["gemma3"], "gguf")
+    args = open_model(path).args
+    assert resolve_engine("auto") == "torch"
+    assert engine_for_model("torch", args, chosen_by_auto=False) == "torch"
+    with caplog.at_level("WARNING", logger="exo_actor.engines"):
+        assert engine_for_model("torch", args, chosen_by_auto=True) == "numpy"
+    assert "the torch engine does not run gemma3 models yet" in caplog.text
+    files, pipe = load_local(str(path), engine="auto", shards=2)
+    assert [type(s).__name__ for s in pipe.shards] == ["NumpyShardRunner"] * 2
+    (tmp_path / "llama").mkdir()
+    llama = open_model(_write(tmp_path / "llama", TinySpec(), "gguf")[0]).args
+    assert engine_for_model("torch", llama, chosen_by_auto=True) == "torch"
