@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..cluster.link_speculation import THRESHOLD_MS
 from ..cluster.wide_area import WideAreaConfig, tailnet_of
-from ..config import DISCOVERY_MODES, ClusterConfig, NodeConfig, RayConfig
+from ..config import ClusterConfig, NodeConfig, RayConfig
 from ..errors import ConfigError, ExoError
 from ..transport.tailscale import criteria
 from .flags import cluster_key, node_config
-from .tailscale_flags import parse_discovery, tailnet_address, tailscale_config
+from .tailscale_flags import MODES_HELP, parse_discovery, tailnet_address, tailscale_config
 from .types import port
 
 if TYPE_CHECKING:
@@ -89,8 +89,7 @@ def discovery_mode(args: argparse.Namespace) -> tuple[str, str]:
         try:
             mode = parse_discovery(env)
         except ValueError:
-            choices = " or ".join(DISCOVERY_MODES)
-            raise ExoError(f"EXO_ACTOR_DISCOVERY={env!r} is not a discovery mode (choose {choices})") from None
+            raise ExoError(f"EXO_ACTOR_DISCOVERY={env!r} is not a discovery mode (choose {MODES_HELP})") from None
         return mode, f"EXO_ACTOR_DISCOVERY={env}"
     if args.peers:
         return "manual", "--peers without --discovery"

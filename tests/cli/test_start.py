@@ -111,7 +111,8 @@ def test_how_the_node_finds_peers_and_the_log_says_so(
 def test_a_bad_exo_actor_discovery_is_one_line(served, monkeypatch, capsys):
     monkeypatch.setenv("EXO_ACTOR_DISCOVERY", "mdns")
     assert start() == 1
-    err = "exo-actor: error: EXO_ACTOR_DISCOVERY='mdns' is not a discovery mode (choose manual or udp)\n"
+    err = "exo-actor: error: EXO_ACTOR_DISCOVERY='mdns' is not a discovery mode "
+    err += "(choose manual, udp, tailscale, or udp,tailscale)\n"
     assert capsys.readouterr().err == err
     assert not served
 
