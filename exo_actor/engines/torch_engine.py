@@ -51,17 +51,20 @@ def _interleave(w: Any, n_heads: int, scale: float = 1.0) -> Any:
 
 class _Layer:
     """One decoder layer's torch tensors. q/k rows are interleaved for a complex-product RoPE (the
-    attention scores are unchanged: q and k are permuted alike) and q carries the 1/sqrt(hd) scale (in
-    its q_norm weight when the layer normalizes q heads, Qwen3: a norm would undo a scaled projection)."""
+    attention scores are unchanged: q and k are permuted alike) and q carries the attention scale (in
+    its q_norm weight when the layer normalizes q, Qwen3 / Gemma 3 / OLMo 2: a norm would undo a scaled
+    projection)."""
 
-    def __init__(self, t: Any, lt: Any, args: ModelArgs, device: str) -> None:
-        f32 = lambda a: t.from_numpy(np.array(a, dtype=np.float32)).to(device)  # noqa: E731
+    def __init__(self, t: Any, lt: Any, args: ModelArgs, device: str, index: int) -> None:
+        f32 = lambda a: None if a is None else t.from_numpy(np.array(a, dtype=np.float32)).to(device)  # noqa: E731
         H, KV, hd = args.num_attention_heads, args.num_key_value_heads, args.dim_head
-        scale = 1.0 / float(np.sqrt(hd))
+        scale = float(args.attn_scale)
         self.attn_norm, self.ffn_norm = f32(lt.attn_norm), f32(lt.ffn_norm)
+        self.post_norms = (f32(lt.post_attn_norm), f32(lt.post_ffn_norm))
         self.qk_norm: tuple[Any, Any] | None = None
-        if lt.q_norm is not None:  # the heads' norm weights, interleaved like their rows; q's scaled
-            self.qk_norm = (f32(_interleave(lt.q_norm, 1, scale)), f32(_interleave(lt.k_norm, 1)))
+        if lt.q_norm is not None:  # the norm weights, interleaved like their rows (per head, or over all); q's scaled
+            heads = (H, KV) if args.qk_norm_all else (1, 1)
+            self.qk_norm = (f32(_interleave(lt.q_norm, heads[0], scale)), f32(_interleave(lt.k_norm, heads[1])))
             scale = 1.0
         self.bqkv = None
         if lt.bqkv is not None:
@@ -70,18 +73,19 @@ class _Layer:
         q, k = _interleave(lt.q, H, scale), _interleave(lt.k, KV)
         self.qkv, self.gate_up = _fuse([q, k, lt.v], device), _fuse([lt.gate, lt.up], device)
         self.o, self.down = QLinear(lt.o, device), QLinear(lt.down, device)
-        self._build(args)
+        self._build(args, index)
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], args: ModelArgs, device: str) -> _Layer:
+    def from_state(cls, state: dict[str, Any], args: ModelArgs, device: str, index: int) -> _Layer:
         """A layer rebuilt from state() (the packed-weights cache) without packing."""
         self = cls.__new__(cls)
         self.attn_norm, self.ffn_norm, self.bqkv = state["attn_norm"], state["ffn_norm"], state["bqkv"]
         self.qk_norm = state.get("qk_norm")
+        self.post_norms = state.get("post_norms", (None, None))
         self.qkv = [QLinear.from_state(s, device) for s in state["qkv"]]
         self.gate_up = [QLinear.from_state(s, device) for s in state["gate_up"]]
         self.o, self.down = QLinear.from_state(state["o"], device), QLinear.from_state(state["down"], device)
-        self._build(args)
+        self._build(args, index)
         return self
 
     def state(self) -> dict[str, Any]:
@@ -90,18 +94,28 @@ class _Layer:
             "ffn_norm": self.ffn_norm,
             "bqkv": self.bqkv,
             "qk_norm": self.qk_norm,
+            "post_norms": self.post_norms,
             "qkv": [p.state() for p in self.qkv],
             "o": self.o.state(),
             "gate_up": [p.state() for p in self.gate_up],
             "down": self.down.state(),
         }
 
-    def _build(self, args: ModelArgs) -> None:
+    def _build(self, args: ModelArgs, index: int) -> None:
         from . import torch_model  # imports torch: only once the engine is chosen
 
         linears = [*self.qkv, self.o, *self.gate_up, self.down]
-        vectors = [self.attn_norm, self.ffn_norm, *(self.qk_norm or ())]
-        vectors += [] if self.bqkv is None else [self.bqkv]
+        vectors = [self.attn_norm, self.ffn_norm, *(self.qk_norm or ()), *self.post_norms, self.bqkv]
+        vectors = [v for v in vectors if v is not None]
+        window = args.layer_window(index) or 0
+        family = torch_model.Family(
+            post_norms=self.post_norms,
+            qk_norm_all=args.qk_norm_all,
+            window=window,
+            cap=float(args.attn_logit_softcapping or 0.0),
+            gelu=args.hidden_act == "gelu_tanh",
+            local_rope=args.rope_local_theta is not None and window > 0,
+        )
         self.nbytes = sum(l.nbytes for l in linears) + sum(v.numel() * 4 for v in vectors)
         shape = (args.num_attention_heads, args.num_key_value_heads, args.dim_head, float(args.rms_norm_eps))
         self.module = torch_model.Layer(
@@ -113,6 +127,7 @@ class _Layer:
             self.down.module(),
             shape,
             self.qk_norm,
+            family,
         )
 
 
@@ -153,9 +168,9 @@ class TorchShardRunner(RequestCaches):
         self.H, self.KV, self.hd = args.num_attention_heads, args.num_key_value_heads, args.dim_head
         self.eps = float(args.rms_norm_eps)
         if packed is not None:
-            layers = [_Layer.from_state(s, args, device) for s in packed["layers"]]
+            layers = [_Layer.from_state(s, args, device, start + j) for j, s in enumerate(packed["layers"])]
         else:
-            layers = [_Layer(torch, lt, args, device) for lt in tensors.layers]
+            layers = [_Layer(torch, lt, args, device, start + j) for j, lt in enumerate(tensors.layers)]
         self._layers = layers
         self.layers_count = len(layers)
         from . import torch_model
@@ -182,7 +197,15 @@ class TorchShardRunner(RequestCaches):
         if self.is_last and self.head_rows is not self.embed_table:
             self._bytes += int(self.head_rows.nbytes)
         self.inv_freq = inv_frequencies(self.hd, args.rope_theta, args.rope_scaling, args.rope_freq_factors)
+        # Gemma 3's sliding layers rotate by their own base (the same table otherwise); LongRoPE scales cos/sin
+        local = args.rope_local_theta
+        self.local_inv_freq = self.inv_freq if local is None else inv_frequencies(self.hd, local)
+        self.rope_scale = args.rope_attention_factor or 1.0
+        self.windowed = args.sliding_window is not None
+        self.embed_scale = None if args.embed_scale is None else np.float32(args.embed_scale)
+        self.final_cap = None if args.final_logit_softcapping is None else np.float32(args.final_logit_softcapping)
         self._freqs_table: Any = None
+        self._local_table: Any = None
         self._rope_len = 0
         self.caches: dict[str, _Cache] = {}
 
@@ -198,6 +221,8 @@ class TorchShardRunner(RequestCaches):
     def _embed(self, tokens: np.ndarray) -> Any:
         assert self.embed_table is not None
         rows = self.embed_table.rows_float(np.asarray(tokens, dtype=np.int64))
+        if self.embed_scale is not None:  # Gemma: sqrt(hidden_size), in float32 as the reference
+            rows = rows * self.embed_scale
         return self.t.from_numpy(np.ascontiguousarray(rows)).to(self.device)
 
     def _input(self, x: np.ndarray) -> Any:
@@ -205,15 +230,22 @@ class TorchShardRunner(RequestCaches):
             return self._embed(x)
         return self.t.from_numpy(np.array(x, dtype=np.float32)).to(self.device)
 
-    def _freqs(self, end: int) -> Any:
-        """exp(i * position * frequency) [positions, 1, hd / 2] complex64 for positions [0, end) and on."""
+    def _freqs(self, end: int) -> tuple[Any, Any]:
+        """exp(i * position * frequency) [positions, 1, hd / 2] complex64 for positions [0, end) and on (times
+        LongRoPE's factor), and the sliding layers' table (the same one unless Gemma 3)."""
         if end > self._rope_len:
             n = min(self.args.max_position_embeddings, max(end, 2 * self._rope_len, 512))
-            angles = np.arange(n, dtype=np.float64)[:, None] * self.inv_freq[None, :]
-            table = (np.cos(angles) + 1j * np.sin(angles)).astype(np.complex64)[:, None, :]
-            self._freqs_table = self.t.from_numpy(table).to(self.device)
+
+            def table(inv: np.ndarray, scale: float) -> Any:
+                angles = np.arange(n, dtype=np.float64)[:, None] * inv[None, :]
+                rot = (np.cos(angles) + 1j * np.sin(angles)) * scale
+                return self.t.from_numpy(rot.astype(np.complex64)[:, None, :]).to(self.device)
+
+            self._freqs_table = table(self.inv_freq, self.rope_scale)
+            same = self.local_inv_freq is self.inv_freq
+            self._local_table = self._freqs_table if same else table(self.local_inv_freq, 1.0)
             self._rope_len = n
-        return self._freqs_table
+        return self._freqs_table, self._local_table
 
     def _cache(self, request_id: str, start_pos: int, n: int) -> _Cache:
         cache = self.caches.get(request_id)
@@ -238,12 +270,15 @@ class TorchShardRunner(RequestCaches):
             cache = self._cache(request_id, start_pos, len(x))
             h = self._input(x)
             T, end = h.shape[0], start_pos + len(x)
-            freqs = self._freqs(end)[start_pos:end]
-            mask = None
+            freqs, local = (f[start_pos:end] for f in self._freqs(end))
+            mask = window_mask = None
             if T > self.row_attention:  # query t (position start_pos + t) sees keys 0 .. start_pos + t
                 mask = self.t.ones(T, end, dtype=self.t.bool, device=self.device).tril(start_pos)
+                w = self.args.sliding_window
+                if w is not None:  # ... and in a sliding layer only keys > start_pos + t - window
+                    window_mask = mask.triu(start_pos - w + 1)
             with self.t.jit.optimized_execution(False):  # see torch_model.script
-                h = self.model(h, cache.k, cache.v, start_pos, freqs, mask)
+                h = self.model(h, cache.k, cache.v, start_pos, freqs, mask, local, window_mask)
             cache.length = end
             if self.is_last and num_logits == HIDDEN_STATES:
                 return self.model.norm32(h, self.final_norm).cpu().numpy()  # type: ignore[no-any-return]
@@ -279,9 +314,11 @@ class TorchShardRunner(RequestCaches):
         t = self.t
         with t.inference_mode():
             h = self._input(x)
-            freqs = self._freqs(max(positions) + 1)[t.tensor(positions, device=self.device)]
+            at = t.tensor(positions, device=self.device)
+            freqs, local = (f[at] for f in self._freqs(max(positions) + 1))
             with t.jit.optimized_execution(False):  # see torch_model.script
-                h = self.model.forward_rows(h, [c.k for c in caches], [c.v for c in caches], positions, freqs)
+                ks, vs = [c.k for c in caches], [c.v for c in caches]
+                h = self.model.forward_rows(h, ks, vs, positions, freqs, local)
             for cache, p in zip(caches, positions):
                 cache.length = p + 1
             return self._output(h)
@@ -294,7 +331,12 @@ class TorchShardRunner(RequestCaches):
         logits = self.head(hn.to(self.t.bfloat16)).float().cpu().numpy()
         k = min(_REFINE, logits.shape[-1])
         top = np.argpartition(logits, -k, axis=-1)[:, -k:]  # ~60 us for 49k logits (torch.topk: ~350 us)
-        return self._refine(logits, hn.cpu().numpy(), top)
+        logits = self._refine(logits, hn.cpu().numpy(), top)
+        if self.final_cap is not None:  # Gemma 2: cap * tanh(logits / cap), as the numpy reference
+            logits /= self.final_cap
+            np.tanh(logits, out=logits)
+            logits *= self.final_cap
+        return logits
 
     def _refine(self, logits: np.ndarray, hn: np.ndarray, top: np.ndarray) -> np.ndarray:
         """Recompute each row's leading logits (`top`: the kernel's _REFINE best) in float32 from the

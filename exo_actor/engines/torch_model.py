@@ -68,13 +68,31 @@ class Fused(nn.Module):
         return torch.cat(outs, dim=-1)
 
 
+class Family:
+    """What a layer does beyond the Llama decoder (ModelArgs' switches for this layer): norms after attention
+    and the MLP, q/k norms over the whole projection, a sliding window, attention soft-cap, GeGLU, and the
+    sliding layers' own RoPE table."""
+
+    def __init__(
+        self,
+        post_norms: tuple[Tensor | None, Tensor | None] = (None, None),
+        qk_norm_all: bool = False,
+        window: int = 0,
+        cap: float = 0.0,
+        gelu: bool = False,
+        local_rope: bool = False,
+    ):
+        self.post_norms, self.qk_norm_all, self.window = post_norms, qk_norm_all, window
+        self.cap, self.gelu, self.local_rope = cap, gelu, local_rope
+
+
 class Layer(nn.Module):
     """One decoder layer: q/k rows interleaved for a complex-product RoPE and q pre-scaled (torch_engine
     builds the weights so); KV caches [n_layers, KV, capacity, hd] float32, owned by the caller."""
 
     def __init__(
         self,
-        norms: tuple[Tensor, Tensor],
+        norms: tuple[Tensor | None, Tensor | None],
         bqkv: Tensor | None,
         qkv: Fused,
         o: QLinear,
@@ -82,21 +100,38 @@ class Layer(nn.Module):
         down: QLinear,
         shape: tuple[int, int, int, float],
         qk_norm: tuple[Tensor, Tensor] | None = None,
+        family: Family | None = None,
     ):
         super().__init__()
-        self.attn_norm, self.ffn_norm = norms
+        f = family or Family()
+        self.attn_norm: Tensor | None = norms[0]  # None: no norm before attention / the MLP (OLMo 2)
+        self.ffn_norm: Tensor | None = norms[1]
+        self.post_attn_norm: Tensor | None = f.post_norms[0]  # on the sub-layers' outputs (Gemma, OLMo 2)
+        self.post_ffn_norm: Tensor | None = f.post_norms[1]
         self.bqkv = bqkv
-        # q and k heads' norm weights [hd] (Qwen3; q's pre-scaled), or None
+        # q and k norm weights, [hd] per head (Qwen3, Gemma 3) or [heads * hd] over the projection (OLMo 2:
+        # qk_norm_all); q's pre-scaled; or None
         self.q_norm: Tensor | None = None if qk_norm is None else qk_norm[0]
         self.k_norm: Tensor | None = None if qk_norm is None else qk_norm[1]
+        self.qk_norm_all = f.qk_norm_all
         self.qkv, self.o, self.gate_up, self.down = qkv, o, gate_up, down
         self.H, self.KV, self.hd, self.eps = shape
+        self.window = f.window  # keys (p - window, p] for the query at p; 0: all
+        self.cap = f.cap  # scores -> cap * tanh(scores / cap); 0: none
+        self.gelu = f.gelu  # GeGLU (tanh GeLU) instead of SwiGLU
+        self.local_rope = f.local_rope  # rotate with the sliding layers' table
         self.row_attention = ROW_ATTENTION
 
-    def norm(self, x: Tensor, w: Tensor) -> Tensor:
-        """RMSNorm in float32, returned as the bfloat16 input of a weight product."""
+    def norm(self, x: Tensor, w: Tensor | None) -> Tensor:
+        """RMSNorm in float32, returned as the bfloat16 input of a weight product (no weight: no norm)."""
+        if w is None:
+            return x.to(torch.bfloat16)
         r = x.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()
         return (x * r).mul_(w).to(torch.bfloat16)
+
+    def norm32(self, x: Tensor, w: Tensor) -> Tensor:
+        r = x.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()
+        return (x * r).mul_(w)
 
     def qkv_rope(self, h: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """h [T, D] -> q [T, H, hd], k and v [T, KV, hd] (float32), q and k rotated."""
@@ -108,7 +143,9 @@ class Layer(nn.Module):
         n = (H + KV) * hd
         qk = qkv[:, :n]
         q_norm, k_norm = self.q_norm, self.k_norm
-        if q_norm is not None and k_norm is not None:  # RMSNorm of every q and k head over hd, before RoPE
+        if q_norm is not None and k_norm is not None and self.qk_norm_all:  # over all q (k) heads at once
+            qk = torch.cat([self.norm32(qk[:, : H * hd], q_norm), self.norm32(qk[:, H * hd :], k_norm)], dim=1)
+        elif q_norm is not None and k_norm is not None:  # RMSNorm of every q and k head over hd, before RoPE
             qk = qk.reshape(T, H + KV, hd)
             qk = qk * qk.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()
             qk[:, :H].mul_(q_norm)
@@ -117,30 +154,61 @@ class Layer(nn.Module):
         qk = torch.view_as_real(pairs * freqs).reshape(T, H + KV, hd)
         return qk[:, :H], qk[:, H:], qkv[:, n:].reshape(T, KV, hd)
 
-    def attend_one(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """One position: q [H, hd] (pre-scaled), k, v [KV, L, hd] -> [H * hd]."""
-        s = torch.matmul(q.reshape(self.KV, -1, self.hd), k.transpose(1, 2)).softmax(-1)  # [KV, G, L]
-        return torch.matmul(s, v).reshape(-1)
+    def attend_one(self, q: Tensor, k: Tensor, v: Tensor, n: int) -> Tensor:
+        """The query at position n - 1: q [H, hd] (pre-scaled), k, v [KV, >= n, hd] -> [H * hd]."""
+        lo = max(0, n - self.window) if self.window > 0 else 0
+        s = torch.matmul(q.reshape(self.KV, -1, self.hd), k[:, lo:n].transpose(1, 2))  # [KV, G, L]
+        if self.cap > 0.0:
+            s = torch.tanh(s / self.cap) * self.cap
+        return torch.matmul(s.softmax(-1), v[:, lo:n]).reshape(-1)
 
     def finish(self, h: Tensor, attn: Tensor) -> Tensor:
-        h = h + self.o(attn.to(torch.bfloat16))
+        out = self.o(attn.to(torch.bfloat16))
+        post = self.post_attn_norm
+        h = h + out if post is None else h + self.norm32(out.float(), post)
         gate_up = self.gate_up(self.norm(h, self.ffn_norm))
         F = gate_up.shape[-1] // 2
-        act = torch.nn.functional.silu(gate_up[:, :F]).mul_(gate_up[:, F:])
-        return h + self.down(act)
+        if self.gelu:
+            act = torch.nn.functional.gelu(gate_up[:, :F], approximate="tanh").mul_(gate_up[:, F:])
+        else:
+            act = torch.nn.functional.silu(gate_up[:, :F]).mul_(gate_up[:, F:])
+        mlp = self.down(act)
+        post = self.post_ffn_norm
+        return h + mlp if post is None else h + self.norm32(mlp.float(), post)
 
-    def forward(self, h: Tensor, kc: Tensor, vc: Tensor, start: int, freqs: Tensor, mask: Tensor | None) -> Tensor:
-        """One request's positions [start, start + T) over its caches of this layer (kc, vc [KV, cap, hd])."""
+    def forward(
+        self,
+        h: Tensor,
+        kc: Tensor,
+        vc: Tensor,
+        start: int,
+        freqs: Tensor,
+        mask: Tensor | None,
+        local_freqs: Tensor,
+        window_mask: Tensor | None,
+    ) -> Tensor:
+        """One request's positions [start, start + T) over its caches of this layer (kc, vc [KV, cap, hd]);
+        a sliding layer takes local_freqs (Gemma 3) and window_mask (both given by the caller)."""
         T, end = h.shape[0], start + h.shape[0]
-        q, k, v = self.qkv_rope(h, freqs)
+        q, k, v = self.qkv_rope(h, local_freqs if self.local_rope else freqs)
         kc[:, start:end] = k.transpose(0, 1)
         vc[:, start:end] = v.transpose(0, 1)
+        if self.window > 0:
+            mask = window_mask
         if T <= self.row_attention:
             rows: list[Tensor] = []
             for r in range(T):
-                n = start + r + 1
-                rows.append(self.attend_one(q[r], kc[:, :n], vc[:, :n]))
+                rows.append(self.attend_one(q[r], kc, vc, start + r + 1))
             attn = torch.stack(rows)
+        elif self.cap > 0.0:  # soft-capped scores: no fused attention kernel takes a cap
+            G = self.H // self.KV
+            keys = kc[:, :end].repeat_interleave(G, 0)  # [H, end, hd]
+            s = torch.matmul(q.transpose(0, 1), keys.transpose(1, 2))  # [H, T, end]
+            s = torch.tanh(s / self.cap) * self.cap
+            if mask is not None:
+                s = s.masked_fill(mask.logical_not(), float("-inf"))
+            o = torch.matmul(s.softmax(-1), vc[:, :end].repeat_interleave(G, 0))  # [H, T, hd]
+            attn = o.transpose(0, 1).reshape(T, -1)
         else:
             o = torch.nn.functional.scaled_dot_product_attention(
                 q.transpose(0, 1)[None],
@@ -155,16 +223,22 @@ class Layer(nn.Module):
 
     @torch.jit.export
     def forward_rows(
-        self, h: Tensor, kcs: list[Tensor], vcs: list[Tensor], positions: list[int], freqs: Tensor
+        self,
+        h: Tensor,
+        kcs: list[Tensor],
+        vcs: list[Tensor],
+        positions: list[int],
+        freqs: Tensor,
+        local_freqs: Tensor,
     ) -> Tensor:
         """One decode step of B requests: row b at positions[b] over its caches kcs[b], vcs[b]."""
-        q, k, v = self.qkv_rope(h, freqs)
+        q, k, v = self.qkv_rope(h, local_freqs if self.local_rope else freqs)
         rows: list[Tensor] = []
         for b in range(len(positions)):
             p = positions[b]
             kcs[b][:, p] = k[b]
             vcs[b][:, p] = v[b]
-            rows.append(self.attend_one(q[b], kcs[b][:, : p + 1], vcs[b][:, : p + 1]))
+            rows.append(self.attend_one(q[b], kcs[b], vcs[b], p + 1))
         return self.finish(h, torch.stack(rows))
 
 
@@ -176,21 +250,37 @@ class Shard(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.eps = eps
 
-    def forward(self, h: Tensor, kc: Tensor, vc: Tensor, start: int, freqs: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(
+        self,
+        h: Tensor,
+        kc: Tensor,
+        vc: Tensor,
+        start: int,
+        freqs: Tensor,
+        mask: Tensor | None,
+        local_freqs: Tensor,
+        window_mask: Tensor | None,
+    ) -> Tensor:
         """One request's positions [start, start + T): h [T, D] float32 -> [T, D]."""
         i = 0
         for layer in self.layers:
-            h = layer(h, kc[i], vc[i], start, freqs, mask)
+            h = layer(h, kc[i], vc[i], start, freqs, mask, local_freqs, window_mask)
             i += 1
         return h
 
     @torch.jit.export
     def forward_rows(
-        self, h: Tensor, kcs: list[Tensor], vcs: list[Tensor], positions: list[int], freqs: Tensor
+        self,
+        h: Tensor,
+        kcs: list[Tensor],
+        vcs: list[Tensor],
+        positions: list[int],
+        freqs: Tensor,
+        local_freqs: Tensor,
     ) -> Tensor:
         i = 0
         for layer in self.layers:
-            h = layer.forward_rows(h, [k[i] for k in kcs], [v[i] for v in vcs], positions, freqs)  # type: ignore[operator]
+            h = layer.forward_rows(h, [k[i] for k in kcs], [v[i] for v in vcs], positions, freqs, local_freqs)  # type: ignore[operator]
             i += 1
         return h
 
