@@ -4,9 +4,11 @@ Packing (decoding GGUF blocks, splitting 8-bit groups into 4-bit planes, the ker
 ~150 M weights a second here: fine for SmolLM2 (~1 s), a minute for an 8B model. The packed tensors of a
 shard are saved with `torch.save` under $EXO_ACTOR_CACHE (default $EXO_HOME/cache/torch) and loaded
 memory-mapped (`torch.load(mmap=True, weights_only=True)`). The key covers the model file (path, size,
-modification time), the layer range, --quantize, the device, torch's version and the source of the code
-that packs, so a change to any of them packs afresh. Only GGUF files are cached; a cache that cannot be
-written (read-only or full disk) is one warning, and the shard runs from the packing it just did.
+modification time), the layer range, the model's layer count (a draft model cut to K layers holds the
+head after layer K, a ring's shard ending there does not), --quantize, the device, torch's version and the
+source of the code that packs, so a change to any of them packs afresh. Only GGUF files are cached; a
+cache that cannot be written (read-only or full disk) is one warning, and the shard runs from the packing
+it just did.
 
 A node on the CPU packs a model file of CHILD_MIN_BYTES or more in a child process (pack_in_child) and then
 maps what the child saved, so the first start holds what every later start holds.
@@ -15,6 +17,7 @@ maps what the child saved, so the first start holds what every later start holds
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -35,7 +38,7 @@ def cache_dir() -> Path:
     return Path(override).expanduser() if override else exo_home() / "cache" / "torch"
 
 
-def cache_path(model_path: Path, start: int, end: int, quantize: str | None, device: str) -> Path | None:
+def cache_path(model_path: Path, start: int, end: int, layers: int, quantize: str | None, device: str) -> Path | None:
     """Where a shard's packed weights live (None when they are not cached: not a GGUF file)."""
     import torch
 
@@ -50,7 +53,8 @@ def cache_path(model_path: Path, start: int, end: int, quantize: str | None, dev
     for name in _CODE:
         h.update((here / name).read_bytes())
     ident = (
-        f"{model_path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{start}|{end}|{quantize}|{device}|{torch.__version__}"
+        f"{model_path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{start}|{end}|{layers}|{quantize}|{device}|"
+        f"{torch.__version__}"
     )
     h.update(ident.encode())
     return cache_dir() / f"{model_path.stem}-{start}-{end}-{h.hexdigest()[:16]}.pt"
@@ -85,15 +89,19 @@ def save(path: Path | None, state: dict[str, Any]) -> None:
             tmp.unlink()
 
 
-def pack_in_child(model_path: Path, start: int, end: int, quantize: str | None, threads: int | None) -> bool:
-    """Pack layers [start, end) of a GGUF file in a child process that saves them to this cache; False (and
-    one log line) when it could not, and the caller packs in its own process.
+def pack_in_child(
+    model_path: Path, start: int, end: int, layers: int, quantize: str | None, threads: int | None
+) -> bool:
+    """Pack layers [start, end) of a GGUF file, read as a model of `layers` layers, in a child process that
+    saves them to this cache; False (and one log line) when it could not, and the caller packs in its own
+    process.
 
     Packing in the serving process leaves its leftovers there: the stored and the packed copies peak
     together, and the heaps of the threads that packed keep a few MB afterwards (SmolLM2: 0-10 MiB, varying
     from run to run). A node that maps the saved file holds exactly what later starts hold.
     """
-    cmd = [sys.executable, "-m", __name__, str(model_path), str(start), str(end), quantize or "", str(threads or 0)]
+    cmd = [sys.executable, "-m", __name__, str(model_path), str(start), str(end), str(layers), quantize or ""]
+    cmd.append(str(threads or 0))
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     except OSError as exc:
@@ -107,18 +115,20 @@ def pack_in_child(model_path: Path, start: int, end: int, quantize: str | None, 
 
 
 def _main(argv: list[str]) -> int:
-    """The child of pack_in_child: MODEL START END QUANTIZE THREADS."""
+    """The child of pack_in_child: MODEL START END LAYERS QUANTIZE THREADS."""
     from ..weights import open_model
     from . import limit_threads
     from .torch_engine import TorchShardRunner
 
-    path, start, end, quantize, threads = argv
+    path, start, end, layers, quantize, threads = argv
     if int(threads):
         limit_threads(int(threads))
     files = open_model(Path(path))
+    if int(layers) != files.args.num_hidden_layers:  # a draft model cut to its first layers
+        files = dataclasses.replace(files, args=dataclasses.replace(files.args, num_hidden_layers=int(layers)))
     a, b, q = int(start), int(end), quantize or None
     runner = TorchShardRunner(files.args, a, b, files.shard_tensors(a, b, q))
-    save(cache_path(files.path, a, b, q, "cpu"), runner.packed_state())
+    save(cache_path(files.path, a, b, int(layers), q, "cpu"), runner.packed_state())
     return 0
 
 

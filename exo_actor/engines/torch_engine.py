@@ -373,13 +373,14 @@ class TorchEngine:
         check_features(self.name, model.args)
         from . import torch_cache
 
-        where = torch_cache.cache_path(model.path, start, end, self.quantize, self.device)
+        layers = model.args.num_hidden_layers  # a draft cut to K layers holds the head after layer K
+        where = torch_cache.cache_path(model.path, start, end, layers, self.quantize, self.device)
         packed = torch_cache.load(where)
         big = where is not None and model.path.stat().st_size >= torch_cache.CHILD_MIN_BYTES
         if packed is None and big and self.device == "cpu":
             from . import thread_limit
 
-            if torch_cache.pack_in_child(model.path, start, end, self.quantize, thread_limit()):
+            if torch_cache.pack_in_child(model.path, start, end, layers, self.quantize, thread_limit()):
                 packed = torch_cache.load(where)
         if packed is not None:  # only the tables are read from the model; the layers come packed
             tables = model.shard_tensors(start, end, self.quantize, layers=False)

@@ -29,7 +29,7 @@ def test_a_shard_packed_in_a_child_runs_like_one_packed_here(tiny, tmp_path, mon
     here = get_engine("torch").load_shard(tiny, 0, 4).forward("r", prompt, 0, len(prompt))
     for old in (tmp_path / "cache").glob("*.pt"):
         old.unlink()
-    assert torch_cache.pack_in_child(tiny.path, 0, 4, None, 1)
+    assert torch_cache.pack_in_child(tiny.path, 0, 4, tiny.args.num_hidden_layers, None, 1)
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
 
     monkeypatch.setattr(torch_cache, "CHILD_MIN_BYTES", 0)  # the engine's own path, for a tiny file
@@ -49,10 +49,30 @@ def test_a_child_that_fails_is_one_log_line_and_the_engine_packs_itself(tiny, tm
     from exo_actor.engines import torch_cache
 
     caplog.set_level(logging.INFO, logger="exo_actor.engines.torch_cache")
-    assert not torch_cache.pack_in_child(tmp_path / "missing.gguf", 0, 4, None, 1)
+    assert not torch_cache.pack_in_child(tmp_path / "missing.gguf", 0, 4, 4, None, 1)
     assert "failed" in caplog.text and "missing.gguf" in caplog.text
 
     monkeypatch.setattr(torch_cache, "CHILD_MIN_BYTES", 0)
     monkeypatch.setattr(torch_cache, "pack_in_child", lambda *args: False)
     runner = get_engine("torch").load_shard(tiny, 0, 4)
     assert runner.forward("r", np.arange(3, 6), 0).shape == (1, tiny.args.vocab_size)
+
+
+@pytest.mark.parametrize("child", [False, True])
+def test_a_draft_cut_to_k_layers_and_a_shard_ending_at_k_are_cached_apart(tiny, monkeypatch, child):
+    """The draft holds the head after layer 2, the ring's shard [0, 2) does not: one cache entry each."""
+    import dataclasses
+
+    from exo_actor.engines import torch_cache
+
+    if child:
+        monkeypatch.setattr(torch_cache, "CHILD_MIN_BYTES", 0)
+    draft = dataclasses.replace(tiny, args=dataclasses.replace(tiny.args, num_hidden_layers=2))
+    shard = get_engine("torch").load_shard(tiny, 0, 2)
+    cut = get_engine("torch").load_shard(draft, 0, 2)
+    assert shard.head is None and cut.head is not None
+    assert get_engine("torch").load_shard(draft, 0, 2).forward("r", np.arange(3, 6), 0).shape == (
+        1,
+        tiny.args.vocab_size,
+    )
+    assert get_engine("torch").load_shard(tiny, 0, 2).head is None
