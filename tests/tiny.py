@@ -447,7 +447,8 @@ def write_gguf(
             raw, rq = raw_override[gname]
             w.add_tensor(gname, raw, raw_shape=raw.shape, raw_dtype=rq)
             continue
-        q = qtype if t.ndim == 2 else Q.F32  # norms and biases stay float32, as in real files
+        # norms, biases and a mixture's router stay float32, as in real files; expert stacks are quantized
+        q = qtype if t.ndim >= 2 and not name.endswith("ffn_gate_inp.weight") else Q.F32
         if q == Q.F32:
             w.add_tensor(gname, t)
             stored = t

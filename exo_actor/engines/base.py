@@ -114,7 +114,7 @@ class Engine(Protocol):
 # what each engine runs beyond the Llama decoder (ModelArgs.features); other models are refused in one line
 ENGINE_FEATURES: dict[str, frozenset[str]] = {
     "numpy": frozenset(FEATURE_NAMES),
-    "torch": frozenset(FEATURE_NAMES) - {"moe"},
+    "torch": frozenset(FEATURE_NAMES),
     "mlx": frozenset({"qk_norm"}),
     "tinygrad": frozenset({"qk_norm"}),
 }

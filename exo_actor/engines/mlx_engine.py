@@ -124,8 +124,8 @@ class MlxShardRunner(RequestCaches):
                 "wqkv": _fused(mx, [l.q, l.k, l.v]),
                 "wo": _Linear(mx, l.o),
                 "ffn_norm": arr(l.ffn_norm),
-                "w_gate_up": _fused(mx, [l.gate, l.up]),
-                "w_down": _Linear(mx, l.down),
+                "w_gate_up": _fused(mx, [l.gate, l.up]),  # type: ignore[list-item]  # dense: checked at load
+                "w_down": _Linear(mx, l.down),  # type: ignore[arg-type]
             }
             for l in tensors.layers
         ]

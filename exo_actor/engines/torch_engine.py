@@ -71,8 +71,16 @@ class _Layer:
             bq, bk, bv = np.split(lt.bqkv, [H * hd, (H + KV) * hd])
             self.bqkv = f32(np.concatenate([_interleave(bq, H, scale), _interleave(bk, KV), bv]))
         q, k = _interleave(lt.q, H, scale), _interleave(lt.k, KV)
-        self.qkv, self.gate_up = _fuse([q, k, lt.v], device), _fuse([lt.gate, lt.up], device)
-        self.o, self.down = QLinear(lt.o, device), QLinear(lt.down, device)
+        self.qkv, self.o = _fuse([q, k, lt.v], device), QLinear(lt.o, device)
+        self.gate_up: list[QLinear] = []
+        self.down: QLinear | None = None
+        self.router: Any = None
+        self.experts: list[tuple[list[QLinear], QLinear]] = []
+        if lt.experts is None:
+            self.gate_up, self.down = _fuse([lt.gate, lt.up], device), QLinear(lt.down, device)
+        else:  # a mixture of experts: each expert packed like a dense MLP, the router float32
+            self.router = f32(lt.router)
+            self.experts = [(_fuse([g, u], device), QLinear(d, device)) for g, u, d in lt.experts]
         self._build(args, index)
 
     @classmethod
@@ -84,7 +92,13 @@ class _Layer:
         self.post_norms = state.get("post_norms", (None, None))
         self.qkv = [QLinear.from_state(s, device) for s in state["qkv"]]
         self.gate_up = [QLinear.from_state(s, device) for s in state["gate_up"]]
-        self.o, self.down = QLinear.from_state(state["o"], device), QLinear.from_state(state["down"], device)
+        self.o = QLinear.from_state(state["o"], device)
+        self.down = None if state["down"] is None else QLinear.from_state(state["down"], device)
+        self.router = state.get("router")
+        self.experts = [
+            ([QLinear.from_state(g, device) for g in gate_up], QLinear.from_state(down, device))
+            for gate_up, down in state.get("experts", [])
+        ]
         self._build(args, index)
         return self
 
@@ -98,14 +112,17 @@ class _Layer:
             "qkv": [p.state() for p in self.qkv],
             "o": self.o.state(),
             "gate_up": [p.state() for p in self.gate_up],
-            "down": self.down.state(),
+            "down": None if self.down is None else self.down.state(),
+            "router": self.router,
+            "experts": [([g.state() for g in gate_up], down.state()) for gate_up, down in self.experts],
         }
 
     def _build(self, args: ModelArgs, index: int) -> None:
         from . import torch_model  # imports torch: only once the engine is chosen
 
-        linears = [*self.qkv, self.o, *self.gate_up, self.down]
-        vectors = [self.attn_norm, self.ffn_norm, *(self.qk_norm or ()), *self.post_norms, self.bqkv]
+        linears = [*self.qkv, self.o, *self.gate_up, *([] if self.down is None else [self.down])]
+        linears += [l for gate_up, down in self.experts for l in (*gate_up, down)]
+        vectors = [self.attn_norm, self.ffn_norm, *(self.qk_norm or ()), *self.post_norms, self.bqkv, self.router]
         vectors = [v for v in vectors if v is not None]
         window = args.layer_window(index) or 0
         family = torch_model.Family(
@@ -118,16 +135,25 @@ class _Layer:
         )
         self.nbytes = sum(l.nbytes for l in linears) + sum(v.numel() * 4 for v in vectors)
         shape = (args.num_attention_heads, args.num_key_value_heads, args.dim_head, float(args.rms_norm_eps))
+        moe = None
+        if self.experts:
+            gelu = args.hidden_act == "gelu_tanh"
+            experts = [
+                torch_model.Expert(torch_model.Fused([g.module() for g in gu]), d.module(), gelu)
+                for gu, d in self.experts
+            ]
+            moe = torch_model.Experts(self.router, experts, args.num_experts_per_tok, args.norm_topk_prob)
         self.module = torch_model.Layer(
             (self.attn_norm, self.ffn_norm),
             self.bqkv,
             torch_model.Fused([p.module() for p in self.qkv]),
             self.o.module(),
-            torch_model.Fused([p.module() for p in self.gate_up]),
-            self.down.module(),
+            torch_model.Fused([p.module() for p in self.gate_up]) if moe is None else torch_model.placeholder_fused(),
+            self.down.module() if self.down is not None else torch_model.placeholder_linear(),
             shape,
             self.qk_norm,
             family,
+            moe,
         )
 
 

@@ -50,6 +50,16 @@ class QLinear(nn.Module):
         return y
 
 
+def placeholder_linear() -> QLinear:
+    """Stands where a mixture-of-experts layer has no dense down projection (never called)."""
+    return QLinear([torch.zeros(1)], [torch.zeros(1)], 0, torch.zeros(1, 1), 1)
+
+
+def placeholder_fused() -> Fused:
+    """Stands where a mixture-of-experts layer has no dense gate / up projection (never called)."""
+    return Fused([placeholder_linear()])
+
+
 class Fused(nn.Module):
     """Several projections of the same input (q, k, v or gate, up): one product when they share a stored
     form, else one per part, concatenated."""
@@ -66,6 +76,53 @@ class Fused(nn.Module):
         for p in self.parts:
             outs.append(p(x))
         return torch.cat(outs, dim=-1)
+
+
+class Expert(nn.Module):
+    """One expert of a mixture-of-experts layer: a SwiGLU (or GeGLU) MLP on bfloat16 rows."""
+
+    def __init__(self, gate_up: Fused, down: QLinear, gelu: bool):
+        super().__init__()
+        self.gate_up, self.down, self.gelu = gate_up, down, gelu
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate_up = self.gate_up(x)
+        F = gate_up.shape[-1] // 2
+        if self.gelu:
+            act = torch.nn.functional.gelu(gate_up[:, :F], approximate="tanh").mul_(gate_up[:, F:])
+        else:
+            act = torch.nn.functional.silu(gate_up[:, :F]).mul_(gate_up[:, F:])
+        return self.down(act)
+
+
+class Experts(nn.Module):
+    """A mixture-of-experts MLP: a float32 router (so a token picks the experts the reference picks), its
+    top_k experts' outputs summed with the softmax weights (renormalized over the chosen ones when
+    `renormalize`). Rows are grouped by expert; the products are row-independent, so a row's numbers do not
+    depend on its batch."""
+
+    def __init__(self, router: Tensor, experts: list[Expert], top_k: int, renormalize: bool):
+        super().__init__()
+        self.router, self.experts, self.top_k, self.renormalize = router, nn.ModuleList(experts), top_k, renormalize
+
+    def forward(self, x32: Tensor) -> Tensor:
+        """x32: the normed rows [T, D] float32 -> [T, D] float32."""
+        probs = torch.matmul(x32, self.router.t()).softmax(-1)  # [T, E]
+        weights, chosen = torch.topk(probs, self.top_k, dim=-1)
+        if self.renormalize:
+            weights = weights / weights.sum(-1, keepdim=True)
+        x = x32.to(torch.bfloat16)
+        out = torch.zeros_like(x32)
+        used: list[int] = chosen.flatten().tolist()
+        j = 0
+        for expert in self.experts:
+            if j in used:
+                where = torch.nonzero(chosen == j)  # [n, 2]: (row, rank)
+                rows, rank = where[:, 0], where[:, 1]
+                y = expert(x[rows]).float() * weights[rows, rank].unsqueeze(1)
+                out.index_add_(0, rows, y)
+            j += 1
+        return out
 
 
 class Family:
@@ -101,6 +158,7 @@ class Layer(nn.Module):
         shape: tuple[int, int, int, float],
         qk_norm: tuple[Tensor, Tensor] | None = None,
         family: Family | None = None,
+        moe: Experts | None = None,
     ):
         super().__init__()
         f = family or Family()
@@ -120,6 +178,7 @@ class Layer(nn.Module):
         self.cap = f.cap  # scores -> cap * tanh(scores / cap); 0: none
         self.gelu = f.gelu  # GeGLU (tanh GeLU) instead of SwiGLU
         self.local_rope = f.local_rope  # rotate with the sliding layers' table
+        self.moe: Experts | None = moe  # a mixture of experts instead of gate_up / down
         self.row_attention = ROW_ATTENTION
 
     def norm(self, x: Tensor, w: Tensor | None) -> Tensor:
@@ -166,13 +225,18 @@ class Layer(nn.Module):
         out = self.o(attn.to(torch.bfloat16))
         post = self.post_attn_norm
         h = h + out if post is None else h + self.norm32(out.float(), post)
-        gate_up = self.gate_up(self.norm(h, self.ffn_norm))
-        F = gate_up.shape[-1] // 2
-        if self.gelu:
-            act = torch.nn.functional.gelu(gate_up[:, :F], approximate="tanh").mul_(gate_up[:, F:])
+        moe = self.moe
+        if moe is not None:
+            w = self.ffn_norm
+            mlp = moe(h if w is None else self.norm32(h, w))
         else:
-            act = torch.nn.functional.silu(gate_up[:, :F]).mul_(gate_up[:, F:])
-        mlp = self.down(act)
+            gate_up = self.gate_up(self.norm(h, self.ffn_norm))
+            F = gate_up.shape[-1] // 2
+            if self.gelu:
+                act = torch.nn.functional.gelu(gate_up[:, :F], approximate="tanh").mul_(gate_up[:, F:])
+            else:
+                act = torch.nn.functional.silu(gate_up[:, :F]).mul_(gate_up[:, F:])
+            mlp = self.down(act)
         post = self.post_ffn_norm
         return h + mlp if post is None else h + self.norm32(mlp.float(), post)
 

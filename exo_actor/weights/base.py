@@ -235,13 +235,15 @@ class LayerTensors:
     bqkv: np.ndarray | None
     o: Weight
     ffn_norm: np.ndarray | None
-    gate: Weight
-    up: Weight
-    down: Weight
+    gate: Weight | None  # None in a mixture-of-experts layer
+    up: Weight | None
+    down: Weight | None
     q_norm: np.ndarray | None = None  # [hd] (Qwen3, Gemma 3) or [H * hd] (OLMo 2)
     k_norm: np.ndarray | None = None
     post_attn_norm: np.ndarray | None = None  # (Gemma, OLMo 2)
     post_ffn_norm: np.ndarray | None = None
+    router: np.ndarray | None = None  # [E, D] float32: a mixture-of-experts layer's router
+    experts: list[tuple[Weight, Weight, Weight]] | None = None  # each expert's (gate, up, down), as stored
 
 
 @dataclass
@@ -292,11 +294,6 @@ def load_shard_tensors(
     D, F, V, hd = args.hidden_size, args.intermediate_size, args.vocab_size, args.dim_head
     H, KV = args.num_attention_heads, args.num_key_value_heads
     out_layers = []
-    if layers and any(args.layer_is_moe(i) for i in range(start, end)):
-        raise WeightsError(
-            "mixture-of-experts weights are only read as float32 for now: run the model on --engine numpy "
-            "without --quantize"
-        )
     for i in range(start, end) if layers else ():
         p = f"model.layers.{i}."
 
@@ -308,6 +305,15 @@ def load_shard_tensors(
             bias = np.concatenate(
                 [_get(src, p + f"self_attn.{n}_proj.bias", (m * hd,)) for n, m in (("q", H), ("k", KV), ("v", KV))]
             )
+        if args.layer_is_moe(i):
+            mlp: dict[str, Any] = {"gate": None, "up": None, "down": None}
+            mlp["router"], mlp["experts"] = _stored_experts(args, src, p, quantize)
+        else:
+            mlp = {
+                "gate": get("mlp.gate_proj.weight", (F, D)),
+                "up": get("mlp.up_proj.weight", (F, D)),
+                "down": get("mlp.down_proj.weight", (D, F)),
+            }
         out_layers.append(
             LayerTensors(
                 q=get("self_attn.q_proj.weight", (H * hd, D)),
@@ -315,9 +321,7 @@ def load_shard_tensors(
                 v=get("self_attn.v_proj.weight", (KV * hd, D)),
                 bqkv=bias,
                 o=get("self_attn.o_proj.weight", (D, H * hd)),
-                gate=get("mlp.gate_proj.weight", (F, D)),
-                up=get("mlp.up_proj.weight", (F, D)),
-                down=get("mlp.down_proj.weight", (D, F)),
+                **mlp,
                 **_layer_norms(args, src, p),
             )
         )
@@ -349,6 +353,36 @@ def load_shard_tensors(
     return out
 
 
+def _stored_experts(
+    args: ModelArgs, src: TensorSource, p: str, quantize: str | None
+) -> tuple[np.ndarray, list[tuple[Weight, Weight, Weight]]]:
+    """A mixture-of-experts layer as stored: the router [E, D] float32, and each expert's (gate, up, down);
+    a GGUF's block-quantized stacks stay blocks (its sources give them as [E * out, in] rows)."""
+    E, Fe, D = args.num_experts, args.expert_size, args.hidden_size
+    if not src.has(p + STACKED_EXPERTS[0]):  # one tensor per expert (Hugging Face)
+        style = "mixtral" if src.has(p + _EXPERT_NAMES["mixtral"][0]) else "mlp"
+        router_name, expert_name, parts = _EXPERT_NAMES[style]
+        shapes = ((Fe, D), (Fe, D), (D, Fe))
+        experts = [
+            tuple(_stored(src, p + expert_name.format(j=j, n=n), shape, quantize) for n, shape in zip(parts, shapes))
+            for j in range(E)
+        ]
+        return _get(src, p + router_name, (E, D)), experts  # type: ignore[return-value]
+    stacks = []
+    for name, (rows, cols) in zip(STACKED_EXPERTS, ((Fe, D), (Fe, D), (D, Fe))):
+        get_stored = getattr(src, "get_stored", None)
+        t = get_stored(p + name) if get_stored is not None else src.get(p + name)
+        if isinstance(t, QuantizedTensor):
+            if t.shape != (E * rows, cols):
+                raise WeightsError(f"tensor {p + name} has shape {t.shape}, the config implies {(E * rows, cols)}")
+            stacks.append([_convert(t.take_rows(slice(e * rows, (e + 1) * rows)), quantize) for e in range(E)])
+        else:
+            if t.shape != (E, rows, cols):
+                raise WeightsError(f"tensor {p + name} has shape {t.shape}, the config implies {(E, rows, cols)}")
+            stacks.append([_convert(np.asarray(t[e], dtype=np.float32), quantize) for e in range(E)])
+    return _get(src, p + "mlp.gate.weight", (E, D)), list(zip(*stacks))
+
+
 class _FloatRows:
     def __init__(self, w: np.ndarray) -> None:
         self.w, self.nbytes = w, w.nbytes
@@ -367,6 +401,14 @@ def float_weights(args: ModelArgs, t: ShardTensors) -> ShardWeights:
     def f(w: Weight) -> np.ndarray:
         return w.dequantize() if isinstance(w, QuantizedTensor) else np.asarray(w, dtype=np.float32)
 
+    def mlp(l: LayerTensors) -> dict[str, Any]:
+        if l.experts is None:
+            assert l.gate is not None and l.up is not None and l.down is not None
+            return {"w_gate_up": as_in_out(np.concatenate([f(l.gate), f(l.up)])), "w_down": as_in_out(f(l.down))}
+        assert l.router is not None
+        experts = [(as_in_out(np.concatenate([f(g), f(u)])), as_in_out(f(d))) for g, u, d in l.experts]
+        return {"w_gate_up": None, "w_down": None, "router": np.ascontiguousarray(l.router.T), "experts": experts}
+
     layers = [
         LayerWeights(
             attn_norm=l.attn_norm,
@@ -374,8 +416,7 @@ def float_weights(args: ModelArgs, t: ShardTensors) -> ShardWeights:
             bqkv=l.bqkv,
             wo=as_in_out(f(l.o)),
             ffn_norm=l.ffn_norm,
-            w_gate_up=as_in_out(np.concatenate([f(l.gate), f(l.up)])),
-            w_down=as_in_out(f(l.down)),
+            **mlp(l),
             q_norm=l.q_norm,
             k_norm=l.k_norm,
             post_attn_norm=l.post_attn_norm,

@@ -320,9 +320,10 @@ class GGUFSource:
         (llama q/k rows already in Hugging Face order), float tensors as float32 arrays."""
         t = self._tensors[name]
         kind = t.tensor_type.name
-        if kind in FLOAT_TYPES or len(t.shape) != 2:
+        if kind in FLOAT_TYPES or len(t.shape) not in (2, 3):
             return self.get(name)
-        shape = (int(t.shape[1]), int(t.shape[0]))  # GGUF lists dims innermost first
+        # GGUF lists dims innermost first; a 3-D stack of experts [E, out, in] comes as [E * out, in] rows
+        shape = (int(np.prod(t.shape[1:])), int(t.shape[0]))
         try:
             if kind in KEPT_TYPES or kind in CONVERTED_TYPES:
                 qt = from_gguf_blocks(kind, np.asarray(t.data), shape)

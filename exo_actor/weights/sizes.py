@@ -65,7 +65,8 @@ def _layer_shapes(args: ModelArgs, i: int) -> list[tuple[str, int, bool]]:
     ]
     if args.layer_is_moe(i):
         E, Fe = args.num_experts, args.expert_size
-        out += [(p + "mlp.gate.weight", E * D, True)] + [(p + n, E * Fe * D, True) for n in STACKED_EXPERTS]
+        # the router stays float32 on every engine (a token's experts are chosen as the reference chooses them)
+        out += [(p + "mlp.gate.weight", E * D, False)] + [(p + n, E * Fe * D, True) for n in STACKED_EXPERTS]
     else:
         out += [(p + f"mlp.{n}_proj.weight", F * D, True) for n in ("gate", "up", "down")]
     out += [(f"{p}{n}.weight", D, False) for n in NORM_NAMES[args.norm_layout] if n is not None]
