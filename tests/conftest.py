@@ -168,6 +168,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError("tests without the markers their fixtures imply:\n" + "\n".join(missing))
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """`tox -e tests` runs the suite as two tiers (the fast one on two workers, then the rest), each with
+    the same {posargs}: paths whose tests all lie in the other tier leave one run nothing to run, and that
+    run passes (exit 0, not pytest's 5) when a marker expression (-m) chose the tier."""
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and session.config.getoption("markexpr", ""):
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"no test here is in -m {session.config.getoption('markexpr')!r}: passes")
+        session.exitstatus = pytest.ExitCode.OK
+
+
 TINY_REPO_FILES = [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)]  # one per layer
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -77,16 +79,47 @@ def thread_server(
 _HANDED_OUT: set[int] = set()
 
 
+def _claim(port: int) -> bool:
+    """Under pytest-xdist (`tox -e fast` runs the fast tier on two workers), claim `port` for this worker:
+    the workers of one run share a folder where each claim is a file created exclusively, so no two
+    workers hand out the same port. Always True when not under xdist."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run:
+        return True
+    folder = Path(tempfile.gettempdir()) / f"exo-actor-ports-{run}"
+    folder.mkdir(exist_ok=True)
+    try:
+        os.close(os.open(folder / str(port), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    if not _CLAIMED:
+        atexit.register(_release, folder)
+    _CLAIMED.append(port)
+    return True
+
+
+def _release(folder: Path) -> None:
+    for port in _CLAIMED:
+        (folder / str(port)).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # the last worker to leave removes the folder
+
+
+_CLAIMED: list[int] = []
+
+
 def free_port() -> int:
     """A free loopback port, never one this process handed out before: the kernel may give the same
-    free port twice, and a ring's gateway and another node's actor socket once collided that way."""
+    free port twice, and a ring's gateway and another node's actor socket once collided that way.
+    Under xdist, never one another worker of the run handed out either (_claim)."""
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         if port not in _HANDED_OUT:
             _HANDED_OUT.add(port)
-            return port
+            if _claim(port):
+                return port
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ import pytest
 
 from exo_actor.config import NodeConfig
 from exo_actor.runtime.generation import generate
-from exo_actor.runtime.local import load_local
 from exo_actor.sampling import SamplingParams
 from exo_actor.speculative import Speculation
 from exo_actor.speculative.drafts import load_drafter
@@ -56,8 +55,9 @@ class CheckedRing:
 
 
 @pytest.fixture(scope="module")
-def single():
-    return load_local("smollm2-135m")
+def single(smollm2_local):
+    """SmolLM2 in one process (the session's: load_local's default numpy engine, one shard)."""
+    return smollm2_local
 
 
 @pytest.mark.parametrize("draft", ["ngram", "smollm2-135m", "smollm2-135m:layers=8"])
