@@ -352,6 +352,9 @@ class ModelArgs:
     def from_hf_dict(cls, cfg: dict[str, Any]) -> ModelArgs:
         """Build from a Hugging Face config.json dict; unknown keys are kept in `extra`."""
         model_type = cfg.get("model_type", "")
+        if model_type == "gemma3" and isinstance(cfg.get("text_config"), dict):  # Gemma 3 4B+: its text model
+            cfg = {**_GEMMA3_TEXT_DEFAULTS, **cfg["text_config"], "model_type": "gemma3_text"}
+            model_type = "gemma3_text"
         arch = _HF_MODEL_TYPES.get(model_type)
         if arch is None:
             raise UnsupportedModelError(
@@ -392,6 +395,19 @@ class ModelArgs:
             raise UnsupportedModelError(f"config.json is incomplete: {exc}") from None
 
 
+# Gemma3TextConfig's defaults, which the text_config of a multimodal Gemma 3 checkpoint leaves out
+_GEMMA3_TEXT_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 262_208,
+    "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "max_position_embeddings": 131_072,
+    "rms_norm_eps": 1e-6,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 4096,
+    "rope_theta": 1_000_000.0,
+    "rope_local_base_freq": 10_000.0,
+    "tie_word_embeddings": True,
+}
 # Gemma 2 alternates sliding and full layers (sliding first); Gemma 3 has five sliding layers per full one
 _SLIDING_PATTERNS = {"gemma2": 2, "gemma3": 6}
 

@@ -65,6 +65,24 @@ class _File:
         return arr if dtype == "F32" else arr.astype(np.float32)
 
 
+# where a multimodal checkpoint keeps its text model (Gemma 3 4B+: Hub files, and as transformers 5 saves it)
+_TEXT_PREFIXES = (("language_model.model.", "language_model.lm_head."), ("model.language_model.", "lm_head."))
+
+
+def _text_model_names(where: dict[str, str]) -> dict[str, str]:
+    """The names a text-only checkpoint uses (`model.layers.N...`) -> the file's names, when the folder holds
+    a multimodal model (its vision tower is never read)."""
+    if "model.embed_tokens.weight" in where:
+        return {}
+    for body, head in _TEXT_PREFIXES:
+        if body + "embed_tokens.weight" in where:
+            out = {"model." + k[len(body) :]: k for k in where if k.startswith(body)}
+            if head + "weight" in where:
+                out["lm_head.weight"] = head + "weight"
+            return out
+    return {}
+
+
 class SafetensorsSource:
     """All tensors of a Hugging Face model folder; files are opened only when a tensor is needed."""
 
@@ -86,6 +104,8 @@ class SafetensorsSource:
                 for name in _File(folder / f.name).entries:
                     self._where[name] = f.name
         self._files: dict[str, _File] = {}
+        self._alias = _text_model_names(self._where)  # text-model name -> the file's name
+        self._where.update({alias: self._where[real] for alias, real in self._alias.items()})
 
     def has(self, name: str) -> bool:
         return name in self._where
@@ -98,6 +118,7 @@ class SafetensorsSource:
                 raise WeightsError(f"{path} is missing (listed in the safetensors index)")
             self._files[fname] = _File(path)
         f = self._files[fname]
+        name = self._alias.get(name, name)
         if name not in f.entries:
             raise WeightsError(f"{f.path} does not contain {name} (the index says it does)")
         return f.get(name)

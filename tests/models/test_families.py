@@ -364,3 +364,32 @@ def test_engine_auto_runs_a_family_the_fast_engine_lacks_on_numpy(tmp_path, capl
     (tmp_path / "llama").mkdir()
     llama = open_model(_write(tmp_path / "llama", TinySpec(), "gguf")[0]).args
     assert engine_for_model("torch", llama, chosen_by_auto=True) == "torch"
+
+
+@pytest.mark.parametrize("prefix", ["language_model.model.", "model.language_model."])
+def test_a_multimodal_gemma3_checkpoint_runs_its_text_model(tmp_path, prefix):
+    """Gemma 3 4B+ checkpoints are Gemma3ForConditionalGeneration: config.json nests the text model's config
+    in text_config (leaving Gemma3TextConfig's defaults out) and the weights carry a prefix (the Hub's files,
+    or transformers 5's). The loader reads the text model only: the same logits as the text-only folder."""
+    import json
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    text = tmp_path / "text"
+    write_hf_folder(text, FAMILIES["gemma3"])
+    mm = tmp_path / "mm"
+    mm.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(text / name, mm / name)
+    cfg = json.loads((text / "config.json").read_text())
+    for default in ("rope_local_base_freq", "rms_norm_eps", "hidden_activation", "hidden_act"):
+        cfg.pop(default, None)  # left to Gemma3TextConfig's defaults, as the Hub's 4B/12B/27B configs do
+    outer = {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"], "text_config": cfg}
+    (mm / "config.json").write_text(json.dumps({**outer, "vision_config": {"model_type": "siglip_vision_model"}}))
+    weights = {prefix + k[len("model.") :]: v for k, v in load_file(str(text / "model.safetensors")).items()}
+    weights["vision_tower.vision_model.post_layernorm.weight"] = np.ones(8, dtype=np.float32)  # never read
+    save_file(weights, str(mm / "model.safetensors"))
+    files, pipe = pipeline(mm)
+    assert files.args.architecture == "gemma3" and files.args.rope_local_theta == 10000.0
+    np.testing.assert_array_equal(all_logits(pipe, IDS, 25), all_logits(pipeline(text)[1], IDS, 25))
