@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExoError
+from ..weights.safetensors_source import text_model_names
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ def files_for_layers(
         raise DownloadError(f"layers {start}-{end - 1} are outside the model's 0-{n_layers - 1}")
     wanted = {f"model.layers.{i}." for i in range(start, end)}
     last = end == n_layers if head is None else head
+    aliases = text_model_names(weight_map)  # a multimodal checkpoint's text model (Gemma 3 4B+)
+    weight_map = {**weight_map, **{alias: weight_map[real] for alias, real in aliases.items()}}
     files = set()
     for name, file in weight_map.items():
         if name.startswith("model.layers."):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,7 @@ class _File:
 _TEXT_PREFIXES = (("language_model.model.", "language_model.lm_head."), ("model.language_model.", "lm_head."))
 
 
-def _text_model_names(where: dict[str, str]) -> dict[str, str]:
+def text_model_names(where: Mapping[str, str]) -> dict[str, str]:
     """The names a text-only checkpoint uses (`model.layers.N...`) -> the file's names, when the folder holds
     a multimodal model (its vision tower is never read)."""
     if "model.embed_tokens.weight" in where:
@@ -104,7 +105,7 @@ class SafetensorsSource:
                 for name in _File(folder / f.name).entries:
                     self._where[name] = f.name
         self._files: dict[str, _File] = {}
-        self._alias = _text_model_names(self._where)  # text-model name -> the file's name
+        self._alias = text_model_names(self._where)  # text-model name -> the file's name
         self._where.update({alias: self._where[real] for alias, real in self._alias.items()})
 
     def has(self, name: str) -> bool:

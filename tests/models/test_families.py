@@ -392,4 +392,9 @@ def test_a_multimodal_gemma3_checkpoint_runs_its_text_model(tmp_path, prefix):
     save_file(weights, str(mm / "model.safetensors"))
     files, pipe = pipeline(mm)
     assert files.args.architecture == "gemma3" and files.args.rope_local_theta == 10000.0
+    from exo_actor.storage.downloads import files_for_layers  # a shard downloads its layers' files
+
+    where = {name: f"part-{i % 3}" for i, name in enumerate(sorted(weights))}
+    want = {where[n] for n in where if n.startswith(prefix + "layers.1.") or n.startswith(prefix + "embed")}
+    assert set(files_for_layers(where, 6, 0, 2)) >= want and where["vision_tower.vision_model.post_layernorm.weight"]
     np.testing.assert_array_equal(all_logits(pipe, IDS, 25), all_logits(pipeline(text)[1], IDS, 25))
