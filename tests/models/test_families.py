@@ -312,6 +312,8 @@ def test_config_json_of_each_family():
         ModelArgs.from_hf_dict({**phi3, "partial_rotary_factor": 0.75})
     with pytest.raises(UnsupportedModelError, match="longrope scaling is incomplete"):
         ModelArgs.from_hf_dict({**phi3, "rope_scaling": {"type": "longrope", "long_factor": [1.0] * 8}})
+    with pytest.raises(UnsupportedModelError, match=r"model_type 'falcon' is not supported \(supported: .*gemma3_text"):
+        ModelArgs.from_hf_dict({**_GEMMA3, "model_type": "falcon"})
     for bad, match in (
         ({"hidden_activation": "relu2"}, "activation 'relu2' is not supported"),
         ({"layer_types": ["full_attention"]}, "layer_types must list"),
@@ -398,3 +400,26 @@ def test_a_multimodal_gemma3_checkpoint_runs_its_text_model(tmp_path, prefix):
     want = {where[n] for n in where if n.startswith(prefix + "layers.1.") or n.startswith(prefix + "embed")}
     assert set(files_for_layers(where, 6, 0, 2)) >= want and where["vision_tower.vision_model.post_layernorm.weight"]
     np.testing.assert_array_equal(all_logits(pipe, IDS, 25), all_logits(pipeline(text)[1], IDS, 25))
+
+
+def test_an_unsupported_gguf_architecture_is_one_line(tmp_path, capsys):
+    """A GGUF of a family exo-actor does not run: one line naming the supported ones, from the loader and from
+    `exo-actor run` (non-zero exit, no traceback)."""
+    import gguf
+
+    from exo_actor.cli import main
+    from exo_actor.weights.gguf_source import open_reader
+
+    path = tmp_path / "falcon.gguf"
+    w = gguf.GGUFWriter(str(path), "falcon")
+    w.add_block_count(1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(UnsupportedModelError, match=r"GGUF architecture 'falcon' is not supported \(.*phi3"):
+        open_model(path)
+    assert open_reader(path).fields["general.architecture"] == "falcon"
+    assert main(["run", str(path), "--prompt", "hi", "--engine", "numpy"]) != 0
+    err = capsys.readouterr().err
+    assert "falcon" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -128,8 +128,9 @@ def test_eight_batched_requests_routed_to_different_experts_give_their_lone_toke
 
 
 @pytest.mark.parametrize("shards", [2, 3])
-def test_shards_give_identical_tokens_and_logits(tmp_path, shards):
-    path, _ = _write(tmp_path, MOE["qwen3moe"], "gguf")
+@pytest.mark.parametrize("family", list(MOE))
+def test_shards_give_identical_tokens_and_logits(tmp_path, family, shards):
+    path, _ = _write(tmp_path, MOE[family], "gguf")
     _, one = pipeline(path, 1)
     _, many = pipeline(path, shards)
     np.testing.assert_array_equal(all_logits(many, IDS, 20), all_logits(one, IDS, 20))
