@@ -80,13 +80,7 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: np.float32) -> np.ndarray:
     """RMSNorm over the last axis, in float32."""
     if x.shape[0] == 1:  # decode: three small ops instead of six
         return x * (weight * _row_scale(x[0], eps))
-    ms = np.einsum("td,td->t", x, x)[:, None]  # one pass, no temporary of x's size
-    ms *= F32(1.0 / x.shape[-1])
-    ms += eps
-    np.sqrt(ms, out=ms)
-    y = x / ms
-    y *= weight
-    return y
+    return rms_norm_each(x, weight, eps)
 
 
 def rms_norm_rows(x: np.ndarray, weight: np.ndarray, eps: np.float32) -> np.ndarray:
@@ -110,10 +104,11 @@ def head_norm(heads: np.ndarray, w: LayerWeights, n_q: int, eps: np.float32) -> 
     return out
 
 
-def proj_norm(x: np.ndarray, weight: np.ndarray, eps: np.float32) -> np.ndarray:
-    """RMSNorm of each row of x [T, n] over n, times weight (OLMo 2's norms of the whole q and k projections);
-    each row reduced on its own, so a row's numbers do not depend on its batch."""
-    ms = np.einsum("td,td->t", x, x)[:, None]
+def rms_norm_each(x: np.ndarray, weight: np.ndarray, eps: np.float32) -> np.ndarray:
+    """RMSNorm of each row of x [T, n] over n, times weight, whatever T (OLMo 2's norms of the whole q and k
+    projections use it for decode rows too); each row reduced on its own, so a row's numbers do not depend
+    on its batch."""
+    ms = np.einsum("td,td->t", x, x)[:, None]  # one pass, no temporary of x's size
     ms *= F32(1.0 / x.shape[-1])
     ms += eps
     np.sqrt(ms, out=ms)
@@ -339,8 +334,8 @@ class LlamaShard:
             qkv += w.bqkv
         if self.args.qk_norm_all:  # OLMo 2: q and k normalized over all their heads at once
             assert w.q_norm is not None and w.k_norm is not None
-            qkv[:, : H * hd] = proj_norm(qkv[:, : H * hd], w.q_norm, self.eps)
-            qkv[:, H * hd : (H + KV) * hd] = proj_norm(qkv[:, H * hd : (H + KV) * hd], w.k_norm, self.eps)
+            qkv[:, : H * hd] = rms_norm_each(qkv[:, : H * hd], w.q_norm, self.eps)
+            qkv[:, H * hd : (H + KV) * hd] = rms_norm_each(qkv[:, H * hd : (H + KV) * hd], w.k_norm, self.eps)
         heads = qkv.reshape(T, H + 2 * KV, hd).transpose(1, 0, 2)  # [H + 2KV, T, hd]
         qk = apply_rope(self._qk(heads, w), *rope)  # q and k rotate together: one pass
         qk[:H] *= self.scale

@@ -33,7 +33,7 @@ from exo_actor.speculative.drafts import NgramDrafter
 from exo_actor.weights import open_model
 from exo_actor.weights.sizes import shard_bytes
 from tests.conftest import require
-from tests.models.helpers import ATOL, all_logits, greedy, hf_greedy, pipeline
+from tests.models.helpers import ATOL, all_logits, check_torch_engine, greedy, hf_greedy, pipeline, write_quantized
 from tests.tiny import TinySpec, write_gguf, write_hf_folder
 
 FAMILIES = {
@@ -214,47 +214,17 @@ def test_engines_without_a_family_refuse_it_in_one_line(tmp_path, engine):
     assert "sliding-window attention" in message and "--engine numpy" in message
 
 
-def _rel_err(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.abs(got - want).max() / np.abs(want).max())
-
-
 @pytest.mark.parametrize("source", ["hf-bf16", "gguf-q8"])
 @pytest.mark.parametrize("family", [*FAMILIES, "phi3-longrope"])
 def test_torch_engine_within_its_tolerance_of_numpy(tmp_path, family, source):
-    """The fast engine runs every dense family: a 20-position prompt (beyond its row-attention limit: the
-    causal attention call, windowed or soft-capped), decode steps, and batched decode rows, over two shards,
-    within its stated tolerance of the numpy reference on the same weights (tests/engines/test_quantized.py:
-    3e-2 of the logits' range; batched rows within 1e-2 of lone rows)."""
+    """The fast engine runs every dense family within its stated tolerance of numpy: a prompt beyond its
+    row-attention limit (the causal attention call, windowed or soft-capped), decode steps, and batched decode
+    rows (one inside the window, one beyond it)."""
     require("torch")
-    from gguf import GGMLQuantizationType as Q
-
-    from tests.engines.test_quantized import TORCH_MODEL_RTOL
-
     spec = LONGROPE if family == "phi3-longrope" else dataclasses.replace(FAMILIES[family], tied=False)
-    if source == "hf-bf16":
-        path = tmp_path / "hf"
-        write_hf_folder(path, spec, dtype="BF16")
-    else:
-        path = tmp_path / "m.gguf"
-        write_gguf(path, spec, qtype=Q.Q8_0)
-    files = open_model(path)
-    n = files.args.num_hidden_layers
-    ref = get_engine("numpy").load_shard(files, 0, n)
-    eng = get_engine("torch")
-    first, last = eng.load_shard(files, 0, 2), eng.load_shard(files, 2, n)
-    prompt = np.array(IDS[:34] if family == "phi3-longrope" else IDS[:20])
-    P = len(prompt)
-    want = ref.forward("r", prompt, 0, P)
-    assert _rel_err(last.forward("r", first.forward("r", prompt, 0), 0, P), want) <= TORCH_MODEL_RTOL
-    for pos, tok in enumerate(IDS[P : P + 5], start=P):
-        want = ref.forward("r", np.array([tok]), pos)
-        assert _rel_err(last.forward("r", first.forward("r", np.array([tok]), pos), pos), want) <= TORCH_MODEL_RTOL
-    whole, lone = eng.load_shard(files, 0, n), eng.load_shard(files, 0, n)
-    for rid, k in (("a", 3), ("b", 12)):  # one row inside the window, one beyond it
-        whole.forward(rid, np.array(IDS[:k]), 0), lone.forward(rid, np.array(IDS[:k]), 0)
-    passes = [Pass("a", np.array([11]), 3), Pass("b", np.array([12]), 12)]
-    for p, got in zip(passes, whole.forward_batch(passes)):
-        assert isinstance(got, np.ndarray) and _rel_err(got, lone.forward(p.request_id, p.tokens, p.start_pos)) <= 1e-2
+    files = open_model(write_quantized(tmp_path, spec, source))
+    P = 34 if family == "phi3-longrope" else 20
+    check_torch_engine(files, IDS[:P], IDS[P : P + 5], {"a": IDS[:3], "b": IDS[:12]})
 
 
 @pytest.mark.parametrize("family", ["olmo2", "gemma3"])

@@ -21,7 +21,7 @@ from exo_actor.storage.registry import load_registry
 from exo_actor.weights import open_model
 from exo_actor.weights.sizes import shard_bytes
 from tests.conftest import require
-from tests.models.helpers import ATOL, all_logits, greedy, hf_greedy, pipeline
+from tests.models.helpers import ATOL, all_logits, check_torch_engine, greedy, hf_greedy, pipeline, write_quantized
 from tests.tiny import TinySpec, write_gguf, write_hf_folder
 
 VARIANTS = {
@@ -102,42 +102,13 @@ def test_batched_decode_rows_equal_lone_rows(tmp_path):
         np.testing.assert_array_equal(got, lone.forward(p.request_id, p.tokens, p.start_pos))
 
 
-def _rel_err(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.abs(got - want).max() / np.abs(want).max())
-
-
 @pytest.mark.parametrize("name", ["tied-gqa2", "untied-head-dim-32"])
 @pytest.mark.parametrize("source", ["hf-bf16", "gguf-q8"])
 def test_torch_engine_within_its_tolerance_of_numpy(tmp_path, name, source):
+    """A prompt longer than the row-attention limit (the causal attention call too), decode steps, batched rows."""
     require("torch")
-    from gguf import GGMLQuantizationType as Q
-
-    from tests.engines.test_quantized import TORCH_MODEL_RTOL
-
-    spec = VARIANTS[name]
-    if source == "hf-bf16":
-        path = tmp_path / "hf"
-        write_hf_folder(path, spec, dtype="BF16")
-    else:
-        path = tmp_path / "m.gguf"
-        write_gguf(path, spec, qtype=Q.Q8_0)
-    files = open_model(path)
-    ref = get_engine("numpy").load_shard(files, 0, 4)
-    eng = get_engine("torch")
-    first, last = eng.load_shard(files, 0, 2), eng.load_shard(files, 2, 4)
-    prompt = np.array(IDS[:20])  # longer than the row-attention limit: the causal attention call too
-    want = ref.forward("r", prompt, 0, 20)
-    assert _rel_err(last.forward("r", first.forward("r", prompt, 0), 0, 20), want) <= TORCH_MODEL_RTOL
-    for pos, tok in enumerate(IDS[20:26], start=20):
-        want = ref.forward("r", np.array([tok]), pos)
-        assert _rel_err(last.forward("r", first.forward("r", np.array([tok]), pos), pos), want) <= TORCH_MODEL_RTOL
-    # batched decode rows on torch equal lone rows within 1e-2 of the logits' range
-    whole, lone = eng.load_shard(files, 0, 4), eng.load_shard(files, 0, 4)
-    for rid, n in (("a", 3), ("b", 5)):
-        whole.forward(rid, np.array(IDS[:n]), 0), lone.forward(rid, np.array(IDS[:n]), 0)
-    passes = [Pass("a", np.array([11]), 3), Pass("b", np.array([12]), 5)]
-    for p, got in zip(passes, whole.forward_batch(passes)):
-        assert isinstance(got, np.ndarray) and _rel_err(got, lone.forward(p.request_id, p.tokens, p.start_pos)) <= 1e-2
+    files = open_model(write_quantized(tmp_path, VARIANTS[name], source))
+    check_torch_engine(files, IDS[:20], IDS[20:26], {"a": IDS[:3], "b": IDS[:5]})
 
 
 @pytest.mark.parametrize("engine", ["mlx", "tinygrad"])
