@@ -209,7 +209,7 @@ def wait_plan(urls: list[str], nodes: list[str], timeout: float = 60) -> None:
             infos = [cluster_info(u) for u in urls]
             if all(i["state"] == "ready" and [p["node"] for p in i["plan"]] == nodes for i in infos):
                 return
-        time.sleep(0.5)
+        time.sleep(0.2)  # three GETs of /v1/cluster a poll: cheap; a re-plan is seen sooner
     plans = []
     for u in urls:
         with contextlib.suppress(httpx.HTTPError):
