@@ -115,7 +115,7 @@ class Engine(Protocol):
 ENGINE_FEATURES: dict[str, frozenset[str]] = {
     "numpy": frozenset(FEATURE_NAMES),
     "torch": frozenset(FEATURE_NAMES),
-    "mlx": frozenset({"qk_norm"}),
+    "mlx": frozenset(FEATURE_NAMES) - {"moe"},
     "tinygrad": frozenset({"qk_norm"}),
 }
 

@@ -126,8 +126,12 @@ class MlxShardRunner(RequestCaches):
                 "ffn_norm": arr(l.ffn_norm),
                 "w_gate_up": _fused(mx, [l.gate, l.up]),  # type: ignore[list-item]  # dense: checked at load
                 "w_down": _Linear(mx, l.down),  # type: ignore[arg-type]
+                "post_attn_norm": arr(l.post_attn_norm),  # Gemma, OLMo 2
+                "post_ffn_norm": arr(l.post_ffn_norm),
+                "window": args.layer_window(start + j),  # Mistral, Gemma, Phi-3
+                "local": args.rope_local_theta is not None and args.layer_window(start + j) is not None,
             }
-            for l in tensors.layers
+            for j, l in enumerate(tensors.layers)
         ]
         self.embed_table = tensors.embed_rows  # looked up on the host, rows dequantized on demand
         self.final_norm = arr(tensors.final_norm)
@@ -138,6 +142,12 @@ class MlxShardRunner(RequestCaches):
         self.H, self.KV, self.hd = args.num_attention_heads, args.num_key_value_heads, args.dim_head
         self.eps = args.rms_norm_eps
         self.inv_freq = inv_frequencies(self.hd, args.rope_theta, args.rope_scaling, args.rope_freq_factors)
+        local = args.rope_local_theta  # Gemma 3's sliding layers
+        self.local_inv_freq = None if local is None else inv_frequencies(self.hd, local)
+        self.scale = args.attn_scale
+        self.cap, self.final_cap = args.attn_logit_softcapping, args.final_logit_softcapping
+        self.embed_scale = args.embed_scale
+        self.gelu = args.hidden_act == "gelu_tanh"
         self.caches: dict[str, _Cache] = {}
 
     @property
@@ -156,17 +166,23 @@ class MlxShardRunner(RequestCaches):
         check_pass(request_id, cache.length, start_pos, end, cache.max_positions)
         if self.is_first:
             rows = self.embed_table.rows_float(np.asarray(x, dtype=np.int64))
+            if self.embed_scale is not None:  # Gemma: sqrt(hidden_size), in float32 as the reference
+                rows = rows * np.float32(self.embed_scale)
             h = mx.array(np.ascontiguousarray(rows))
         else:
             h = mx.array(np.asarray(x, dtype=np.float32))
         cache.reserve(end)
-        cos, sin = (mx.array(t) for t in rope_tables(self.inv_freq, np.arange(start_pos, end)))
-        mask = None
-        if T > 1:  # query t (position start_pos + t) sees keys 0 .. start_pos + t
-            allowed = np.arange(end)[None, :] <= (start_pos + np.arange(T))[:, None]
-            mask = mx.array(np.where(allowed, 0.0, -np.inf).astype(np.float32))
+        positions = np.arange(start_pos, end)
+        scale = self.args.rope_attention_factor or 1.0  # LongRoPE
+        ropes = {False: [mx.array(t) for t in rope_tables(self.inv_freq, positions, scale)]}
+        if self.local_inv_freq is not None:
+            ropes[True] = [mx.array(t) for t in rope_tables(self.local_inv_freq, positions)]
+        masks: dict[int | None, Any] = {}
         for i, w in enumerate(self.layers):
-            h = self._layer(h, w, cache, i, start_pos, end, cos, sin, mask)
+            if w["window"] not in masks:
+                masks[w["window"]] = self._mask(start_pos, end, w["window"])
+            cos, sin = ropes[w["local"]]
+            h = self._layer(h, w, cache, i, start_pos, end, cos, sin, masks[w["window"]])
         cache.length = end
         if not self.is_last:
             out = h
@@ -175,7 +191,24 @@ class MlxShardRunner(RequestCaches):
         else:
             assert self.head is not None
             out = self.head(mx.fast.rms_norm(h[T - num_logits :], self.final_norm, self.eps))
+            if self.final_cap is not None:  # Gemma 2
+                out = mx.tanh(out / self.final_cap) * self.final_cap
         return np.array(out, dtype=np.float32)
+
+    def _mask(self, start: int, end: int, window: int | None) -> Any:
+        """Additive [T, end] mask: query t (position start + t) sees keys 0 .. start + t, and with a window only
+        those > start + t - window; None where nothing is masked (one query, no window)."""
+        T = end - start
+        if T == 1 and (window is None or end <= window):
+            return None
+        q = (start + np.arange(T))[:, None]
+        allowed = np.arange(end)[None, :] <= q
+        if window is not None:
+            allowed &= np.arange(end)[None, :] > q - window
+        return self.mx.array(np.where(allowed, 0.0, -np.inf).astype(np.float32))
+
+    def _norm(self, x: Any, w: Any) -> Any:
+        return x if w is None else self.mx.fast.rms_norm(x, w, self.eps)
 
     def _rope(self, x: Any, cos: Any, sin: Any) -> Any:
         half = self.hd // 2
@@ -184,26 +217,44 @@ class MlxShardRunner(RequestCaches):
 
     def _layer(self, h: Any, w: dict[str, Any], cache: _Cache, i: int, start: int, end: int, cos, sin, mask) -> Any:
         mx, T, H, KV, hd = self.mx, h.shape[0], self.H, self.KV, self.hd
-        qkv = _apply(mx, w["wqkv"], mx.fast.rms_norm(h, w["attn_norm"], self.eps))
+        qkv = _apply(mx, w["wqkv"], self._norm(h, w["attn_norm"]))
         if w["bqkv"] is not None:
             qkv = qkv + w["bqkv"]
+        if self.args.qk_norm_all:  # OLMo 2: q and k normalized over all their heads at once
+            n = (H + KV) * hd
+            q_all = mx.fast.rms_norm(qkv[:, : H * hd], w["q_norm"], self.eps)
+            qkv = mx.concatenate([q_all, mx.fast.rms_norm(qkv[:, H * hd : n], w["k_norm"], self.eps), qkv[:, n:]], 1)
         heads = qkv.reshape(T, H + 2 * KV, hd).transpose(1, 0, 2)  # [H + 2KV, T, hd]
         q, k = heads[:H], heads[H : H + KV]
-        if w["q_norm"] is not None:  # each q and k head RMS-normalized over hd before RoPE (Qwen3)
+        if w["q_norm"] is not None and not self.args.qk_norm_all:  # each head over hd before RoPE (Qwen3)
             q, k = mx.fast.rms_norm(q, w["q_norm"], self.eps), mx.fast.rms_norm(k, w["k_norm"], self.eps)
         q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
         v = heads[H + KV :]
         cache.k[i][:, start:end, :] = k
         cache.v[i][:, start:end, :] = v
         keys, values = cache.k[i][:, :end], cache.v[i][:, :end]
-        attn = mx.fast.scaled_dot_product_attention(
-            q[None], keys[None], values[None], scale=1.0 / math.sqrt(hd), mask=mask
-        )  # [1, H, T, hd]
-        h = h + w["wo"](attn[0].transpose(1, 0, 2).reshape(T, H * hd))
-        gate_up = _apply(mx, w["w_gate_up"], mx.fast.rms_norm(h, w["ffn_norm"], self.eps))
+        if self.cap is None:
+            attn = mx.fast.scaled_dot_product_attention(q[None], keys[None], values[None], scale=self.scale, mask=mask)[
+                0
+            ]  # [H, T, hd]
+        else:  # Gemma 2's soft-capped scores: explicit (the fused kernel takes no cap)
+            G = H // KV
+            s = mx.matmul(q.reshape(KV, G * T, hd) * self.scale, keys.transpose(0, 2, 1)).reshape(H, T, end)
+            s = mx.tanh(s / self.cap) * self.cap
+            if mask is not None:
+                s = s + mask
+            p = mx.softmax(s, axis=-1).reshape(KV, G * T, end)
+            attn = mx.matmul(p, values).reshape(H, T, hd)
+        out = w["wo"](attn.transpose(1, 0, 2).reshape(T, H * hd))
+        h = h + self._norm(out, w["post_attn_norm"])
+        gate_up = _apply(mx, w["w_gate_up"], self._norm(h, w["ffn_norm"]))
         F = gate_up.shape[1] // 2
         gate, up = gate_up[:, :F], gate_up[:, F:]
-        return h + w["w_down"](gate * mx.sigmoid(gate) * up)
+        if self.gelu:  # tanh GeLU, as numpy computes it
+            act = 0.5 * gate * (1 + mx.tanh(math.sqrt(2 / math.pi) * (gate + 0.044715 * gate * gate * gate))) * up
+        else:
+            act = gate * mx.sigmoid(gate) * up
+        return h + self._norm(w["w_down"](act), w["post_ffn_norm"])
 
 
 class MlxEngine:

@@ -202,16 +202,37 @@ def test_truncation_then_other_tokens_equals_a_fresh_request(tmp_path, family):
     np.testing.assert_allclose(got, want, atol=1e-4)  # products over 10 rows vs 27 round differently
 
 
+@pytest.mark.parametrize("family", [*FAMILIES, "phi3-longrope"])
+def test_mlx_matches_numpy(tmp_path, family):
+    """MLX (float32, the Metal path on Apple Silicon; its CPU build here) runs every dense family within
+    1e-4 of numpy (tests/engines/test_engines.py's tolerance): a prompt and cached decode steps over two shards."""
+    require("mlx.core")
+    spec = LONGROPE if family == "phi3-longrope" else FAMILIES[family]
+    files = open_model(_write(tmp_path, spec, "gguf")[0])
+    n = files.args.num_hidden_layers
+    ref = get_engine("numpy").load_shard(files, 0, n)
+    first, last = get_engine("mlx").load_shard(files, 0, 2), get_engine("mlx").load_shard(files, 2, n)
+    P = 34 if family == "phi3-longrope" else 20
+    got = last.forward("r", first.forward("r", np.array(IDS[:P]), 0), 0, P)
+    np.testing.assert_allclose(got, ref.forward("r", np.array(IDS[:P]), 0, P), atol=1e-4)
+    for pos, tok in enumerate(IDS[P : P + 4], start=P):  # decode steps beyond the window
+        got = last.forward("r", first.forward("r", np.array([tok]), pos), pos)
+        np.testing.assert_allclose(got, ref.forward("r", np.array([tok]), pos), atol=1e-4)
+
+
 @pytest.mark.parametrize("engine", ["mlx", "tinygrad"])
 def test_engines_without_a_family_refuse_it_in_one_line(tmp_path, engine):
     require({"mlx": "mlx.core", "tinygrad": "tinygrad"}[engine])
-    path, _ = _write(tmp_path, FAMILIES["gemma3"], "gguf")
+    family = "qwen3moe" if engine == "mlx" else "gemma3"  # what each lacks: experts / windows and more
+    path = tmp_path / "m.gguf"
+    write_gguf(path, TinySpec(architecture="qwen3moe") if engine == "mlx" else FAMILIES["gemma3"])
     files = open_model(path)
     with pytest.raises(UnsupportedModelError) as info:
         get_engine(engine).load_shard(files, 0, 2)
     message = str(info.value)
-    assert "\n" not in message and f"the {engine} engine does not run gemma3 models" in message
-    assert "sliding-window attention" in message and "--engine numpy" in message
+    assert "\n" not in message and f"the {engine} engine does not run {family} models" in message
+    lacks = "mixture-of-experts layers" if engine == "mlx" else "sliding-window attention"
+    assert lacks in message and "--engine numpy" in message
 
 
 @pytest.mark.parametrize("source", ["hf-bf16", "gguf-q8"])
@@ -309,7 +330,7 @@ def test_exo_actor_models_lists_each_family_with_its_engines(tmp_path, family, c
     assert main(["models"]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(family + " "))
     engines = line.split("  ")[-1].strip()
-    assert engines.startswith("numpy, torch") and ("mlx" in engines) == (family in ("mistral", "phi3"))
+    assert engines.startswith("numpy, torch, mlx") and ("tinygrad" in engines) == (family in ("mistral", "phi3"))
 
 
 def test_engine_auto_runs_a_family_the_fast_engine_lacks_on_numpy(tmp_path, caplog, monkeypatch):
