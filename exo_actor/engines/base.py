@@ -115,7 +115,7 @@ class Engine(Protocol):
 ENGINE_FEATURES: dict[str, frozenset[str]] = {
     "numpy": frozenset(FEATURE_NAMES),
     "torch": frozenset(FEATURE_NAMES),
-    "mlx": frozenset(FEATURE_NAMES) - {"moe"},
+    "mlx": frozenset(FEATURE_NAMES),
     "tinygrad": frozenset({"qk_norm"}),
 }
 

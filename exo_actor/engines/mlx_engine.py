@@ -71,6 +71,32 @@ def _apply(mx: Any, parts: list[_Linear], x: Any) -> Any:
     return parts[0](x) if len(parts) == 1 else mx.concatenate([p(x) for p in parts], axis=-1)
 
 
+class _Experts:
+    """A mixture-of-experts MLP on MLX: a float32 router's top-k softmax weights (renormalized when the model
+    says), each chosen expert's products (quantized like any matrix) on its rows, summed."""
+
+    def __init__(self, mx: Any, router: Any, experts: list[tuple[Weight, Weight, Weight]], args: Any) -> None:
+        self.mx, self.router = mx, mx.array(np.ascontiguousarray(router.T, dtype=np.float32))
+        self.experts = [(_fused(mx, [g, u]), _Linear(mx, d)) for g, u, d in experts]
+        self.k, self.renormalize = args.num_experts_per_tok, args.norm_topk_prob
+        self.nbytes = sum(x.nbytes for gu, d in self.experts for x in (*gu, d)) + router.nbytes
+
+    def __call__(self, x: Any, act: Any) -> Any:
+        mx = self.mx
+        probs = np.array(mx.softmax(x @ self.router, axis=-1), dtype=np.float32)  # [T, E], on the host
+        chosen = np.argsort(-probs, axis=1, kind="stable")[:, : self.k]
+        weights = np.take_along_axis(probs, chosen, axis=1)
+        if self.renormalize:
+            weights /= weights.sum(axis=1, keepdims=True)
+        out = mx.zeros(x.shape, dtype=mx.float32)
+        for e in np.unique(chosen):
+            rows, rank = np.nonzero(chosen == e)
+            gate_up, down = self.experts[int(e)]
+            y = down(act(_apply(mx, gate_up, x[mx.array(rows)])))
+            out = out.at[mx.array(rows)].add(y * mx.array(weights[rows, rank])[:, None])
+        return out
+
+
 _GROW = 256
 
 
@@ -124,8 +150,9 @@ class MlxShardRunner(RequestCaches):
                 "wqkv": _fused(mx, [l.q, l.k, l.v]),
                 "wo": _Linear(mx, l.o),
                 "ffn_norm": arr(l.ffn_norm),
-                "w_gate_up": _fused(mx, [l.gate, l.up]),  # type: ignore[list-item]  # dense: checked at load
-                "w_down": _Linear(mx, l.down),  # type: ignore[arg-type]
+                "w_gate_up": [] if l.gate is None else _fused(mx, [l.gate, l.up]),  # type: ignore[list-item]
+                "w_down": None if l.down is None else _Linear(mx, l.down),
+                "experts": None if l.experts is None else _Experts(mx, l.router, l.experts, args),
                 "post_attn_norm": arr(l.post_attn_norm),  # Gemma, OLMo 2
                 "post_ffn_norm": arr(l.post_ffn_norm),
                 "window": args.layer_window(start + j),  # Mistral, Gemma, Phi-3
@@ -136,8 +163,10 @@ class MlxShardRunner(RequestCaches):
         self.embed_table = tensors.embed_rows  # looked up on the host, rows dequantized on demand
         self.final_norm = arr(tensors.final_norm)
         self.head = _Linear(mx, tensors.head) if tensors.head is not None else None
-        linears = [x for l in self.layers for x in (*l["wqkv"], l["wo"], *l["w_gate_up"], l["w_down"])]
-        self._bytes = sum(x.nbytes for x in linears) + (self.head.nbytes if self.head else 0)
+        linears = [x for l in self.layers for x in (*l["wqkv"], l["wo"], *l["w_gate_up"], l["w_down"], l["experts"])]
+        self._bytes = sum(x.nbytes for x in linears if x is not None) + (self.head.nbytes if self.head else 0)
+        vectors = ("attn_norm", "ffn_norm", "q_norm", "k_norm", "bqkv", "post_attn_norm", "post_ffn_norm")
+        self._bytes += sum(l[n].nbytes for l in self.layers for n in vectors if l[n] is not None)
         self._bytes += int(self.embed_table.nbytes) if self.embed_table is not None else 0
         self.H, self.KV, self.hd = args.num_attention_heads, args.num_key_value_heads, args.dim_head
         self.eps = args.rms_norm_eps
@@ -247,14 +276,21 @@ class MlxShardRunner(RequestCaches):
             attn = mx.matmul(p, values).reshape(H, T, hd)
         out = w["wo"](attn.transpose(1, 0, 2).reshape(T, H * hd))
         h = h + self._norm(out, w["post_attn_norm"])
-        gate_up = _apply(mx, w["w_gate_up"], self._norm(h, w["ffn_norm"]))
-        F = gate_up.shape[1] // 2
+        x = self._norm(h, w["ffn_norm"])
+        mlp = (
+            w["experts"](x, self._act)
+            if w["experts"] is not None
+            else w["w_down"](self._act(_apply(mx, w["w_gate_up"], x)))
+        )
+        return h + self._norm(mlp, w["post_ffn_norm"])
+
+    def _act(self, gate_up: Any) -> Any:
+        """SwiGLU, or GeGLU with tanh GeLU as numpy computes it, of a fused [T, 2F] projection."""
+        mx, F = self.mx, gate_up.shape[1] // 2
         gate, up = gate_up[:, :F], gate_up[:, F:]
-        if self.gelu:  # tanh GeLU, as numpy computes it
-            act = 0.5 * gate * (1 + mx.tanh(math.sqrt(2 / math.pi) * (gate + 0.044715 * gate * gate * gate))) * up
-        else:
-            act = gate * mx.sigmoid(gate) * up
-        return h + self._norm(w["w_down"](act), w["post_ffn_norm"])
+        if self.gelu:
+            return 0.5 * gate * (1 + mx.tanh(math.sqrt(2 / math.pi) * (gate + 0.044715 * gate * gate * gate))) * up
+        return gate * mx.sigmoid(gate) * up
 
 
 class MlxEngine:

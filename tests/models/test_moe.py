@@ -226,3 +226,23 @@ def test_a_three_node_ring_gives_the_single_process_tokens(tmp_path):
         resp = httpx.post(url + "/v1/completions", json=body, timeout=120)
         assert resp.status_code == 200, resp.text
         assert resp.json()["choices"][0]["text"] == files.tokenizer.decode(want)
+
+
+@pytest.mark.parametrize("family", list(MOE))
+def test_mlx_matches_numpy(tmp_path, family):
+    """MLX runs the experts as quantized products (the GGUF's Q8_0 blocks) with a float32 router: within 1e-4
+    of numpy on the same weights (a prompt and decode steps over two shards), its memory plan what it holds."""
+    require("mlx.core")
+    from gguf import GGMLQuantizationType as Q
+
+    path = tmp_path / "m.gguf"
+    write_gguf(path, MOE[family], qtype=Q.Q8_0)
+    files = open_model(path)
+    ref = get_engine("numpy").load_shard(files, 0, 4)
+    first, last = get_engine("mlx").load_shard(files, 0, 2), get_engine("mlx").load_shard(files, 2, 4)
+    assert first.weight_bytes == shard_bytes(files.args, files.kinds, 0, 2, "mlx")
+    got = last.forward("r", first.forward("r", np.array(IDS[:20]), 0), 0, 20)
+    np.testing.assert_allclose(got, ref.forward("r", np.array(IDS[:20]), 0, 20), atol=1e-4)
+    for pos, tok in enumerate(IDS[20:24], start=20):
+        got = last.forward("r", first.forward("r", np.array([tok]), pos), pos)
+        np.testing.assert_allclose(got, ref.forward("r", np.array([tok]), pos), atol=1e-4)
