@@ -18,11 +18,12 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Protocol
 
 from .tailscale import DEFAULT_TAG, Device, TailscaleError, parse_devices, parse_status
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,8 @@ class ApiSource:
         self_ips: frozenset[str] = frozenset(),
         timeout: float = 10.0,
     ) -> None:
+        import httpx  # here, not at the module's top: with rich and pygments it costs a node ~6 MiB resident
+
         self.tailnet, self.url, self.port_attribute, self.self_ips = tailnet, url.rstrip("/"), port_attribute, self_ips
         self.client = httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout, follow_redirects=True
@@ -119,6 +122,8 @@ class ApiSource:
         self.client.close()
 
     def _get(self, path: str) -> httpx.Response:
+        import httpx
+
         try:
             return self.client.get(path)
         except httpx.HTTPError as exc:
