@@ -160,9 +160,20 @@ IMPLIED_MARKERS = {
 }
 
 
+@functools.cache
+def _runs_in_process_clusters(path: Path) -> bool:
+    return "in_process_cluster" in path.read_text(encoding="utf-8")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: the `serial` marker set here counts there
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep the tiers honest: `-m "not slow and not ring"` must never select a test that runs the real
-    model or starts nodes through a shared fixture."""
+    """Mark `serial` every test of a module that runs in-process clusters (tests/cluster/harness.py: peer
+    heartbeats and timeouts of a second or two, which a second xdist worker beside them made miss), so
+    that tox runs them on their own. Then keep the tiers honest: `-m "not slow and not ring"` must never
+    select a test that runs the real model or starts nodes through a shared fixture."""
+    for item in items:
+        if item.path.suffix == ".py" and _runs_in_process_clusters(item.path):
+            item.add_marker(pytest.mark.serial)
     missing = []
     for item in items:
         used = [f for f in IMPLIED_MARKERS if f in getattr(item, "fixturenames", ())]
@@ -174,7 +185,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """`tox -e tests` runs the suite as two tiers (the fast one on two workers, then the rest), each with
+    """`tox -e tests` runs the suite in two runs (the fast tier on two workers, then the rest), each with
     the same {posargs}: paths whose tests all lie in the other tier leave one run nothing to run, and that
     run passes (exit 0, not pytest's 5) when a marker expression (-m) chose the tier."""
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and session.config.getoption("markexpr", ""):
