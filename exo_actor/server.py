@@ -98,6 +98,7 @@ def uvicorn_config(app: ASGIApp, gateway: GatewayConfig) -> uvicorn.Config:
     (GatewayConfig checked the files, so a bad one never reaches uvicorn)."""
     return uvicorn.Config(
         app,
+        ws="none",  # no WebSocket routes: uvicorn need not load a WebSocket stack (~5 MiB resident)
         log_level="warning",
         timeout_graceful_shutdown=5,
         ssl_certfile=gateway.tls_cert,
