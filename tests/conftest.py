@@ -11,6 +11,7 @@ import functools
 import importlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -187,7 +188,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """`tox -e tests` runs the suite in two runs (the fast tier on two workers, then the rest), each with
     the same {posargs}: paths whose tests all lie in the other tier leave one run nothing to run, and that
-    run passes (exit 0, not pytest's 5) when a marker expression (-m) chose the tier."""
+    run passes (exit 0, not pytest's 5) when a marker expression (-m) chose the tier. An xdist worker
+    drops the ports it claimed (tests/api/servers.py: free_port)."""
+    servers = sys.modules.get("tests.api.servers")
+    if servers is not None and hasattr(session.config, "workerinput"):
+        servers.release_ports()
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and session.config.getoption("markexpr", ""):
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
@@ -83,24 +82,31 @@ def _claim(port: int) -> bool:
     """Under pytest-xdist (`tox -e fast` runs the fast tier on two workers), claim `port` for this worker:
     the workers of one run share a folder where each claim is a file created exclusively, so no two
     workers hand out the same port. Always True when not under xdist."""
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if not run:
+    folder = _claims()
+    if folder is None:
         return True
-    folder = Path(tempfile.gettempdir()) / f"exo-actor-ports-{run}"
     folder.mkdir(exist_ok=True)
     try:
         os.close(os.open(folder / str(port), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         return False
-    if not _CLAIMED:
-        atexit.register(_release, folder)
     _CLAIMED.append(port)
     return True
 
 
-def _release(folder: Path) -> None:
+def _claims() -> Path | None:
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    return Path(tempfile.gettempdir()) / f"exo-actor-ports-{run}" if run else None
+
+
+def release_ports() -> None:
+    """Drop this worker's claims (tests/conftest.py calls it when an xdist worker's session ends)."""
+    folder = _claims()
+    if folder is None:
+        return
     for port in _CLAIMED:
         (folder / str(port)).unlink(missing_ok=True)
+    _CLAIMED.clear()
     with contextlib.suppress(OSError):
         folder.rmdir()  # the last worker to leave removes the folder
 
