@@ -37,7 +37,10 @@ SAMPLES = 5  # round trips per peer the median is taken over
 
 @dataclass
 class AutoSpeculation(Speculation):
-    """The prompt-lookup speculation this switch gave a router (and may take back)."""
+    """The prompt-lookup speculation this switch gave a router (and may take back); seeded sampled requests
+    decode without it (Speculation.automatic)."""
+
+    automatic: bool = True
 
 
 def switched(rtt_ms: float | None, threshold_ms: float, on: bool) -> bool:

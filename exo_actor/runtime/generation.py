@@ -216,7 +216,8 @@ def generation(
     max_new = min(params.max_tokens, context_length - len(prompt_ids))
     stats = GenerationStats(prompt_tokens=len(prompt_ids))
     stopper, detok = StopMatcher(params.stop), IncrementalDetokenizer(tokenizer)
-    if params.draft_tokens == 0:
+    seeded = params.seed is not None and params.temperature > 0
+    if params.draft_tokens == 0 or (speculation is not None and speculation.automatic and seeded):
         speculation = None
     t0 = time.perf_counter()
     context = list(prompt_ids)  # grows with every token handed out

@@ -70,6 +70,10 @@ class Speculation:
     accepted: int = 0
     passes: int = 0
     pass_tokens: int = 0
+    # the server turned it on by itself (slow links): a request sampled with a seed decodes without it, so
+    # that its seed gives the same text whatever the links (speculative sampling keeps the distribution,
+    # not the exact sample)
+    automatic: bool = False
 
     @property
     def acceptance_rate(self) -> float:

@@ -76,6 +76,18 @@ def test_slow_ring_links_turn_prompt_lookup_on_for_requests_that_do_not_choose(t
         assert drafted > 0
         assert cluster.generate(node, PROMPT, 16, draft_tokens=0) == expected  # chose no speculation
         assert cluster.call(lambda: node.cluster_info()["speculative"]["drafted_tokens"]) == drafted
+        # a seed gives the same text whatever the links: seeded sampling decodes without the switch's drafts
+        assert cluster.generate(node, PROMPT, 16, **SEEDED) == seeded_plain(tiny)
+        assert cluster.call(lambda: node.cluster_info()["speculative"]["drafted_tokens"]) == drafted
+
+
+SEEDED = {"temperature": 0.9, "seed": 7}
+
+
+def seeded_plain(model: Path) -> list[int]:
+    files, pipeline = load_local(str(model))
+    deltas = generate(pipeline, files.tokenizer, PROMPT, SamplingParams(max_tokens=16, **SEEDED), 96)
+    return [t for d in deltas for t in d.token_ids]
 
 
 def test_fast_links_leave_speculation_off_and_a_configured_draft_alone(tiny, expected):  # noqa: F811
