@@ -35,10 +35,10 @@ print(json.dumps(measure(sys.argv[1], files, 128, 64)))
 """
 
 
-def _measure(tree: Path, engine: str) -> dict[str, float]:
+def _measure(tree: Path, engine: str, cache: Path) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENBLAS_")}
     env["PYTHONPATH"] = str(tree)
-    env["EXO_ACTOR_CACHE"] = str(tree / ".bench-cache")  # each tree packs its own torch weights
+    env["EXO_ACTOR_CACHE"] = str(cache)  # each tree packs its own torch weights
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, engine], cwd=tree, env=env, capture_output=True, text=True, check=True
     )
@@ -61,7 +61,7 @@ def main() -> None:
             for r in range(args.rounds):
                 for engine in engines:
                     for label, tree in (("before", before), ("after", ROOT)):
-                        runs[engine][label].append(_measure(tree, engine))
+                        runs[engine][label].append(_measure(tree, engine, Path(tmp) / f"cache-{label}"))
                         print(r, engine, label, runs[engine][label][-1], flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, check=False)
