@@ -33,7 +33,8 @@ def command(args: argparse.Namespace) -> int:
 def family_rows() -> list[tuple[str, ...]]:
     """(family, config.json model_type, GGUF architecture, what it adds to Llama, engines that run it)."""
     from ..engines.base import ENGINE_FEATURES
-    from ..models.config import FAMILIES, FEATURE_NAMES
+    from ..models.config import FEATURE_NAMES
+    from ..models.families import FAMILIES
 
     rows: list[tuple[str, ...]] = [("FAMILY", "CONFIG.JSON", "GGUF", "BEYOND LLAMA", "ENGINES")]
     for f in FAMILIES:

@@ -263,9 +263,8 @@ class MlxShardRunner(RequestCaches):
         cache.v[i][:, start:end, :] = v
         keys, values = cache.k[i][:, :end], cache.v[i][:, :end]
         if self.cap is None:
-            attn = mx.fast.scaled_dot_product_attention(q[None], keys[None], values[None], scale=self.scale, mask=mask)[
-                0
-            ]  # [H, T, hd]
+            sdpa = mx.fast.scaled_dot_product_attention
+            attn = sdpa(q[None], keys[None], values[None], scale=self.scale, mask=mask)[0]  # [H, T, hd]
         else:  # Gemma 2's soft-capped scores: explicit (the fused kernel takes no cap)
             G = H // KV
             s = mx.matmul(q.reshape(KV, G * T, hd) * self.scale, keys.transpose(0, 2, 1)).reshape(H, T, end)

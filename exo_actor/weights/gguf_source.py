@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UnsupportedModelError, WeightsError
-from ..models.config import FULL, SLIDING, SUPPORTED_ARCHITECTURES, ModelArgs, sliding_pattern
+from ..models.config import FULL, SLIDING, SLIDING_PATTERNS, SUPPORTED_ARCHITECTURES, ModelArgs, sliding_pattern
 from .gguf_file import GGMLType, GGUFFile, GGUFTensor
 from .quant import CONVERTED_TYPES, FLOAT_TYPES, KEPT_TYPES, QuantizedTensor, convert_unkept, from_gguf_blocks
 
@@ -57,7 +57,6 @@ _PERMUTED = ("llama",)
 # Gemma 2 / 3 at 27B scale queries by hidden_size / heads, the others by head_dim (llama.cpp's rule: GGUF
 # files do not store query_pre_attn_scalar): (architecture, layers) of the 27B models
 _QUERY_BY_WIDTH = {("gemma2", 46), ("gemma3", 62)}
-_GEMMA_PATTERNS = {"gemma2": 2, "gemma3": 6}
 
 
 def hf_name(gguf_name: str, layout: str = "pre", fused_up: bool = False) -> str | None:
@@ -182,7 +181,7 @@ def _family_fields(reader: GGUFFile, arch: str, layers: int, dim: int, n_heads: 
     defaults for what its converter does not write (sliding pattern, local RoPE base, query scale)."""
     if arch == "phi3":
         return _phi3_fields(reader, arch)
-    if arch not in _GEMMA_PATTERNS:
+    if arch not in SLIDING_PATTERNS:
         return _expert_fields(reader, arch)
     out: dict[str, Any] = {"hidden_act": "gelu_tanh"}
     for key in ("attn_logit_softcapping", "final_logit_softcapping"):
@@ -190,7 +189,7 @@ def _family_fields(reader: GGUFFile, arch: str, layers: int, dim: int, n_heads: 
         out[key] = None if value is None else float(value)
     window = field(reader, f"{arch}.attention.sliding_window")
     if window is not None:
-        pattern = field(reader, f"{arch}.attention.sliding_window_pattern", _GEMMA_PATTERNS[arch])
+        pattern = field(reader, f"{arch}.attention.sliding_window_pattern", SLIDING_PATTERNS[arch])
         if isinstance(pattern, list):  # one flag per layer: True for a sliding layer
             types = tuple(SLIDING if flag else FULL for flag in pattern)
         else:

@@ -36,11 +36,12 @@ def reference(files, ids: np.ndarray) -> np.ndarray:
     cache = shard.new_cache()
     h = shard.embed(ids)
     cache.begin(0, len(ids))
-    from exo_actor.models.llama import _attention, matmul
+    from exo_actor.models.attention import attention
+    from exo_actor.models.llama import matmul
 
     def attend(i, q, k, v):
         keys, values = cache.write(i, 0, k, v)
-        return _attention(q, keys, values, 0)
+        return attention(q, keys, values, 0)
 
     ropes = shard._rope_tables(np.arange(len(ids)))
     for i, layer in enumerate(shard.w.layers):

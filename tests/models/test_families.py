@@ -320,7 +320,7 @@ def test_exo_actor_models_lists_each_family_with_its_engines(tmp_path, family, c
     """The families table's features are what a model of the family needs (the tiny model's ModelArgs), and
     `exo-actor models` prints the family with the engines that run it."""
     from exo_actor.cli import main
-    from exo_actor.models.config import FAMILIES as TABLE
+    from exo_actor.models.families import FAMILIES as TABLE
 
     row = next(f for f in TABLE if f.name == family)
     args = open_model(_write(tmp_path, FAMILIES[family], "hf")[0]).args
