@@ -163,7 +163,11 @@ def single_process(tiny, max_tokens: int, **params) -> list[int]:
 
 
 def slowed(node, seconds: float) -> None:
-    """Make a node's shard take `seconds` per pass (so a request is still running when a node goes)."""
+    """Make a node's shard take `seconds` per pass (so a request is still running when a node goes). A node
+    may still be (re)loading its layers just after the cluster first answered: wait until it holds them."""
+    deadline = time.monotonic() + 30
+    while node.shard is None and time.monotonic() < deadline:
+        time.sleep(0.02)
     runner = node.shard.role.runner
     batch, single = runner.forward_batch, runner.forward
 
