@@ -227,7 +227,6 @@ class TorchShardRunner(RequestCaches):
         local = args.rope_local_theta
         self.local_inv_freq = self.inv_freq if local is None else inv_frequencies(self.hd, local)
         self.rope_scale = args.rope_attention_factor or 1.0
-        self.windowed = args.sliding_window is not None
         self.embed_scale = None if args.embed_scale is None else np.float32(args.embed_scale)
         self.final_cap = None if args.final_logit_softcapping is None else np.float32(args.final_logit_softcapping)
         self._freqs_table: Any = None

@@ -78,6 +78,14 @@ class Fused(nn.Module):
         return torch.cat(outs, dim=-1)
 
 
+def glu(gate_up: Tensor, gelu: bool) -> Tensor:
+    """SwiGLU, or GeGLU with the tanh GeLU, of a fused [T, 2F] gate / up projection."""
+    F = gate_up.shape[-1] // 2
+    if gelu:
+        return torch.nn.functional.gelu(gate_up[:, :F], approximate="tanh").mul_(gate_up[:, F:])
+    return torch.nn.functional.silu(gate_up[:, :F]).mul_(gate_up[:, F:])
+
+
 class Expert(nn.Module):
     """One expert of a mixture-of-experts layer: a SwiGLU (or GeGLU) MLP on bfloat16 rows."""
 
@@ -86,13 +94,7 @@ class Expert(nn.Module):
         self.gate_up, self.down, self.gelu = gate_up, down, gelu
 
     def forward(self, x: Tensor) -> Tensor:
-        gate_up = self.gate_up(x)
-        F = gate_up.shape[-1] // 2
-        if self.gelu:
-            act = torch.nn.functional.gelu(gate_up[:, :F], approximate="tanh").mul_(gate_up[:, F:])
-        else:
-            act = torch.nn.functional.silu(gate_up[:, :F]).mul_(gate_up[:, F:])
-        return self.down(act)
+        return self.down(glu(self.gate_up(x), self.gelu))
 
 
 class Experts(nn.Module):
@@ -230,13 +232,7 @@ class Layer(nn.Module):
             w = self.ffn_norm
             mlp = moe(h if w is None else self.norm32(h, w))
         else:
-            gate_up = self.gate_up(self.norm(h, self.ffn_norm))
-            F = gate_up.shape[-1] // 2
-            if self.gelu:
-                act = torch.nn.functional.gelu(gate_up[:, :F], approximate="tanh").mul_(gate_up[:, F:])
-            else:
-                act = torch.nn.functional.silu(gate_up[:, :F]).mul_(gate_up[:, F:])
-            mlp = self.down(act)
+            mlp = self.down(glu(self.gate_up(self.norm(h, self.ffn_norm)), self.gelu))
         post = self.post_ffn_norm
         return h + mlp if post is None else h + self.norm32(mlp.float(), post)
 
