@@ -166,8 +166,9 @@ def slowed(node, seconds: float) -> None:
     """Make a node's shard take `seconds` per pass (so a request is still running when a node goes). A node
     may still be (re)loading its layers just after the cluster first answered: wait until it holds them."""
     deadline = time.monotonic() + 30
-    while node.shard is None and time.monotonic() < deadline:
+    while (node.shard is None or node.shard.role is None) and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert node.shard is not None and node.shard.role is not None, f"{node.node_id} holds no layers: {node.error}"
     runner = node.shard.role.runner
     batch, single = runner.forward_batch, runner.forward
 
@@ -188,7 +189,7 @@ def test_a_node_lost_mid_request_is_failed_over_and_the_text_is_unchanged(tiny, 
     The request in flight when node2 goes silent waits for the survivors' ring, replays its tokens there,
     and ends with exactly the single-process tokens."""
     expected = single_process(tiny, 60, **params)
-    with in_process_cluster(tiny, 3, heartbeat=0.2, timeout=1.5, wait_for_peers=2) as c:
+    with in_process_cluster(tiny, 3, heartbeat=0.2, timeout=3.0, wait_for_peers=2) as c:
         node0, node1, node2 = c.nodes
         first = node0.version
         slowed(node2, 0.03)

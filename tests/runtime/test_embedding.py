@@ -243,7 +243,7 @@ def test_a_node_lost_mid_embedding_is_failed_over_with_the_same_vectors(tiny_ggu
     local = LocalPipeline([get_engine("numpy").load_shard(files, 0, files.args.num_hidden_layers)])
     inputs = [ids(LONG, 10 + i) for i in range(3)]
     expected = [embed(local, x, CONTEXT).vector for x in inputs]
-    with in_process_cluster(tiny_gguf, 3, heartbeat=0.2, timeout=1.5, wait_for_peers=2) as c:
+    with in_process_cluster(tiny_gguf, 3, heartbeat=0.2, timeout=3.0, wait_for_peers=2) as c:
         node0, _, node2 = c.nodes
         runner = node2.shard.role.runner
         single = runner.forward
