@@ -10,6 +10,10 @@ source of the code that packs, so a change to any of them packs afresh. Only GGU
 cache that cannot be written (read-only or full disk) is one warning, and the shard runs from the packing
 it just did.
 
+Stale packings are removed whenever a shard is saved (prune): a packing of the same shard (model file name and
+layer range) under another key unused for an hour (an earlier engine, torch or model file), any packing unused
+for $EXO_ACTOR_CACHE_DAYS days (default 30; loading one marks it used), and leftovers of interrupted saves.
+
 A node on the CPU packs a model file of CHILD_MIN_BYTES or more in a child process (pack_in_child) and then
 maps what the child saved, so the first start holds what every later start holds.
 """
@@ -23,12 +27,15 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 _CODE = ("torch_linear.py", "torch_engine.py", "torch_cache.py")
 CHILD_MIN_BYTES = 32 << 20  # model files from which a node packs in a child process (~1.5 s more, once)
+SUPERSEDED_AFTER = 3600.0  # seconds unused after which another key's packing of a shard just saved goes
+DEFAULT_MAX_DAYS = 30.0
 
 
 def cache_dir() -> Path:
@@ -66,10 +73,13 @@ def load(path: Path | None) -> dict[str, Any] | None:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a damaged cache file is repacked, never fatal
         log.warning("packed-weights cache %s is unreadable (%s): packing again", path, exc)
         return None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # its modification time is its last use (prune)
+    return state
 
 
 def save(path: Path | None, state: dict[str, Any]) -> None:
@@ -83,10 +93,53 @@ def save(path: Path | None, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
         os.replace(tmp, path)
         log.info("packed weights cached in %s", path)
+        prune(path)
     except OSError as exc:
         log.warning("cannot cache packed weights in %s (%s): the next start packs again", path.parent, exc)
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def _max_age() -> float:
+    raw = os.environ.get("EXO_ACTOR_CACHE_DAYS", "")
+    try:
+        days = float(raw) if raw else DEFAULT_MAX_DAYS
+    except ValueError:
+        log.warning("EXO_ACTOR_CACHE_DAYS=%r is not a number of days: using %g", raw, DEFAULT_MAX_DAYS)
+        days = DEFAULT_MAX_DAYS
+    return max(days, 0.0) * 86400
+
+
+def prune(saved: Path, now: float | None = None) -> list[Path]:
+    """Remove the packings that `saved` makes stale, those unused for too long and interrupted saves' leftovers
+    (module docstring); returns what was removed. A removed file another process has mapped stays readable
+    to it until it unmaps it (POSIX unlink semantics)."""
+    now = time.time() if now is None else now
+    shard = saved.name.rsplit("-", 1)[0] + "-"  # {model stem}-{start}-{end}-
+    max_age, removed, freed = _max_age(), [], 0
+    try:
+        entries = list(saved.parent.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        if entry == saved or not entry.name.endswith((".pt", ".tmp")):
+            continue
+        try:
+            st = entry.stat()
+        except OSError:
+            continue
+        idle = now - st.st_mtime
+        stale = idle > max_age
+        stale |= entry.suffix == ".tmp" and idle > SUPERSEDED_AFTER
+        stale |= entry.suffix == ".pt" and entry.name.startswith(shard) and idle > SUPERSEDED_AFTER
+        if stale:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed.append(entry)
+                freed += st.st_size
+    if removed:
+        log.info("removed %d stale packed-weights file(s) from %s (%.0f MB)", len(removed), saved.parent, freed / 1e6)
+    return removed
 
 
 def pack_in_child(

@@ -76,3 +76,55 @@ def test_a_draft_cut_to_k_layers_and_a_shard_ending_at_k_are_cached_apart(tiny, 
         tiny.args.vocab_size,
     )
     assert get_engine("torch").load_shard(tiny, 0, 2).head is None
+
+
+def test_saving_a_packing_removes_the_stale_ones_and_keeps_the_rest(tmp_path, monkeypatch, caplog):
+    """Removed: the same shard under another key unused for over an hour, any packing unused for longer than
+    EXO_ACTOR_CACHE_DAYS, an interrupted save's leftover. Kept: the same shard's other key used a minute ago
+    (another node on this machine with another --quantize), other shards and models used recently, files that
+    are not packings."""
+    import os
+    import time
+
+    from exo_actor.engines import torch_cache
+
+    monkeypatch.setenv("EXO_ACTOR_CACHE_DAYS", "7")
+    cache, now = tmp_path / "cache", time.time()
+    cache.mkdir()
+    ages = {
+        "m.Q4_1-0-10-aaaaaaaaaaaaaaaa.pt": 2 * 3600,  # same shard, older key: removed
+        "m.Q4_1-0-10-bbbbbbbbbbbbbbbb.pt": 60,  # same shard, used a minute ago: kept
+        "m.Q4_1-10-30-cccccccccccccccc.pt": 2 * 86400,  # another shard of the model: kept
+        "other-0-30-dddddddddddddddd.pt": 8 * 86400,  # unused for 8 days: removed
+        "m.Q4_1-0-10-eeeeeeeeeeeeeeee.123.tmp": 2 * 3600,  # an interrupted save: removed
+        "notes.txt": 90 * 86400,  # not ours: kept
+    }
+    for name, age in ages.items():
+        (cache / name).write_bytes(b"x" * 10)
+        os.utime(cache / name, (now - age, now - age))
+    caplog.set_level(logging.INFO, logger="exo_actor.engines.torch_cache")
+    saved = cache / "m.Q4_1-0-10-ffffffffffffffff.pt"
+    torch_cache.save(saved, {"w": torch.zeros(2)})
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        ["m.Q4_1-0-10-bbbbbbbbbbbbbbbb.pt", "m.Q4_1-10-30-cccccccccccccccc.pt", "notes.txt", saved.name]
+    )
+    assert "removed 3 stale packed-weights file(s)" in caplog.text
+
+
+def test_loading_a_packing_marks_it_used_and_a_bad_age_setting_is_one_warning(tmp_path, monkeypatch, caplog):
+    import os
+    import time
+
+    from exo_actor.engines import torch_cache
+
+    path = tmp_path / "m-0-4-0123456789abcdef.pt"
+    torch.save({"w": torch.ones(3)}, path)
+    week_ago = time.time() - 7 * 86400
+    os.utime(path, (week_ago, week_ago))
+    assert torch_cache.load(path) is not None
+    assert time.time() - path.stat().st_mtime < 60
+
+    monkeypatch.setenv("EXO_ACTOR_CACHE_DAYS", "soon")
+    caplog.set_level(logging.WARNING, logger="exo_actor.engines.torch_cache")
+    assert torch_cache._max_age() == torch_cache.DEFAULT_MAX_DAYS * 86400
+    assert "EXO_ACTOR_CACHE_DAYS='soon' is not a number of days" in caplog.text
