@@ -81,7 +81,11 @@ def test_a_killed_download_resumes_in_the_next_run(hub, tmp_path):
     cmd = [sys.executable, "-m", "exo_actor.cli", "download", "org/tiny", "--layers", "0-0", "--dir", str(dest)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert hub.stalled.wait(60), "the download never reached the weights file"
-    time.sleep(1.0)  # let the client write what it received
+    part = dest / ".exo-partial" / f"{FILES[0]}.part"
+    deadline = time.monotonic() + 60  # until the client has written some of what it received
+    while not (part.exists() and part.stat().st_size > 0):
+        assert time.monotonic() < deadline and proc.poll() is None, "no partial download was written"
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "Traceback" not in err, err
