@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from exo_actor.cluster import ClusterNode
+from exo_actor.cluster import ClusterNode, wide_area
 from exo_actor.cluster.link_speculation import AutoSpeculation, switched
 from exo_actor.cluster.wide_area import WideAreaConfig
 from exo_actor.config import ConfigError, NodeConfig
@@ -90,7 +90,7 @@ def seeded_plain(model: Path) -> list[int]:
     return [t for d in deltas for t in d.token_ids]
 
 
-def test_fast_links_leave_speculation_off_and_a_configured_draft_alone(tiny, expected):  # noqa: F811
+def test_fast_links_leave_speculation_off_and_a_configured_draft_alone(tiny, expected, monkeypatch):  # noqa: F811
     configs = lambda i: NodeConfig(model=str(tiny), engine="numpy", prefix_cache_mb=0, draft_model="ngram")  # noqa: E731
     with in_process_cluster(tiny, 2, network=SlowLinks, node_config=configs) as cluster:
         node = cluster.nodes[0]
@@ -99,11 +99,14 @@ def test_fast_links_leave_speculation_off_and_a_configured_draft_alone(tiny, exp
         assert info["on"] is False and "as configured" in info["why"]
         _, router = node.ready_router()
         assert router.speculation is not None and not isinstance(router.speculation, AutoSpeculation)
+    # loopback links, ~1 ms a round trip; measured against 100 ms rather than the default 10, which an event
+    # loop shared by both nodes can exceed on a loaded machine (the threshold itself: the test above)
+    monkeypatch.setattr(wide_area, "THRESHOLD_MS", 100.0)
     with in_process_cluster(tiny, 2) as cluster:
         node = cluster.nodes[0]
         cluster.wait(lambda: node.link is not None and node.link.rtt_ms() is not None, "a round trip", 20)
         info = cluster.call(node.cluster_info)["auto_speculation"]
-        assert info["on"] is False and info["rtt_ms"] < 10
+        assert info["on"] is False and info["rtt_ms"] < 100 and info["threshold_ms"] == 100.0
         assert node.ready_router()[1].speculation is None
         assert cluster.generate(node, PROMPT, 16) == expected
 
@@ -177,6 +180,6 @@ def test_a_tailnet_that_cannot_help_is_one_line_and_the_node_keeps_serving(
             assert cluster.generate(node, PROMPT, 16) == expected  # a ring of one serves
             time.sleep(1.0)  # five more listings, each meeting the same problem
             info = cluster.call(node.cluster_info)["tailscale"]
-    lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 1 and needle in lines[0], lines
+    lines = [r.getMessage() for r in caplog.records if r.name == "exo_actor.transport.tailscale_discovery"]
+    assert len(lines) == 1 and needle in lines[0], lines  # (asyncio may add slow-callback lines under load)
     assert needle in info["error"]
