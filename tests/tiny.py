@@ -76,12 +76,15 @@ class TinySpec:
         return self.explicit_head_dim or self.hidden_size // self.heads
 
 
-def make_weights(spec: TinySpec, vocab: int) -> dict[str, np.ndarray]:
-    """Random float32 weights in Hugging Face naming and [out, in] layout."""
+def make_weights(spec: TinySpec, vocab: int, matrices: bool = True) -> dict[str, np.ndarray]:
+    """Random float32 weights in Hugging Face naming and [out, in] layout. matrices=False: the matrices are
+    read-only zero views of their shape (no memory), for a writer that fills them itself."""
     rng = np.random.default_rng(spec.seed)
     D, F, hd = spec.hidden_size, spec.intermediate, spec.head_dim
 
     def w(*shape: int, scale: float = 0.08) -> np.ndarray:
+        if not matrices and len(shape) > 1:
+            return np.broadcast_to(np.float32(0), shape)
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
     arch = spec.architecture
@@ -369,11 +372,16 @@ def write_gguf(
     *,
     qtype: Q = Q.F32,
     raw_override: dict[str, tuple[np.ndarray, Q]] | None = None,
+    random_blocks: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Write a GGUF like llama.cpp's converter would; returns the float32 weights the file decodes to."""
+    """Write a GGUF like llama.cpp's converter would; returns the float32 weights the file decodes to.
+    random_blocks: every matrix is random Q4_1 blocks written as such (qtype must be Q4_1), so that a model of
+    a real model's size is written in seconds and without its float32 weights; those are not returned."""
     tok = tiny_tokenizer()
     vocab = tok.get_vocab_size()
-    weights = make_weights(spec, vocab)
+    assert not random_blocks or qtype == Q.Q4_1, "random blocks are Q4_1"
+    weights = make_weights(spec, vocab, matrices=not random_blocks)
+    blocks = np.random.default_rng(spec.seed + 7)
     arch = _GGUF_ARCH.get(spec.architecture, spec.architecture)
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(spec.layers)
@@ -447,6 +455,10 @@ def write_gguf(
             raw, rq = raw_override[gname]
             w.add_tensor(gname, raw, raw_shape=raw.shape, raw_dtype=rq)
             continue
+        if random_blocks and t.ndim >= 2:
+            raw = random_q4_1(t.shape, blocks)
+            w.add_tensor(gname, raw, raw_shape=raw.shape, raw_dtype=Q.Q4_1)
+            continue
         # norms, biases and a mixture's router stay float32, as in real files; expert stacks are quantized
         q = qtype if t.ndim >= 2 and not name.endswith("ffn_gate_inp.weight") else Q.F32
         if q == Q.F32:
@@ -471,6 +483,18 @@ def write_gguf(
         elif arch == "llama" and ".k_proj." in name:
             decoded[name] = _unpermute_ref(decoded[name], spec.kv_heads)
     return decoded
+
+
+def random_q4_1(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Random Q4_1 blocks for a float matrix of `shape`: per 32 weights a float16 scale 0.01 and minimum -0.075
+    (weights uniform over [-0.075, 0.075], as a trained layer's are spread), then 16 bytes of random nibbles."""
+    block, size = gguf.GGML_QUANT_SIZES[Q.Q4_1]
+    assert shape[-1] % block == 0, shape
+    n = int(np.prod(shape[:-1])) * (shape[-1] // block)
+    raw = np.empty((n, size), dtype=np.uint8)
+    raw[:, :4] = np.array([0.01, -0.075], dtype=np.float16).view(np.uint8)
+    raw[:, 4:] = rng.integers(0, 256, size=(n, size - 4), dtype=np.uint8)
+    return raw.reshape(*shape[:-1], shape[-1] // block * size)
 
 
 def _unpermute_ref(w: np.ndarray, n_heads: int) -> np.ndarray:

@@ -149,3 +149,21 @@ def test_a_shard_reads_only_its_own_tensors(tmp_path):
     last = NumpyEngine().load_shard(files, 5, 6)
     assert first.shard.w.embed is not None and first.shard.w.lm_head_t is None
     assert last.shard.w.lm_head_t is not None and last.shard.w.embed is None
+
+
+def test_a_model_of_random_q4_1_blocks_loads_and_runs(tmp_path):
+    """tests/tiny.py's random_blocks writer (the memory benchmark's real-sized models): every matrix is Q4_1
+    blocks decoding into [-0.075, 0.075] (only the float32 vectors are returned), and the model runs to finite
+    logits."""
+    import gguf
+
+    spec = TinySpec(hidden_size=128, layers=2, heads=4, kv_heads=2, intermediate=256)
+    returned = write_gguf(tmp_path / "r.gguf", spec, qtype=Q.Q4_1, random_blocks=True)
+    assert returned and all(v.ndim == 1 for v in returned.values())
+    tensors = {t.name: t for t in gguf.GGUFReader(tmp_path / "r.gguf").tensors}
+    q = tensors["blk.0.attn_q.weight"]
+    assert q.tensor_type == Q.Q4_1
+    values = gguf.quants.dequantize(q.data, Q.Q4_1)
+    assert values.shape == (128, 128) and 0.07 < float(np.abs(values).max()) <= 0.0751
+    logits = _logits(tmp_path / "r.gguf", list(range(3, 20)))
+    assert logits.shape[0] == 17 and np.isfinite(logits).all()
