@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from exo_actor.cluster import ClusterNode
-from exo_actor.config import ClusterConfig, NodeConfig
+from exo_actor.cluster.wide_area import WideAreaConfig
+from exo_actor.config import NodeConfig
 from exo_actor.engines import get_engine
 from exo_actor.sampling import SamplingParams
 from exo_actor.transport.peers import PeerNetwork
@@ -104,8 +105,12 @@ def in_process_cluster(
     node_config: Callable[[int], NodeConfig] | None = None,
     wait_for_peers: int | None = None,
     wait: bool = True,
+    auto_speculation_ms: float = 0.0,
 ) -> Iterator[InProcessCluster]:
-    """`n` ClusterNodes node0..node{n-1} peered on loopback (each lists every port), sharing one numpy engine."""
+    """`n` ClusterNodes node0..node{n-1} peered on loopback (each lists every port), sharing one numpy engine.
+    The automatic speculation of slow links (cluster/link_speculation.py) is off unless a threshold is given:
+    one event loop runs every node, and on a loaded machine its loopback round trips can pass the default
+    10 ms, turning prompt-lookup speculation on in the middle of a test about something else."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="cluster-loop", daemon=True)
     thread.start()
@@ -113,7 +118,8 @@ def in_process_cluster(
     engine = get_engine("numpy")
     nodes = []
     for i in range(n):
-        cfg = ClusterConfig(
+        cfg = WideAreaConfig(
+            auto_speculation_ms=auto_speculation_ms,
             host="127.0.0.1",
             port=ports[i],
             advertise="127.0.0.1",

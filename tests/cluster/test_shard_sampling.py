@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from exo_actor.cluster import wide_area
 from exo_actor.config import NodeConfig
 from exo_actor.sampling import SamplingParams
 from tests.cluster.harness import InProcessCluster, in_process_cluster
@@ -29,14 +28,6 @@ CASES = {
     "greedy+logprobs": {"logprobs": 5},
 }
 BACK = ("logits", "blogits", "sampled")  # what the last shard sends the router for a pass
-
-
-@pytest.fixture(autouse=True)
-def no_link_speculation(monkeypatch):
-    """Both sides decode one row a pass: on a loaded machine a loopback round trip can pass the 10 ms at which
-    a node turns prompt-lookup speculation on by itself (cluster/link_speculation.py), and a verification
-    pass's multi-row products round differently in the last bits, so logprobs would differ by ~1e-7."""
-    monkeypatch.setattr(wide_area, "THRESHOLD_MS", 0.0)
 
 
 @pytest.fixture(scope="module")

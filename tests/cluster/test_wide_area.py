@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from exo_actor.cluster import ClusterNode, wide_area
+from exo_actor.cluster import ClusterNode
 from exo_actor.cluster.link_speculation import AutoSpeculation, switched
 from exo_actor.cluster.wide_area import WideAreaConfig
 from exo_actor.config import ConfigError, NodeConfig
@@ -64,7 +64,7 @@ def test_the_switch_turns_on_above_the_threshold_and_off_well_below(rtt, on_befo
 
 
 def test_slow_ring_links_turn_prompt_lookup_on_for_requests_that_do_not_choose(tiny, expected):  # noqa: F811
-    with in_process_cluster(tiny, 3, network=SlowLinks) as cluster:
+    with in_process_cluster(tiny, 3, network=SlowLinks, auto_speculation_ms=10.0) as cluster:
         node = cluster.nodes[0]
         cluster.wait(lambda: node.cluster_info()["auto_speculation"]["on"], "the switch to turn on", 20)
         info = cluster.call(node.cluster_info)["auto_speculation"]
@@ -90,9 +90,9 @@ def seeded_plain(model: Path) -> list[int]:
     return [t for d in deltas for t in d.token_ids]
 
 
-def test_fast_links_leave_speculation_off_and_a_configured_draft_alone(tiny, expected, monkeypatch):  # noqa: F811
+def test_fast_links_leave_speculation_off_and_a_configured_draft_alone(tiny, expected):  # noqa: F811
     configs = lambda i: NodeConfig(model=str(tiny), engine="numpy", prefix_cache_mb=0, draft_model="ngram")  # noqa: E731
-    with in_process_cluster(tiny, 2, network=SlowLinks, node_config=configs) as cluster:
+    with in_process_cluster(tiny, 2, network=SlowLinks, node_config=configs, auto_speculation_ms=10.0) as cluster:
         node = cluster.nodes[0]
         cluster.wait(lambda: node.link is not None and node.link.rtt_ms() is not None, "a round trip", 20)
         info = cluster.call(node.cluster_info)["auto_speculation"]
@@ -101,8 +101,7 @@ def test_fast_links_leave_speculation_off_and_a_configured_draft_alone(tiny, exp
         assert router.speculation is not None and not isinstance(router.speculation, AutoSpeculation)
     # loopback links, ~1 ms a round trip; measured against 100 ms rather than the default 10, which an event
     # loop shared by both nodes can exceed on a loaded machine (the threshold itself: the test above)
-    monkeypatch.setattr(wide_area, "THRESHOLD_MS", 100.0)
-    with in_process_cluster(tiny, 2) as cluster:
+    with in_process_cluster(tiny, 2, auto_speculation_ms=100.0) as cluster:
         node = cluster.nodes[0]
         cluster.wait(lambda: node.link is not None and node.link.rtt_ms() is not None, "a round trip", 20)
         info = cluster.call(node.cluster_info)["auto_speculation"]

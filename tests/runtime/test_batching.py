@@ -247,8 +247,8 @@ def test_a_ring_batches_decode_steps_with_the_same_tokens(smollm2):
         seen = []
         original = ring.on_sampled  # the last shard sends back the tokens it chose
         ring.on_sampled = lambda msg: (seen.append(len(msg.rids)), original(msg))
-        # submitted on the nodes' own loop, all in one go: they join the same turn however loaded the machine
-        # (one answer ends at its 14th token: requests trickling in from another thread could miss it)
+        # submitted on the nodes' own loop, all in one go, so that they join the same turn (one answer ends at
+        # its 14th token)
         together = c.run(_collect(router, prompts, params), 300)
         assert together == alone
         assert max(seen) == len(prompts)  # one message carried every request's decode step
