@@ -131,7 +131,8 @@ def prune(saved: Path, now: float | None = None) -> list[Path]:
         idle = now - st.st_mtime
         stale = idle > max_age
         stale |= entry.suffix == ".tmp" and idle > SUPERSEDED_AFTER
-        stale |= entry.suffix == ".pt" and entry.name.startswith(shard) and idle > SUPERSEDED_AFTER
+        same_shard = entry.name.startswith(shard) and len(entry.name) == len(saved.name)  # only the key differs
+        stale |= entry.suffix == ".pt" and same_shard and idle > SUPERSEDED_AFTER
         if stale:
             with contextlib.suppress(OSError):
                 entry.unlink()

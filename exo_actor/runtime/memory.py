@@ -80,9 +80,9 @@ def release_library_pages() -> int:
     those no process maps from the page cache; returns the KiB unmapped (0 off Linux).
 
     Importing torch touches tens of MiB of its libraries' code that no decode pass runs again. Worse,
-    right after pip writes a library the page cache holds it in large folios, and the kernel maps a
-    whole folio around each page touched (Linux >= 6.18's fault-around): a torch node then shows ~150
-    MiB of libtorch_cpu.so resident instead of ~25. Mapped code is also what the kernel reclaims last,
+    right after pip writes a library the page cache holds it in large folios, and the kernel's
+    fault-around maps a whole folio around each page touched (measured on Linux 6.18): a torch node then
+    shows ~150 MiB of libtorch_cpu.so resident instead of ~25. Mapped code is also what the kernel reclaims last,
     ahead of the model's weights. After a load the node unmaps these pages and advises the files' cache
     away (POSIX_FADV_DONTNEED skips pages other processes map); the next passes read back the few MiB
     they run, in ordinary read-around sizes. Only clean pages of read-only mappings are dropped

@@ -98,6 +98,7 @@ def test_saving_a_packing_removes_the_stale_ones_and_keeps_the_rest(tmp_path, mo
         "other-0-30-dddddddddddddddd.pt": 8 * 86400,  # unused for 8 days: removed
         "m.Q4_1-0-10-eeeeeeeeeeeeeeee.123.tmp": 2 * 3600,  # an interrupted save: removed
         "notes.txt": 90 * 86400,  # not ours: kept
+        "m.Q4_1-0-10-other-0-30-1111111111111111.pt": 2 * 3600,  # another model whose name starts alike: kept
     }
     for name, age in ages.items():
         (cache / name).write_bytes(b"x" * 10)
@@ -106,7 +107,13 @@ def test_saving_a_packing_removes_the_stale_ones_and_keeps_the_rest(tmp_path, mo
     saved = cache / "m.Q4_1-0-10-ffffffffffffffff.pt"
     torch_cache.save(saved, {"w": torch.zeros(2)})
     assert sorted(p.name for p in cache.iterdir()) == sorted(
-        ["m.Q4_1-0-10-bbbbbbbbbbbbbbbb.pt", "m.Q4_1-10-30-cccccccccccccccc.pt", "notes.txt", saved.name]
+        [
+            "m.Q4_1-0-10-bbbbbbbbbbbbbbbb.pt",
+            "m.Q4_1-10-30-cccccccccccccccc.pt",
+            "m.Q4_1-0-10-other-0-30-1111111111111111.pt",
+            "notes.txt",
+            saved.name,
+        ]
     )
     assert "removed 3 stale packed-weights file(s)" in caplog.text
 
