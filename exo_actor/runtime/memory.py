@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
 import os
@@ -13,6 +14,15 @@ from typing import NamedTuple
 log = logging.getLogger(__name__)
 
 MADV_DONTNEED = 4  # Linux's value (asm-generic/mman-common.h)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library, found once (find_library runs ldconfig in a subprocess); None where it cannot load."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except (OSError, TypeError):
+        return None
 
 
 def release_freed_memory() -> None:
@@ -25,11 +35,9 @@ def release_freed_memory() -> None:
     (release_library_pages).
     """
     gc.collect()
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError, TypeError):
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is None:
         return
     trim.argtypes = [ctypes.c_size_t]
     trim(0)
@@ -90,10 +98,12 @@ def release_library_pages() -> int:
     """
     if not sys.platform.startswith("linux"):
         return 0
+    libc = _libc()
+    if libc is None:
+        return 0
     try:
         with open("/proc/self/smaps") as f:
             vmas = library_vmas(f.read())
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     except OSError:
         return 0
     madvise = libc.madvise
